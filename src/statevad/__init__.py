@@ -1,0 +1,3 @@
+"""statevad — STATE video anomaly detection, re-implemented for modern CPUs and GPUs."""
+
+__version__ = "0.1.0"

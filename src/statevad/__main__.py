@@ -1,0 +1,5 @@
+import sys
+
+from statevad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""Configuration as data: one dataclass per pipeline stage and per-dataset presets.
+
+A preset carries the published hyper-parameters of STATE for a dataset (spec sections 3, 4, 6, 7);
+every CLI flag that is given overrides the matching field (see :func:`override`). Configs are plain
+dataclasses so that they serialise to JSON in manifests and checkpoints and round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from statevad.errors import UserError
+
+
+@dataclass
+class BoxConfig:
+    """Object boxes per frame (spec 3). ``source``: reference | detector | motion | detector+motion | auto."""
+
+    source: str = "auto"
+    detector_path: str | None = None  # None: ../shared/models/nanodet-m-416.onnx or $STATEVAD_DETECTOR
+    score_thr: float = 0.5  # keep detections with score strictly above
+    min_area: int = 100  # (x2-x1+1)*(y2-y1+1) >= min_area
+    cover_thr: float = 0.6  # drop a box whose intersection / own area exceeds this with a larger box
+    nms_iou: float = 0.6
+    motion_area_thr: int = 100
+    motion_binary_thr: int = 18
+    motion_extend: int = 2
+    motion_kernel: int = 3
+    motion_wrap: bool = False  # True reproduces the original's uint8 wrap-around of the difference sum
+
+
+@dataclass
+class FlowConfig:
+    """Dense optical flow (spec 2). ``method``: dis | farneback | deepflow | rlof. Units: original pixels."""
+
+    method: str = "dis"
+    dis_preset: str = "medium"  # ultrafast | fast | medium
+
+
+@dataclass
+class CubeConfig:
+    """Spatio-temporal cubes (spec 4): 2*length+1 frames, patch x patch pixels."""
+
+    length: int = 3
+    patch: int = 32
+    motion_thr: float = 0.0  # keep a cube if mean per-frame flow energy > motion_thr
+
+    @property
+    def frames(self) -> int:
+        return 2 * self.length + 1
+
+
+@dataclass
+class ModelConfig:
+    """The STATE network (spec 5). ``frames`` must equal the cube length 2l+1 (<= 10 with learned PE)."""
+
+    frames: int = 7
+    widths: tuple[int, int, int] = (32, 64, 128)
+    n_layers: int = 3
+    n_heads: int = 4
+    pos: str = "learned"  # learned | sine
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (spec 6.3): Adam lr 1e-3, eps 1e-7, batch 128, 20 epochs, MSE raw + MSE flow."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    adam_eps: float = 1e-7
+    lambda_raw: float = 1.0
+    lambda_flow: float = 1.0
+    max_cubes: int | None = None  # random subsample of the training cubes (seeded)
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    workers: int = 0
+
+
+@dataclass
+class ScoreConfig:
+    """Test-time scoring (spec 7): one signed-gradient step of size epsilon, z-scored weighted fusion."""
+
+    epsilon: float = 0.01
+    w_raw: float = 1.0
+    w_flow: float = 1.0
+    smooth_sigma: float = 0.0  # Gaussian smoothing of frame scores, in frames; 0 = published protocol
+    batch_size: int = 256
+    bf16: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class Preset:
+    name: str
+    box: BoxConfig = field(default_factory=BoxConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    cube: CubeConfig = field(default_factory=CubeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        return cls(
+            name=data["name"],
+            box=BoxConfig(**data.get("box", {})),
+            flow=FlowConfig(**data.get("flow", {})),
+            cube=CubeConfig(**data.get("cube", {})),
+            model=_model_from_dict(data.get("model", {})),
+            train=TrainConfig(**data.get("train", {})),
+            score=ScoreConfig(**data.get("score", {})),
+        )
+
+
+def _model_from_dict(data: dict[str, Any]) -> ModelConfig:
+    data = dict(data)
+    if "widths" in data:
+        data["widths"] = tuple(int(w) for w in data["widths"])
+    return ModelConfig(**data)
+
+
+# Network sizes, independent of the dataset. "paper" is the published network (2,568,061 parameters
+# with n_l = 3); "fast" trades width for CPU speed; "tiny" is for tests and the demo.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "paper": {"widths": (32, 64, 128), "n_layers": 3, "n_heads": 4},
+    "fast": {"widths": (16, 32, 64), "n_layers": 2, "n_heads": 4},
+    "tiny": {"widths": (8, 16, 32), "n_layers": 1, "n_heads": 2},
+}
+
+
+def _ped2() -> Preset:
+    return Preset(
+        name="ped2",
+        box=BoxConfig(score_thr=0.5, min_area=100, cover_thr=0.6, motion_area_thr=100,
+                      motion_binary_thr=18, motion_kernel=3),
+        score=ScoreConfig(epsilon=0.01, w_raw=1.0, w_flow=1.0),
+    )
+
+
+def _avenue() -> Preset:
+    return Preset(
+        name="avenue",
+        box=BoxConfig(score_thr=0.25, min_area=1600, cover_thr=0.6, motion_area_thr=1600,
+                      motion_binary_thr=18, motion_kernel=5),
+        score=ScoreConfig(epsilon=0.002, w_raw=0.3, w_flow=1.0),
+    )
+
+
+def _shanghaitech() -> Preset:
+    return Preset(
+        name="shanghaitech",
+        box=BoxConfig(score_thr=0.5, min_area=64, cover_thr=0.65, motion_area_thr=64,
+                      motion_binary_thr=15, motion_kernel=5),
+        model=ModelConfig(n_layers=5),
+        score=ScoreConfig(epsilon=0.005, w_raw=1.0, w_flow=1.0),
+    )
+
+
+def _generic() -> Preset:
+    """User footage: Ped2's thresholds, which suit small objects in a fixed camera."""
+    p = _ped2()
+    p.name = "generic"
+    return p
+
+
+PRESETS = {"ped2": _ped2, "avenue": _avenue, "shanghaitech": _shanghaitech, "generic": _generic}
+
+
+def get_preset(name: str) -> Preset:
+    key = name.lower()
+    if key not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[key]()
+
+
+def override(cfg: Any, **values: Any) -> Any:
+    """Return a copy of dataclass ``cfg`` with every non-None value replaced (flags override presets)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__} has no field(s) {sorted(unknown)}")
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if v is not None})
+
+
+def with_model_size(model: ModelConfig, size: str | None) -> ModelConfig:
+    if size is None:
+        return model
+    if size not in MODEL_SIZES:
+        raise UserError(f"unknown model size {size!r}: choose one of {', '.join(MODEL_SIZES)}")
+    return dataclasses.replace(model, **MODEL_SIZES[size])
