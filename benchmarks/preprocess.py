@@ -1,0 +1,173 @@
+"""Preprocessing benchmark on UCSD Ped2: wall time of `prepare`, per-stage cost, box recall vs reference.
+
+    python benchmarks/preprocess.py [--root ../shared/data/ped2] [--work /tmp/w_det] [--jobs 2]
+                                    [--skip-prepare] [--skip-recall]
+
+1. Runs the whole preprocessing (detector+motion boxes, DIS flow, cubes; both splits) into ``--work`` from
+   scratch and reports the wall time and, per stage, the ms per frame (summed over clips, i.e. per worker).
+2. Measures the recall of our boxes against ``boxes_reference_test.npz`` (the original pipeline's Cascade
+   R-CNN + motion boxes): the fraction of reference boxes matched by one of ours at IoU >= 0.5 and >= 0.3,
+   for detector, motion and detector+motion, with plain resize and letterbox input and several
+   detector score thresholds (the detector runs once per input mode; thresholds are applied afterwards).
+
+Writes ``benchmarks/results/preprocess-ped2.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
+# Detector input variants: name -> (letterbox, column tiles).
+MODES = {"plain": (False, 1), "letterbox": (True, 1), "plain-2tiles": (False, 2)}
+MOTION_BINARY = (18, 12)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Plain (continuous) IoU between every box of ``a`` and of ``b``."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def recall(ref: list[np.ndarray], ours: list[np.ndarray]) -> dict[str, float]:
+    best = np.concatenate([iou_matrix(r, o).max(axis=1) if len(o) else np.zeros(len(r))
+                           for r, o in zip(ref, ours, strict=True)])
+    n_ours = sum(len(o) for o in ours)
+    return {"iou0.5": round(float((best >= 0.5).mean()), 4), "iou0.3": round(float((best >= 0.3).mean()), 4),
+            "boxes_per_frame": round(n_ours / len(ours), 2)}
+
+
+def _recall_worker(clip: Any, box_cfg: dict[str, Any], detector: str,
+                   modes: tuple[str, ...] = tuple(MODES)) -> dict[str, list[np.ndarray]]:
+    """All box variants of one clip's frames (run in a worker process)."""
+    import cv2
+
+    from statevad.boxes import Detector, filter_detections, motion_boxes, remove_covered
+    from statevad.config import BoxConfig
+
+    cv2.setNumThreads(1)
+    cfg = BoxConfig(**box_cfg)
+    frames = clip.read()
+    n = len(frames)
+    dets = {m: Detector(detector, score_thr=min(THRESHOLDS), letterbox=lb, tiles=nt)
+            for m, (lb, nt) in MODES.items() if m in modes}
+    out: dict[str, list[np.ndarray]] = {}
+    for t in range(n):
+        prev, cur, nxt = frames[max(t - 1, 0)], frames[t], frames[min(t + 1, n - 1)]
+        for b in MOTION_BINARY:
+            mcfg = dataclasses.replace(cfg, motion_binary_thr=b)
+            out.setdefault(f"motion|bin{b}", []).append(motion_boxes(prev, cur, nxt, np.zeros((0, 4)), mcfg))
+        for m, det in dets.items():
+            raw = det(cur)
+            for thr in THRESHOLDS:
+                app = remove_covered(filter_detections(raw, thr, cfg.min_area), cfg.cover_thr)
+                out.setdefault(f"detector|{m}|score>{thr}", []).append(app)
+                mot = motion_boxes(prev, cur, nxt, app, cfg)
+                out.setdefault(f"detector+motion|{m}|score>{thr}", []).append(np.concatenate([app, mot]))
+    return out
+
+
+def run_recall(ds: Any, jobs: int, box_cfg: dict[str, Any], detector: str,
+               modes: tuple[str, ...]) -> dict[str, Any]:
+    from statevad.boxes import load_reference_boxes
+
+    clips = ds.clips("test")
+    ref = load_reference_boxes(ds.reference_boxes["test"], sum(c.n_frames for c in clips))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(_recall_worker, clips, [box_cfg] * len(clips), [detector] * len(clips),
+                              [modes] * len(clips)))
+    variants: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        for k, v in part.items():
+            variants.setdefault(k, []).extend(v)
+    res = {k: recall(ref, v) for k, v in variants.items()}
+    return {"n_reference_boxes": int(sum(len(r) for r in ref)), "n_frames": len(ref),
+            "seconds": round(time.perf_counter() - t0, 1), "variants": res}
+
+
+def run_prepare(ds: Any, work: Path, jobs: int) -> dict[str, Any]:
+    from statevad.prepare import prepare
+
+    if work.exists():
+        shutil.rmtree(work)  # from scratch: the cache would make the second run instant
+    t0 = time.perf_counter()
+    m = prepare(ds, work, box_source="detector+motion", flow_method="dis", jobs=jobs, progress=True)
+    wall = time.perf_counter() - t0
+    n_frames = sum(e["n_frames"] for e in m["splits"].values())
+    stage = {k: sum(e["seconds"][k] for e in m["splits"].values())
+             for k in ("read", "boxes", "flow", "cubes")}
+    return {
+        "wall_s": round(wall, 1), "jobs": jobs, "n_frames": n_frames,
+        "ms_per_frame_per_worker": {k: round(1000 * v / n_frames, 2) for k, v in stage.items()},
+        "cubes": {sp: e["n_cubes"] for sp, e in m["splits"].items()},
+        "dropped_by_motion_filter": {sp: e["n_dropped_by_motion_filter"] for sp, e in m["splits"].items()},
+        "box_source": m["box_source"], "options": m["options"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "ped2"))
+    ap.add_argument("--work", default="/tmp/w_det")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--skip-prepare", action="store_true")
+    ap.add_argument("--skip-recall", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"detector input variants: {', '.join(MODES)}")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "preprocess-ped2.json"))
+    args = ap.parse_args(argv)
+
+    import cv2
+    import onnxruntime
+    from statevad.datasets import load_dataset
+
+    from statevad.boxes import default_detector_path
+    from statevad.config import get_preset
+    from statevad.errors import atomic_write_json
+
+    ds = load_dataset(args.root)
+    out_path = Path(args.out)
+    result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    machine = {"python": platform.python_version(), "opencv": cv2.__version__,
+               "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count()}
+    result.update({"dataset": str(Path(args.root).resolve()), "machine": machine,
+                   "command": " ".join(["python", *sys.argv])})
+    if not args.skip_prepare:
+        result["prepare"] = run_prepare(ds, Path(args.work), args.jobs)
+        print(json.dumps(result["prepare"], indent=1))
+    if not args.skip_recall:
+        box_cfg = dataclasses.asdict(get_preset("ped2").box)
+        modes = tuple(m for m in args.modes.split(",") if m)
+        if set(modes) - set(MODES):
+            ap.error(f"unknown --modes {sorted(set(modes) - set(MODES))}")
+        result["recall_test"] = run_recall(ds, args.jobs, box_cfg, str(default_detector_path()), modes)
+        for k, v in sorted(result["recall_test"]["variants"].items()):
+            print(f"{k:42s} recall@0.5 {v['iou0.5']:.3f}  @0.3 {v['iou0.3']:.3f}  "
+                  f"boxes/frame {v['boxes_per_frame']}")
+    atomic_write_json(out_path, result)
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

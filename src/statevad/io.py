@@ -1,0 +1,334 @@
+"""Frame sources: video files, frame folders, cameras and stream URLs behind one iterable interface.
+
+Every source yields frames in the pipeline's single convention (docs/ARCHITECTURE.md): ``np.ndarray``
+``uint8`` of shape ``(H, W, 3)`` in **BGR** order, exactly as OpenCV decodes; grayscale inputs are
+replicated to three equal channels so that no later stage needs a special case.
+
+Two failure policies, because the two callers want opposite things:
+
+* ``strict=True`` (datasets, training, evaluation): any defect is a :class:`~statevad.errors.UserError`
+  naming the path: a file that does not open, a video that ends before the frame count its header
+  declares (truncated), a folder holding a non-image or unreadable file, frames of mixed sizes. A silently
+  short clip would shift the global frame index and misalign every label after it.
+* ``strict=False`` (live scoring): iteration stops cleanly at the first failure with one warning on
+  stderr, so a dropped stream or a file that is still being written ends the run instead of crashing it.
+
+Frame folders are listed in natural order (``2.jpg`` before ``10.jpg``); hidden files (``.DS_Store``,
+macOS ``._001.tif`` twins) and sub-folders are ignored, any other non-image file is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# FFmpeg inside OpenCV prints its own lines ("moov atom not found") for bad files, which would break the
+# one-line error contract; OpenCV reads this level once, when cv2 is first imported. -8 = AV_LOG_QUIET.
+# Set OPENCV_FFMPEG_LOGLEVEL yourself to see FFmpeg's messages again.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from statevad.errors import UserError
+
+VIDEO_EXTS: frozenset[str] = frozenset(
+    {".mp4", ".avi", ".mkv", ".mov", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv", ".ts", ".mts",
+     ".m2ts", ".3gp", ".ogv", ".mjpeg", ".mjpg", ".h264", ".264", ".y4m", ".asf", ".vob", ".dv"}
+)
+IMAGE_EXTS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+URL_SCHEMES: tuple[str, ...] = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
+                                "rtp://", "srt://")
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders embedded numbers by value, so unpadded frame names (``2.jpg``, ``10.jpg``) and
+    clip names keep their temporal order; the original code's plain lexicographic sort breaks on them."""
+    parts = _DIGITS.split(name)
+    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts if p != "")
+
+
+def is_url(spec: str) -> bool:
+    return spec.lower().startswith(URL_SCHEMES)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Visible files of ``folder`` in natural order (sub-folders and hidden files skipped)."""
+    files = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def to_bgr(frame: np.ndarray) -> np.ndarray:
+    """Bring any decoded image to uint8 HxWx3 BGR (gray replicated, alpha dropped, 16 bit scaled)."""
+    if frame.dtype != np.uint8:
+        frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(float(np.iinfo(frame.dtype).max), 1.0)) \
+            if np.issubdtype(frame.dtype, np.integer) else np.clip(frame * 255.0, 0, 255).astype(np.uint8)
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 1:
+        return cv2.cvtColor(frame[..., 0], cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame
+
+
+def _warn(msg: str) -> None:
+    print(f"statevad: warning: {msg}", file=sys.stderr)
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log lines while probing files, so bad input gives exactly our one-line error."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
+
+
+class FrameSource:
+    """An iterable of BGR uint8 frames with what is known about them up front.
+
+    ``n_frames`` comes from the container header or the folder listing (``None`` for live sources);
+    ``size`` is ``(H, W)``; ``fps`` is ``None`` when unknown.
+    """
+
+    name: str
+    fps: float | None
+    n_frames: int | None
+    size: tuple[int, int] | None
+    strict: bool
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the decoder; iterating again (file sources only) reopens it."""
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, n_frames={self.n_frames}, size={self.size}, "
+                f"fps={self.fps})")
+
+    def _fail(self, msg: str) -> None:
+        """Strict: raise. Lenient: warn once; the caller then stops iterating."""
+        if self.strict:
+            raise UserError(msg)
+        _warn(msg)
+
+    def _check_size(self, frame: np.ndarray, index: int, where: str) -> bool:
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if self.size is None:
+            self.size = hw
+            return True
+        if hw != self.size:
+            self._fail(f"{where}: frame {index} is {hw[1]}x{hw[0]} but earlier frames are "
+                       f"{self.size[1]}x{self.size[0]} (W x H); all frames of a clip must have one size")
+            return False
+        return True
+
+
+class VideoFileSource(FrameSource):
+    """A video file decoded by ``cv2.VideoCapture``; reopened for every iteration."""
+
+    def __init__(self, path: Path, *, strict: bool = True) -> None:
+        self.path = path
+        self.name = path.stem
+        self.strict = strict
+        self._cap: cv2.VideoCapture | None = None
+        if path.stat().st_size == 0:
+            raise UserError(f"{path}: empty file (0 bytes); expected a video")
+        cap = self._open()
+        try:
+            fps = float(cap.get(cv2.CAP_PROP_FPS))
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            h, w = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        finally:
+            cap.release()
+        self.fps = fps if fps > 0 and np.isfinite(fps) else None
+        self.n_frames = count if count > 0 else None
+        self.size = (h, w) if h > 0 and w > 0 else None
+        if self.n_frames is None and strict:
+            raise UserError(f"{path}: the video declares no frames; expected a readable video "
+                            f"({', '.join(sorted(VIDEO_EXTS))})")
+
+    def _open(self) -> cv2.VideoCapture:
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise UserError(f"{self.path}: cannot open as a video (corrupt, not a video, or an unsupported "
+                            f"codec); expected a video file readable by OpenCV/FFmpeg")
+        return cap
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.close()
+        cap = self._open()
+        self._cap = cap
+        i = 0
+        try:
+            while True:
+                with _quiet_opencv():
+                    ok, frame = cap.read()
+                if not ok or frame is None:
+                    break
+                frame = to_bgr(frame)
+                if not self._check_size(frame, i, str(self.path)):
+                    return
+                yield frame
+                i += 1
+        finally:
+            self.close()
+        if self.n_frames is not None and i < self.n_frames:
+            self._fail(f"{self.path}: video ends after {i} of the {self.n_frames} frames its header "
+                       f"declares (truncated or corrupt file)")
+        elif i == 0:
+            self._fail(f"{self.path}: no frame could be decoded")
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class FolderSource(FrameSource):
+    """A folder of image files in natural order."""
+
+    def __init__(self, path: Path, *, strict: bool = True) -> None:
+        self.path = path
+        self.name = path.name
+        self.strict = strict
+        self.fps = None
+        self.files = list_images(path)
+        if not self.files:
+            raise UserError(f"{path}: frame folder holds no image files; expected "
+                            f"{', '.join(sorted(IMAGE_EXTS))}")
+        odd = [p.name for p in self.files if p.suffix.lower() not in IMAGE_EXTS]
+        if odd and strict:
+            raise UserError(f"{path / odd[0]}: not an image file in a frame folder; expected only "
+                            f"{', '.join(sorted(IMAGE_EXTS))} files (remove or move it)")
+        if odd:
+            self.files = self.files[: next(i for i, p in enumerate(self.files) if p.name == odd[0])]
+        self.n_frames = len(self.files)
+        first = self._read(self.files[0]) if self.files else None
+        self.size = None if first is None else (int(first.shape[0]), int(first.shape[1]))
+
+    def _read(self, file: Path) -> np.ndarray | None:
+        with _quiet_opencv():
+            img = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            self._fail(f"{file}: unreadable or corrupt image; expected a valid "
+                       f"{', '.join(sorted(IMAGE_EXTS))} file")
+            return None
+        return to_bgr(img)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i, file in enumerate(self.files):
+            frame = self._read(file)
+            if frame is None or not self._check_size(frame, i, str(file)):
+                return
+            yield frame
+
+
+class LiveSource(FrameSource):
+    """A camera index or stream URL: no frame count, iteration ends when the stream does."""
+
+    def __init__(self, spec: str | int, *, strict: bool = True) -> None:
+        self.spec = spec
+        self.name = f"camera{spec}" if isinstance(spec, int) else str(spec)
+        self.strict = strict
+        self.n_frames = None
+        with _quiet_opencv():
+            self._cap: cv2.VideoCapture | None = cv2.VideoCapture(spec)
+        if not self._cap.isOpened():
+            self._cap.release()
+            self._cap = None
+            what = f"camera index {spec}" if isinstance(spec, int) else f"stream {spec}"
+            raise UserError(f"cannot open {what}; check that the device or URL is reachable")
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS))
+        h, w = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.fps = fps if 0 < fps < 1000 else None
+        self.size = (h, w) if h > 0 and w > 0 else None
+        self._size_checked = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        i = 0
+        while self._cap is not None:
+            ok, frame = self._cap.read()
+            if not ok or frame is None:
+                if i == 0 or not self.strict:
+                    _warn(f"{self.name}: stream ended or was lost after {i} frames")
+                break
+            frame = to_bgr(frame)
+            if not self._size_checked:
+                self.size = None  # the header size of a stream is only a hint: trust the first frame
+                self._size_checked = True
+            if not self._check_size(frame, i, self.name):
+                break
+            yield frame
+            i += 1
+        self.close()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def open_source(spec: str | int | Path, *, strict: bool = True) -> FrameSource:
+    """Open a video file, a frame folder, a camera index (int or digit string) or a stream URL."""
+    if isinstance(spec, bool):
+        raise UserError(f"invalid frame source {spec!r}")
+    if isinstance(spec, int):
+        return LiveSource(spec, strict=strict)
+    text = str(spec)
+    if not isinstance(spec, Path):
+        if text.strip().isdigit() and not Path(text).exists():
+            return LiveSource(int(text), strict=strict)
+        if is_url(text):
+            return LiveSource(text, strict=strict)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; expected a video file, a frame folder, a camera "
+                        f"index or a stream URL")
+    if path.is_dir():
+        return FolderSource(path, strict=strict)
+    if path.suffix.lower() in IMAGE_EXTS:
+        raise UserError(f"{path}: a single image is not a frame source; give the folder holding the frames")
+    return VideoFileSource(path, strict=strict)
+
+
+def read_frames(spec: str | int | Path, *, strict: bool = True, max_frames: int | None = None) -> np.ndarray:
+    """All frames (or the first ``max_frames``) as one ``(N, H, W, 3) uint8`` array."""
+    frames: list[np.ndarray] = []
+    with open_source(spec, strict=strict) as src:
+        if max_frames is not None and max_frames <= 0:
+            return np.zeros((0, *(src.size or (0, 0)), 3), np.uint8)
+        it = iter(src)
+        for frame in it:
+            frames.append(frame)
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+        if hasattr(it, "close"):
+            it.close()  # runs the generator's cleanup now (releases the decoder) instead of at GC time
+        if not frames:
+            if strict:
+                raise UserError(f"{src.name}: no frames could be read")
+            return np.zeros((0, *(src.size or (0, 0)), 3), np.uint8)
+    return np.stack(frames)

@@ -1,0 +1,515 @@
+"""The work directory (docs/ARCHITECTURE.md): boxes -> flow -> cubes per clip, cached, then merged arrays.
+
+Each clip is processed independently (possibly in parallel) into ``W/<split>/clips/<clip>.npz`` together
+with a fingerprint of everything that determines its content (the clip's file, the options, the library
+versions, the detector or reference boxes). A rerun recomputes only clips whose cache is missing,
+unreadable or stale, then concatenates the caches into memory-mappable ``.npy`` arrays, and writes
+``manifest.json`` last: a work directory without a manifest entry for a split is never read as complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+import statevad
+from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, get_preset, override
+from statevad.errors import UserError, atomic_path, atomic_save_npy, atomic_write_json, atomic_write_with
+
+FORMAT = "statevad-work/1"
+CACHE_FORMAT = "statevad-clip/1"
+SPLITS = ("train", "test")
+_ARRAYS = ("raw", "flow", "frame", "clip", "box")
+
+
+# ------------------------------------------------------------------------------------------ options
+@dataclass
+class PrepareOptions:
+    """Everything that determines the cubes; serialised into the manifest and every clip fingerprint."""
+
+    preset: str
+    box: BoxConfig
+    flow: FlowConfig
+    cube: CubeConfig
+    box_source: str  # resolved: reference | detector | motion | detector+motion
+    box_source_reason: str = ""
+    detector_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("box_source_reason")
+        return d
+
+
+def resolve_options(preset: Preset, *, box_source: str | None = None, flow_method: str | None = None,
+                    length: int | None = None, detector_path: str | None = None,
+                    motion_wrap: bool | None = None) -> PrepareOptions:
+    """Preset + flags -> concrete options; checks the detector file early (one clear error, not N workers)."""
+    from statevad.boxes import Detector, default_detector_path, resolve_source
+    from statevad.flow import FlowEstimator
+
+    box = override(preset.box, source=box_source, detector_path=detector_path, motion_wrap=motion_wrap)
+    flow = override(preset.flow, method=flow_method)
+    cube = override(preset.cube, length=length)
+    if cube.length < 1:
+        raise UserError(f"--length must be >= 1, got {cube.length}")
+    resolved = resolve_source(box)
+    det_sha = None
+    if "detector" in resolved.source:
+        path = Path(box.detector_path) if box.detector_path else default_detector_path()
+        Detector(path)  # validates: missing file / not a NanoDet -> UserError
+        box = override(box, detector_path=str(path.resolve()))
+        det_sha = _sha256_file(path)
+    FlowEstimator(flow)  # validates the method (and cv2.optflow availability)
+    return PrepareOptions(preset.name, box, flow, cube, resolved.source, resolved.reason, det_sha)
+
+
+def versions() -> dict[str, str]:
+    out = {"statevad": statevad.__version__, "python": platform.python_version(), "numpy": np.__version__,
+           "opencv": cv2.__version__}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:  # pragma: no cover - a dependency, but only needed for detector boxes
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------- fingerprints
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_identity(source: Any) -> dict[str, Any]:
+    """Path, size and mtime of a clip's video file or frame folder: cheap staleness check."""
+    p = Path(str(source))
+    try:
+        st = p.stat()
+        ident: dict[str, Any] = {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if p.is_dir():
+            ident["entries"] = sorted(e.name for e in p.iterdir())[:100000]
+        return ident
+    except OSError:
+        return {"path": str(source)}
+
+
+def clip_fingerprint(clip: Any, options: PrepareOptions, ref_boxes: list[np.ndarray] | None) -> str:
+    payload = {
+        "format": CACHE_FORMAT,
+        "clip": {"name": clip.name, "n_frames": int(clip.n_frames), "size": list(clip.size),
+                 "source": _source_identity(clip.source)},
+        "options": options.to_dict(),
+        "versions": versions(),
+    }
+    h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    if ref_boxes is not None:
+        for b in ref_boxes:
+            h.update(np.int64(len(b)).tobytes())
+            h.update(np.ascontiguousarray(b, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def cache_name(clip_name: str) -> str:
+    """A file-safe name for a clip (names may hold separators, e.g. 'Testing/01')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(clip_name)).strip("._") or "clip"
+
+
+def read_cache(path: Path, fingerprint: str, cfg: CubeConfig) -> dict[str, Any] | None:
+    """The cached arrays if ``path`` is a complete cache with this fingerprint; ``None`` means redo."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                return None
+            data = {k: z[k] for k in ("raw", "flow", "frame", "box", "n_dropped")}
+    except Exception:  # missing, truncated or foreign file: any failure means "recompute"
+        return None
+    n = len(data["frame"])
+    t, p = cfg.frames, cfg.patch
+    if (data["raw"].shape != (n, t, p, p, 3) or data["flow"].shape != (n, t, p, p, 2)
+            or data["box"].shape != (n, 4) or data["raw"].dtype != np.uint8
+            or data["flow"].dtype != np.float16):
+        return None
+    return data
+
+
+# ---------------------------------------------------------------------------------------- per-clip work
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_init(single_thread: bool) -> None:
+    if single_thread:
+        cv2.setNumThreads(1)
+
+
+def _stages(options: PrepareOptions):  # -> (BoxExtractor | None, FlowEstimator)
+    """One box extractor and flow estimator per process (the ONNX session loads once, not per clip)."""
+    from statevad.boxes import BoxExtractor
+    from statevad.flow import FlowEstimator
+
+    key = json.dumps(options.to_dict(), sort_keys=True, default=str)
+    if _WORKER_STATE.get("key") != key:
+        ext = None if options.box_source == "reference" else BoxExtractor(options.box, options.box_source)
+        _WORKER_STATE.update(key=key, stages=(ext, FlowEstimator(options.flow)))
+    return _WORKER_STATE["stages"]
+
+
+@dataclass
+class ClipResult:
+    index: int
+    n_cubes: int
+    n_dropped: int
+    n_frames: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+def process_clip(index: int, clip: Any, options: PrepareOptions, fingerprint: str, dest: Path,
+                 ref_boxes: list[np.ndarray] | None, progress: bool = False) -> ClipResult:
+    """Boxes, flow and cubes of one clip, written atomically to ``dest`` (its cache)."""
+    from statevad.boxes import clip_boxes
+    from statevad.cubes import ClipTooShort, clip_cubes, elastic_window
+    from statevad.flow import clip_flow
+
+    sec: dict[str, float] = {}
+    try:
+        elastic_window(0, clip.n_frames, options.cube.length)
+    except ClipTooShort as exc:
+        return ClipResult(index, 0, 0, clip.n_frames, sec, skipped=str(exc))
+    extractor, estimator = _stages(options)
+    t0 = time.perf_counter()
+    frames = clip.read()
+    t1 = time.perf_counter()
+    if ref_boxes is None:
+        boxes = clip_boxes(frames, extractor, progress=progress, desc=f"boxes {clip.name}")
+    else:
+        boxes = ref_boxes
+    t2 = time.perf_counter()
+    flows = clip_flow(frames, estimator, progress=progress, desc=f"flow {clip.name}")
+    t3 = time.perf_counter()
+    cubes = clip_cubes(frames, flows, boxes, options.cube, progress=progress, desc=f"cubes {clip.name}")
+    t4 = time.perf_counter()
+    sec = {"read": t1 - t0, "boxes": t2 - t1, "flow": t3 - t2, "cubes": t4 - t3}
+    n_boxes = np.array([len(b) for b in boxes], np.int64)
+    atomic_write_with(dest, lambda tmp: np.savez(
+        tmp, fingerprint=np.array(fingerprint), raw=cubes.raw, flow=cubes.flow, frame=cubes.frame,
+        box=cubes.box, n_dropped=np.int64(cubes.n_dropped), n_boxes=n_boxes))
+    return ClipResult(index, len(cubes), cubes.n_dropped, clip.n_frames, sec)
+
+
+# --------------------------------------------------------------------------------------------- prepare
+def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *, split: str = "both",
+            preset: str | None = None, box_source: str | None = None, flow_method: str | None = None,
+            length: int | None = None, jobs: int = 1, progress: bool = True, detector_path: str | None = None,
+            motion_wrap: bool | None = None) -> dict[str, Any]:
+    """Write (or complete) the work directory and return its manifest."""
+    splits = _parse_split(split)
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if hasattr(root, "clips"):  # an already loaded Dataset is accepted as is
+        ds = root
+    else:
+        from statevad.datasets import load_dataset
+
+        ds = load_dataset(root)
+    preset_obj = get_preset(preset or getattr(ds, "name", None) or "generic")
+    options = resolve_options(preset_obj, box_source=box_source, flow_method=flow_method, length=length,
+                              detector_path=detector_path, motion_wrap=motion_wrap)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    old = _read_manifest(work)
+    manifest = _new_manifest(ds, options)
+    if old and old.get("options") == manifest["options"] and old.get("versions") == manifest["versions"]:
+        manifest["splits"].update({k: v for k, v in old.get("splits", {}).items() if k not in splits})
+    _log(progress, f"boxes: {options.box_source} ({options.box_source_reason}); flow: {options.flow.method}; "
+                   f"cube length {options.cube.frames}; preset {options.preset}")
+    for sp in splits:
+        clips = list(ds.clips(sp))
+        if not clips:
+            warnings.warn(f"dataset {root} has no {sp} clips; skipping that split", stacklevel=2)
+            continue
+        manifest["splits"][sp] = _prepare_split(ds, sp, clips, options, work, jobs, progress,
+                                                (old or {}).get("splits", {}).get(sp))
+        atomic_write_json(work / "manifest.json", manifest)
+    return manifest
+
+
+def _parse_split(split: str) -> tuple[str, ...]:
+    if split == "both":
+        return SPLITS
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose train, test or both")
+    return (split,)
+
+
+def _new_manifest(ds: Any, options: PrepareOptions) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "dataset": {"root": str(Path(ds.root).resolve()), "layout": getattr(ds, "layout", None),
+                    "name": getattr(ds, "name", None)},
+        "options": options.to_dict(),
+        "box_source": options.box_source,
+        "box_source_reason": options.box_source_reason,
+        "versions": versions(),
+        "splits": {},
+    }
+
+
+def _reference_boxes(ds: Any, split: str, n_frames: int) -> list[np.ndarray]:
+    from statevad.boxes import load_reference_boxes
+
+    ref = (getattr(ds, "reference_boxes", None) or {}).get(split)
+    if ref is None:
+        raise UserError(f"--boxes reference: dataset {ds.root} has no reference box file for the {split} "
+                        "split (boxes_reference_<split>.npz); use --boxes auto")
+    return load_reference_boxes(ref, n_frames)
+
+
+def _prepare_split(ds: Any, split: str, clips: list[Any], options: PrepareOptions, work: Path, jobs: int,
+                   progress: bool, old_entry: dict[str, Any] | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    n_frames = int(sum(c.n_frames for c in clips))
+    ref_all = _reference_boxes(ds, split, n_frames) if options.box_source == "reference" else None
+    cache_dir = work / split / "clips"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    refs = [ref_all[c.start:c.start + c.n_frames] if ref_all is not None else None for c in clips]
+    fps = [clip_fingerprint(c, options, r) for c, r in zip(clips, refs, strict=True)]
+    paths = [cache_dir / f"{i:04d}_{cache_name(c.name)}.npz" for i, c in enumerate(clips)]
+    todo = [i for i in range(len(clips)) if read_cache(paths[i], fps[i], options.cube) is None]
+    results: dict[int, ClipResult] = {}
+    _log(progress, f"{split}: {len(clips)} clips, {n_frames} frames; {len(clips) - len(todo)} cached, "
+                   f"{len(todo)} to compute")
+    bar_c = tqdm(total=len(todo), desc=f"{split} clips", unit="clip", disable=not progress, file=sys.stderr)
+    bar_f = tqdm(total=sum(clips[i].n_frames for i in todo), desc=f"{split} frames", unit="frame",
+                 disable=not progress, file=sys.stderr)
+    args = [(i, clips[i], options, fps[i], paths[i], refs[i]) for i in todo]
+    for res in _run_tasks(args, jobs, progress):
+        results[res.index] = res
+        if res.skipped:
+            warnings.warn(f"{split} clip {clips[res.index].name} skipped (too short): {res.skipped}",
+                          stacklevel=2)
+        bar_c.update(1)
+        bar_f.update(res.n_frames)
+    bar_c.close()
+    bar_f.close()
+    skipped = {i: r.skipped for i, r in results.items() if r.skipped}  # never cached: re-checked each run
+    reuse = None if todo else old_entry  # any recomputed clip: merge again
+    entry = _merge_split(split, clips, paths, fps, options, work, skipped, reuse, progress)
+    entry["n_clips_computed"] = len(todo) - len([i for i in todo if i in skipped])
+    entry["seconds"] = {k: round(sum(r.seconds.get(k, 0.0) for r in results.values()), 3)
+                        for k in ("read", "boxes", "flow", "cubes")}
+    _write_frames_labels(ds, split, clips, work)
+    return entry
+
+
+def _run_tasks(args: list[tuple], jobs: int, progress: bool) -> Iterable[ClipResult]:
+    if jobs == 1 or len(args) <= 1:
+        for a in args:
+            yield process_clip(*a, progress=progress)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding onnxruntime/OpenCV threads
+    with ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=ctx, initializer=_worker_init,
+                             initargs=(True,)) as pool:
+        # Longest clips first so that the last worker is not left with a long clip alone.
+        order = sorted(args, key=lambda a: -a[1].n_frames)
+        futures = [pool.submit(process_clip, *a) for a in order]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str], options: PrepareOptions,
+                 work: Path, skipped: dict[int, str], old_entry: dict[str, Any] | None,
+                 progress: bool) -> dict[str, Any]:
+    """Concatenate the clip caches into memory-mappable arrays (skipped when nothing changed)."""
+    from tqdm import tqdm
+
+    out_dir = work / split
+    lengths, dropped = [], []
+    for i, p in enumerate(paths):
+        if i in skipped:
+            lengths.append(0)
+            dropped.append(0)
+            continue
+        with np.load(p, allow_pickle=False) as z:
+            lengths.append(len(z["frame"]))
+            dropped.append(int(z["n_dropped"]))
+    n = int(sum(lengths))
+    t, pt = options.cube.frames, options.cube.patch
+    shapes = {"raw": (n, t, pt, pt, 3), "flow": (n, t, pt, pt, 2), "frame": (n,), "clip": (n,), "box": (n, 4)}
+    dtypes = {"raw": np.uint8, "flow": np.float16, "frame": np.int64, "clip": np.int32, "box": np.float32}
+    if (old_entry and old_entry.get("clip_fingerprints") == fps and old_entry.get("n_cubes") == n
+            and _arrays_match(out_dir, shapes, dtypes)):
+        checksums = old_entry["checksums"]
+    else:
+        with _atomic_arrays(out_dir, shapes, dtypes) as arrs:
+            pos = 0
+            for i, p in enumerate(tqdm(paths, desc=f"{split} merge", unit="clip", disable=not progress,
+                                       leave=False, file=sys.stderr)):
+                if lengths[i] == 0:
+                    continue
+                sl = slice(pos, pos + lengths[i])
+                with np.load(p, allow_pickle=False) as z:
+                    arrs["raw"][sl] = z["raw"]
+                    arrs["flow"][sl] = z["flow"]
+                    arrs["frame"][sl] = z["frame"] + clips[i].start
+                    arrs["box"][sl] = z["box"]
+                arrs["clip"][sl] = i
+                pos += lengths[i]
+        checksums = {k: _sha256_file(out_dir / f"{k}.npy") for k in _ARRAYS}
+    return {
+        "clips": len(clips),
+        "n_frames": int(sum(c.n_frames for c in clips)),
+        "n_cubes": n,
+        "n_dropped_by_motion_filter": int(sum(dropped)),
+        "shapes": {k: list(v) for k, v in shapes.items()},
+        "checksums": checksums,
+        "clip_fingerprints": fps,
+        "skipped_clips": {str(k): v for k, v in skipped.items()},
+    }
+
+
+def _arrays_match(out_dir: Path, shapes: dict[str, tuple], dtypes: dict[str, Any]) -> bool:
+    try:
+        for k in _ARRAYS:
+            a = np.load(out_dir / f"{k}.npy", mmap_mode="r")
+            if a.shape != shapes[k] or a.dtype != dtypes[k]:
+                return False
+    except Exception:
+        return False
+    return True
+
+
+class _atomic_arrays:
+    """Open one ``.npy`` memmap per array on temporary siblings; publish all of them only on success."""
+
+    def __init__(self, out_dir: Path, shapes: dict[str, tuple], dtypes: dict[str, Any]) -> None:
+        self.out_dir, self.shapes, self.dtypes = out_dir, shapes, dtypes
+        self._ctx: list[Any] = []
+
+    def __enter__(self) -> dict[str, np.ndarray]:
+        arrs = {}
+        for k in _ARRAYS:
+            ctx = atomic_path(self.out_dir / f"{k}.npy")
+            tmp = ctx.__enter__()
+            self._ctx.append(ctx)
+            arrs[k] = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtypes[k], shape=self.shapes[k])
+        self._arrs = arrs
+        return arrs
+
+    def __exit__(self, *exc: Any) -> None:
+        for a in self._arrs.values():
+            if hasattr(a, "flush"):
+                a.flush()
+        self._arrs.clear()
+        for ctx in reversed(self._ctx):
+            ctx.__exit__(*exc)
+
+
+def _write_frames_labels(ds: Any, split: str, clips: list[Any], work: Path) -> None:
+    info = [{"name": c.name, "n_frames": int(c.n_frames), "start": int(c.start), "scene": c.scene,
+             "source": str(c.source)} for c in clips]
+    atomic_write_json(work / split / "frames.json", info)
+    if split == "test":
+        n = int(sum(c.n_frames for c in clips))
+        lab = ds.labels("test") if hasattr(ds, "labels") else None
+        arr = np.full(n, -1, np.int8) if lab is None else np.asarray(lab).astype(np.int8)
+        if len(arr) != n:
+            raise UserError(f"dataset {ds.root}: {len(arr)} test labels for {n} test frames")
+        atomic_save_npy(work / split / "labels.npy", arr)
+
+
+def _read_manifest(work: Path) -> dict[str, Any] | None:
+    try:
+        m = json.loads((work / "manifest.json").read_text())
+        return m if m.get("format") == FORMAT else None
+    except (OSError, ValueError):
+        return None
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"statevad prepare: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ reader side
+@dataclass
+class SplitData:
+    """A prepared split, arrays memory-mapped read-only (training/scoring index them lazily)."""
+
+    raw: np.ndarray  # (N, T, P, P, 3) uint8
+    flow: np.ndarray  # (N, T, P, P, 2) float16
+    frame: np.ndarray  # (N,) int64, global frame index in the split
+    clip: np.ndarray  # (N,) int32
+    box: np.ndarray  # (N, 4) float32
+    clips: list[dict[str, Any]]
+    labels: np.ndarray | None  # (n_frames,) int8, test only
+    n_frames: int
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def open_split(work: str | os.PathLike[str], split: str, *, verify: bool = False) -> SplitData:
+    """Memory-map a prepared split; ``verify=True`` also checks the sha256 of every array."""
+    work = Path(work)
+    hint = f"run `statevad prepare --root DATASET --work {work}`"
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose train or test")
+    manifest = _read_manifest(work)
+    if manifest is None:
+        raise UserError(f"{work} is not a prepared work directory (no valid manifest.json): {hint}")
+    entry = manifest.get("splits", {}).get(split)
+    if entry is None:
+        raise UserError(f"{work} has no prepared {split} split: {hint} --split {split}")
+    d = work / split
+    arrs = {}
+    try:
+        for k in _ARRAYS:
+            arrs[k] = np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False)
+        clips = json.loads((d / "frames.json").read_text())
+        labels = np.load(d / "labels.npy", allow_pickle=False) if split == "test" else None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{work}/{split} is incomplete ({exc}): {hint}") from None
+    for k in _ARRAYS:
+        if list(arrs[k].shape) != entry["shapes"][k]:
+            raise UserError(f"{d / (k + '.npy')} has shape {arrs[k].shape}, manifest says "
+                            f"{entry['shapes'][k]}: {hint}")
+    if verify:
+        for k in _ARRAYS:
+            if _sha256_file(d / f"{k}.npy") != entry["checksums"][k]:
+                raise UserError(f"{d / (k + '.npy')} does not match its checksum in manifest.json: {hint}")
+    return SplitData(arrs["raw"], arrs["flow"], arrs["frame"], arrs["clip"], arrs["box"], clips, labels,
+                     int(entry["n_frames"]), manifest)
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """One line per split for the CLI: cubes, motion-filter drops, box source."""
+    lines = [f"box source: {manifest['box_source']} ({manifest.get('box_source_reason', '')}); "
+             f"flow: {manifest['options']['flow']['method']}; preset: {manifest['options']['preset']}"]
+    for sp, e in manifest["splits"].items():
+        skipped = f", {len(e['skipped_clips'])} clips skipped (too short)" if e.get("skipped_clips") else ""
+        lines.append(f"{sp}: {e['n_cubes']} cubes from {e['clips']} clips / {e['n_frames']} frames; "
+                     f"motion filter dropped {e['n_dropped_by_motion_filter']}{skipped}")
+    return "\n".join(lines)

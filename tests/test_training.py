@@ -1,0 +1,229 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from statevad import training
+from statevad.cli import main
+from statevad.config import get_preset, override, with_model_size
+from statevad.errors import UserError, atomic_save_npy, atomic_write_json
+from statevad.model import save_model_only
+from statevad.prepare import FORMAT, open_split
+from statevad.scoring import per_cube_sse, run_test, to_flow_target, to_model_input
+from statevad.training import (
+    epoch_batches,
+    load_checkpoint,
+    preset_for_work,
+    resume_path,
+    select_cubes,
+    train,
+)
+
+T, P = 3, 32
+
+
+def _split_arrays(n_clips: int, n_frames: int, seed: int, anomalous: bool) -> dict:
+    """Two blobs per frame moving right; in 'anomalous' frames one blob moves fast and is bright."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:P, 0:P] / P
+    raw, flow, frame, clip, box, labels = [], [], [], [], [], []
+    for c in range(n_clips):
+        for f in range(n_frames):
+            g = c * n_frames + f
+            odd = anomalous and f >= n_frames // 2
+            labels.append(int(odd))
+            for k in range(2):
+                fast = odd and k == 0
+                speed, amp = (0.2, 1.0) if fast else (0.03, 0.5)
+                cx, cy = rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.7)
+                cube_r = np.empty((T, P, P, 3), np.uint8)
+                cube_f = np.empty((T, P, P, 2), np.float16)
+                for t in range(T):
+                    img = amp * np.exp(-((xx - cx - speed * t) ** 2 + (yy - cy) ** 2) / 0.01)
+                    cube_r[t] = (255 * img)[..., None].repeat(3, -1).astype(np.uint8)
+                    cube_f[t] = np.stack([img * speed * 40, img * 0], -1)
+                raw.append(cube_r)
+                flow.append(cube_f)
+                frame.append(g)
+                clip.append(c)
+                box.append([10 * k, 0, 10 * k + 20, 30])
+    arrs = {"raw": np.stack(raw), "flow": np.stack(flow), "frame": np.array(frame, np.int64),
+            "clip": np.array(clip, np.int32), "box": np.array(box, np.float32)}
+    clips = [{"name": f"{c:02d}", "n_frames": n_frames, "start": c * n_frames, "scene": None, "source": ""}
+             for c in range(n_clips)]
+    return {"arrays": arrs, "clips": clips, "labels": np.array(labels, np.int8)}
+
+
+def make_work(work: Path) -> Path:
+    """A work directory in the documented layout (docs/ARCHITECTURE.md), without running prepare."""
+    preset = get_preset("ped2")
+    manifest = {"format": FORMAT, "dataset": {"root": "/nowhere/ped2", "layout": "fake", "name": "ped2"},
+                "options": {"preset": "ped2", "box": {}, "flow": {},
+                            "cube": {"length": 1, "patch": P, "motion_thr": 0.0}},
+                "versions": {}, "splits": {}}
+    for split, n_clips, anomalous in (("train", 2, False), ("test", 2, True)):
+        data = _split_arrays(n_clips, 4, seed=len(split), anomalous=anomalous)
+        for k, v in data["arrays"].items():
+            atomic_save_npy(work / split / f"{k}.npy", v)
+        atomic_write_json(work / split / "frames.json", data["clips"])
+        if split == "test":
+            atomic_save_npy(work / split / "labels.npy", data["labels"])
+        manifest["splits"][split] = {
+            "n_frames": n_clips * 4, "n_cubes": len(data["arrays"]["frame"]),
+            "shapes": {k: list(v.shape) for k, v in data["arrays"].items()}}
+    atomic_write_json(work / "manifest.json", manifest)
+    assert preset.name == "ped2"
+    return work
+
+
+def tiny_preset(epochs: int = 2, **train_kw):
+    p = get_preset("ped2")
+    p.model = with_model_size(p.model, "tiny")
+    kw = {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "device": "cpu", **train_kw}
+    p.train = override(p.train, **kw)
+    return p
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return make_work(tmp_path_factory.mktemp("work"))
+
+
+@pytest.fixture(scope="module")
+def trained(work) -> Path:
+    return train(work, tiny_preset(), out=work / "model.pt", progress=False)
+
+
+def test_sampler_is_seeded_complete_and_sorted():
+    idx = select_cubes(100, 30, seed=1)
+    assert len(idx) == 30 and np.all(np.diff(idx) > 0) and np.array_equal(idx, select_cubes(100, 30, 1))
+    assert not np.array_equal(idx, select_cubes(100, 30, 2))
+    assert np.array_equal(select_cubes(10, None, 0), np.arange(10))
+    b = epoch_batches(idx, 8, seed=0, epoch=3)
+    assert [len(x) for x in b] == [8, 8, 8, 6]  # last partial batch kept
+    assert np.array_equal(np.sort(np.concatenate(b)), idx)
+    assert all(np.all(np.diff(x) > 0) for x in b)
+    assert all(np.array_equal(u, v) for u, v in zip(b, epoch_batches(idx, 8, seed=0, epoch=3), strict=True))
+    assert not np.array_equal(np.concatenate(b), np.concatenate(epoch_batches(idx, 8, seed=0, epoch=4)))
+    shares = [epoch_batches(idx, 8, seed=0, epoch=3, rank=r, world=2) for r in range(2)]
+    assert np.array_equal(np.sort(np.concatenate([shares[0][0], shares[1][0]])), b[0])
+    with pytest.raises(UserError):
+        select_cubes(100, 1, 0)
+
+
+def test_preset_from_manifest(work):
+    p = preset_for_work(work)
+    assert p.name == "ped2" and p.cube.length == 1
+    assert preset_for_work(work, "avenue").name == "avenue"
+
+
+def test_checkpoint_roundtrip_and_statistics(work, trained):
+    raw = torch.load(trained, weights_only=True)  # no pickled code needed
+    assert raw["format"] == training.CHECKPOINT_FORMAT and set(raw["stats"]) >= set(
+        ["raw_mean", "raw_std", "flow_mean", "flow_std"])
+    assert raw["work_manifest"]["format"] == FORMAT
+    model, ck = load_checkpoint(trained)
+    assert not model.training and ck.preset.model.frames == T and ck.preset.cube.length == 1
+    # stats = mean / population std of unperturbed per-cube SSEs over the training cubes (spec 6.4)
+    tr = open_split(work, "train")
+    with torch.no_grad():
+        x, y = to_model_input(np.asarray(tr.raw), torch.device("cpu")), to_flow_target(
+            np.asarray(tr.flow), torch.device("cpu"))
+        r, f = model(x)
+        e_raw, e_flow = per_cube_sse(x, r).double().numpy(), per_cube_sse(y, f).double().numpy()
+    assert ck.stats["raw_mean"] == pytest.approx(e_raw.mean(), rel=1e-5)
+    assert ck.stats["raw_std"] == pytest.approx(e_raw.std(ddof=0), rel=1e-4)
+    assert ck.stats["flow_std"] == pytest.approx(e_flow.std(ddof=0), rel=1e-4)
+    assert not resume_path(trained).exists()  # the per-epoch state is removed on success
+
+
+def test_tampered_or_foreign_files_are_refused(trained, tmp_path):
+    data = torch.load(trained, weights_only=True)
+    key = next(k for k, v in data["state_dict"].items() if v.is_floating_point())
+    data["state_dict"][key] = data["state_dict"][key] + 1e-3
+    torch.save(data, tmp_path / "tampered.pt")
+    with pytest.raises(UserError, match="checksum"):
+        load_checkpoint(tmp_path / "tampered.pt")
+    del data["sha256"]
+    torch.save(data, tmp_path / "nosha.pt")
+    with pytest.raises(UserError, match="checksum"):
+        load_checkpoint(tmp_path / "nosha.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model at all")
+    with pytest.raises(UserError, match="not a statevad model"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "other", "state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="format"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_matches_uninterrupted_run(work, trained, tmp_path, monkeypatch):
+    out = tmp_path / "resumed.pt"
+    real_step, calls = training.train_step, {"n": 0}
+
+    def crash_in_second_epoch(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 2 steps per epoch (16 cubes / 8): dies in epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(training, "train_step", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(work, tiny_preset(), out=out, progress=False)
+    assert resume_path(out).exists() and not out.exists()
+    monkeypatch.setattr(training, "train_step", real_step)
+    with pytest.raises(UserError, match="other training settings"):
+        train(work, tiny_preset(lr=1e-2), out=out, resume=True, progress=False)
+    train(work, tiny_preset(), out=out, resume=True, progress=False)
+    a, b = torch.load(trained, weights_only=True), torch.load(out, weights_only=True)
+    assert a["sha256"] == b["sha256"]
+    assert a["stats"] == b["stats"]
+
+
+def test_model_only_file_needs_stats_for_test(work, trained, tmp_path):
+    model, _ = load_checkpoint(trained)
+    save_model_only(tmp_path / "weights.pt", model)
+    m2, ck = load_checkpoint(tmp_path / "weights.pt")
+    assert ck.stats is None
+    with pytest.raises(UserError, match="--stats"):
+        run_test(work, tmp_path / "weights.pt", out=tmp_path / "r", progress=False)
+    res = run_test(work, tmp_path / "weights.pt", out=tmp_path / "r", stats="train", progress=False)
+    ref = run_test(work, trained, out=tmp_path / "r2", progress=False)
+    assert res["micro_auroc"] == pytest.approx(ref["micro_auroc"])
+    assert ref["micro_auroc"] >= 0.9  # fast bright blobs outrank slow dim ones after brief training
+
+
+def test_cli_train_and_test(work, tmp_path, capsys):
+    out = tmp_path / "cli.pt"
+    rc = main(["train", "--work", str(work), "--model-size", "tiny", "--epochs", "1", "--batch-size", "8",
+               "--max-cubes", "12", "--device", "cpu", "--out", str(out), "--quiet"])
+    assert rc == 0 and out.exists()
+    ck = torch.load(out, weights_only=True)
+    assert ck["preset"]["train"]["max_cubes"] == 12 and ck["stats"]["n_cubes"] == 12
+    capsys.readouterr()
+    res_dir = tmp_path / "res"
+    rc = main(["test", "--work", str(work), "--model", str(out), "--epsilon", "0", "--w-flow", "0",
+               "--out", str(res_dir), "--quiet"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) == {"micro_auroc", "macro_auroc", "eer", "per_clip_auroc"}
+    for name in ("scores.csv", "objects.csv", "roc.png", "metrics.json"):
+        assert (res_dir / name).stat().st_size > 0
+    metrics = json.loads((res_dir / "metrics.json").read_text())
+    assert metrics["score"]["epsilon"] == 0 and metrics["score"]["w_flow"] == 0
+    lines = (res_dir / "scores.csv").read_text().splitlines()
+    assert lines[0] == "clip,frame,score,label" and len(lines) == 1 + 8
+    assert (res_dir / "objects.csv").read_text().splitlines()[0].startswith("clip,frame,x1,y1,x2,y2,e_raw")
+    # a subset of test clips: frames re-indexed, only that clip evaluated
+    sub = tmp_path / "sub"
+    assert main(["test", "--work", str(work), "--model", str(out), "--epsilon", "0", "--clips", "01",
+                 "--out", str(sub), "--quiet"]) == 0
+    assert list(json.loads((sub / "metrics.json").read_text())["per_clip_auroc"]) == ["01"]
+    assert len((sub / "scores.csv").read_text().splitlines()) == 1 + 4
+    assert main(["test", "--work", str(work), "--model", str(out), "--clips", "nope", "--quiet"]) == 2
+    # default model path missing -> one clear error, exit 2
+    assert main(["test", "--work", str(tmp_path / "nowork"), "--quiet"]) == 2
+    assert main(["train", "--work", str(tmp_path / "nowork"), "--quiet"]) == 2
