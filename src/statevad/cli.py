@@ -43,44 +43,205 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("prepare", help="boxes, optical flow and cubes into a work directory")
     p.add_argument("--root", required=True, help="dataset root (layout detected automatically)")
     p.add_argument("--work", required=True, help="work directory to write (resumable)")
+    p.add_argument("--split", default="both", choices=["train", "test", "both"])
+    p.add_argument("--preset", default=None, help="ped2 | avenue | shanghaitech | generic "
+                   "(default: guessed from the dataset)")
+    p.add_argument("--boxes", default=None,
+                   choices=["reference", "detector", "motion", "detector+motion", "auto"],
+                   help="object box source (default: auto = detector+motion if the detector exists, "
+                   "else motion)")
+    p.add_argument("--detector", default=None, metavar="PATH",
+                   help="NanoDet-m ONNX (default: $STATEVAD_DETECTOR or ../shared/models/nanodet-m-416.onnx)")
+    p.add_argument("--flow", default=None, choices=["dis", "farneback", "deepflow", "rlof"],
+                   help="optical flow method (default: dis)")
+    p.add_argument("--length", type=int, default=None, help="cube half-length l: 2l+1 frames (default 3)")
+    p.add_argument("--jobs", type=int, default=1, help="clips processed in parallel (default 1)")
+    p.add_argument("--motion-wrap", action="store_true", default=None,
+                   help="reproduce the original's uint8 wrap-around in the motion-box difference sum")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(_parser=p)
-    return _not_implemented("prepare")
+    return _run_prepare
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from statevad.prepare import prepare, summary
+
+    manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, box_source=args.boxes,
+                       flow_method=args.flow, length=args.length, jobs=args.jobs, progress=not args.quiet,
+                       detector_path=args.detector, motion_wrap=args.motion_wrap)
+    print(summary(manifest))
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> Handler:
+    from statevad.config import MODEL_SIZES, PRESETS
+
     p = sub.add_parser("train", help="train the STATE network on the prepared training cubes")
-    p.add_argument("--work", required=True)
-    return _not_implemented("train")
+    p.add_argument("--work", required=True, help="work directory written by `statevad prepare`")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="hyper-parameters (default: the preset prepare recorded, else the dataset's)")
+    p.add_argument("--model-size", choices=list(MODEL_SIZES),
+                   help="network size: paper (published, 2.57M parameters), fast, tiny (tests/demo)")
+    p.add_argument("--epochs", type=int, help="default 20 (spec 6.3)")
+    p.add_argument("--batch-size", type=int, help="cubes per step, default 128")
+    p.add_argument("--lr", type=float, help="Adam learning rate, default 1e-3")
+    p.add_argument("--max-cubes", type=int, help="train on a seeded random subsample of N cubes")
+    p.add_argument("--seed", type=int, help="seed for weights, sampler and subsample (default 0)")
+    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
+    p.add_argument("--out", help="model file to write (default: WORK/model.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return _run_train
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import time
+    from pathlib import Path
+
+    from statevad.config import override, with_model_size
+    from statevad.training import preset_for_work, train
+
+    preset = preset_for_work(args.work, args.preset)
+    preset = dataclasses.replace(
+        preset,
+        model=with_model_size(preset.model, args.model_size),
+        train=override(preset.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       max_cubes=args.max_cubes, seed=args.seed, device=args.device, bf16=args.bf16),
+    )
+    t0 = time.perf_counter()
+    out = train(Path(args.work), preset, out=args.out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"model": str(out), "preset": preset.name, "epochs": preset.train.epochs,
+                      "minutes": round((time.perf_counter() - t0) / 60, 2)}))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- test
 def _add_test(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("test", help="score the prepared test cubes and evaluate (AUROC)")
-    p.add_argument("--work", required=True)
-    return _not_implemented("test")
+    p.add_argument("--work", required=True, help="work directory written by `statevad prepare`")
+    p.add_argument("--model", help="model file (default: WORK/model.pt)")
+    p.add_argument("--epsilon", type=float, help="perturbation step (spec 7.1); 0 = no perturbation")
+    p.add_argument("--w-raw", type=float, help="weight of the raw branch z-score; 0 = flow only")
+    p.add_argument("--w-flow", type=float, help="weight of the flow branch z-score; 0 = raw only")
+    p.add_argument("--smooth-sigma", type=float, help="Gaussian smoothing of frame scores (default 0 = off)")
+    p.add_argument("--batch-size", type=int, help="cubes per scoring step (default 256)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
+    p.add_argument("--stats", help="training statistics for a model file without them (imported weights): "
+                                   "'train' computes them on WORK's training cubes, or a JSON file")
+    p.add_argument("--clips", help="comma-separated test clip names: score only these (quick check)")
+    p.add_argument("--out", help="results folder (default: WORK/results/<model name>/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return _run_test
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from statevad.scoring import run_test
+
+    work = Path(args.work)
+    overrides = {"epsilon": args.epsilon, "w_raw": args.w_raw, "w_flow": args.w_flow,
+                 "smooth_sigma": args.smooth_sigma, "batch_size": args.batch_size, "device": args.device,
+                 "bf16": args.bf16}
+    res = run_test(work, Path(args.model) if args.model else work / "model.pt", out=args.out,
+                   overrides=overrides, stats=args.stats, progress=not args.quiet,
+                   clips=[c for c in args.clips.split(",") if c] if args.clips else None)
+    keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc")
+    print(json.dumps({k: res[k] for k in keys}))
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- score
 def _add_score(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("score", help="score a video, frame folder or live stream with a trained model")
-    p.add_argument("input")
-    return _not_implemented("score")
+    p.add_argument("input", help="video file, frame folder, camera index (0) or stream URL")
+    p.add_argument("--model", required=True, help="model file written by `statevad train`")
+    p.add_argument("--out", required=True, help="output folder (scores.csv, objects.jsonl, events.json, "
+                   "annotated.mp4, score_curve.png, report.html)")
+    p.add_argument("--threshold", type=float, default=None, metavar="Z",
+                   help="frame threshold on the fused z-score (default: automatic, see README)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="per-frame 0/1 labels (.npy, .txt, .json): shaded on the curve, AUROC printed")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--no-perturb", action="store_true",
+                   help="skip the test-time perturbation (epsilon 0): about 2-3x faster, less accurate")
+    p.add_argument("--boxes", default=None, metavar="SOURCE",
+                   help="auto | detector | motion | detector+motion, or a reference .npz for this input "
+                   "(default: what the model was trained with)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
+    p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
+    p.add_argument("--batch-frames", type=int, default=4,
+                   help="frames whose cubes go through the network together (default 4)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate, if the input does not carry one")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return _run_score
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from statevad.stream import ScoreOptions, format_summary, load_labels, score
+
+    labels, pad = load_labels(args.labels) if args.labels else (None, -1)
+    opts = ScoreOptions(threshold=args.threshold, labels=labels, labels_pad=pad, max_frames=args.max_frames,
+                        perturb=not args.no_perturb, boxes=args.boxes, device=args.device, bf16=args.bf16,
+                        video=not args.no_video,
+                        batch_frames=args.batch_frames, fps=args.fps, progress=not args.quiet)
+    res = score(args.input, args.model, args.out, opts)
+    print(format_summary(res))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("demo", help="the main job on a bundled sample: train, score, report")
     p.add_argument("--out", default="statevad-demo", help="output folder (default: ./statevad-demo)")
-    return _not_implemented("demo")
+    p.add_argument("--fast", action="store_true", help="fewer frames and epochs (about a minute; for tests)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic scene instead of the bundled "
+                   "Ped2 sample")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return _run_demo
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from statevad.demo import DemoOptions, run_demo
+
+    run_demo(args.out, DemoOptions(fast=args.fast, synthetic=args.synthetic, device=args.device,
+                                   progress=not args.quiet))
+    return 0
 
 
 # --------------------------------------------------------------------------------- import-original
 def _add_import_original(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("import-original", help="convert a checkpoint of the original STATE code")
-    p.add_argument("ckpt")
-    p.add_argument("--out", required=True)
-    return _not_implemented("import-original")
+    p = sub.add_parser(
+        "import-original", help="convert a checkpoint of the original STATE code",
+        description="Convert a state_dict saved by the original STATE code (keys with or without 'module.', "
+        "possibly nested in lists) into a statevad model file. Layers, heads, widths and the positional kind "
+        "are read from the keys. The file holds weights only: `statevad test` also needs the training "
+        "statistics (spec 6.4), which come from a statevad training run.",
+    )
+    p.add_argument("ckpt", help="original checkpoint (torch.save of a state_dict, e.g. *_model_*.npy)")
+    p.add_argument("--out", required=True, help="statevad model file to write (e.g. model.pt)")
+    p.add_argument("--frames", type=int, default=7,
+                   help="cube length T = 2l+1 the weights were trained with (not stored in them; default 7)")
+    return _run_import_original
+
+
+def _run_import_original(args: argparse.Namespace) -> int:
+    from statevad.model import count_parameters, load_original_checkpoint, save_model_only
+
+    model = load_original_checkpoint(args.ckpt, frames=args.frames)
+    save_model_only(args.out, model, model.cfg)
+    c = model.cfg
+    print(f"wrote {args.out}: {c.n_layers} layers, {c.n_heads} heads, widths {list(c.widths)}, pos {c.pos}, "
+          f"T {c.frames}, {count_parameters(model):,} parameters")
+    return 0
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [

@@ -77,9 +77,13 @@ class Clip:
         if self.mask_loader is None:
             return None
         masks = np.asarray(self.mask_loader()).astype(bool)
-        if len(masks) != self.n_frames:
-            raise UserError(f"pixel masks of clip {self.name} have {len(masks)} frames, the clip has "
-                            f"{self.n_frames}")
+        where = f"pixel masks of clip {self.name} ({self.source})"
+        if masks.ndim != 3 or len(masks) != self.n_frames:
+            raise UserError(f"{where} have shape {masks.shape}; expected ({self.n_frames}, H, W), one mask "
+                            f"per frame")
+        if self.size is not None and masks.shape[1:] != self.size:
+            raise UserError(f"{where} are {masks.shape[2]}x{masks.shape[1]} but the frames are "
+                            f"{self.size[1]}x{self.size[0]} (W x H); the masks belong to another video")
         return masks
 
 
@@ -159,18 +163,25 @@ def _check_labels(clip: Clip, labels: np.ndarray, origin: Path | str) -> np.ndar
     return labels
 
 
-def _intervals_to_labels(n: int, intervals: list[tuple[int, int]], one_based: bool) -> np.ndarray:
+def _intervals_to_labels(n: int, intervals: list[tuple[int, int]], one_based: bool, origin: Path | str,
+                         clip: str) -> np.ndarray:
+    """Inclusive intervals to 0/1 labels; an interval outside the clip means the file belongs to other
+    videos, so it is an error that quotes the file's own (1- or 0-based) numbers."""
     labels = np.zeros(n, np.uint8)
+    first = 1 if one_based else 0
     for a, b in intervals:
-        a, b = (a - 1, b - 1) if one_based else (a, b)
-        if a < 0 or b >= n or b < a:
-            raise UserError(f"anomalous interval [{a}, {b}] lies outside a clip of {n} frames")
-        labels[a:b + 1] = 1
+        if a < first or b > n - 1 + first or b < a:
+            raise UserError(f"{origin}: anomalous interval [{a}, {b}] of clip {clip} lies outside its {n} "
+                            f"frames (expected {first} <= start <= end <= {n - 1 + first}, "
+                            f"{first}-based inclusive)")
+        labels[a - first:b - first + 1] = 1
     return labels
 
 
 def _guess_name(root: Path) -> str:
-    text = str(root).lower()
+    """Preset from the root folder's own name only: a parent such as ``~/avenue_work/my_footage`` must not
+    turn the user's footage into Avenue."""
+    text = root.resolve().name.lower()
     for key, name in (("ped2", "ped2"), ("avenue", "avenue"), ("shanghai", "shanghaitech")):
         if key in text:
             return name
@@ -205,6 +216,9 @@ def _reference_boxes(root: Path) -> dict[str, Path]:
 def _ped2_mask_loader(path: Path, clip: Clip) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         with np.load(path, allow_pickle=False) as data:
+            if clip.name not in data.files:
+                raise UserError(f"{path}: no pixel masks for test clip {clip.name} (keys: "
+                                f"{', '.join(data.files[:5])}...); expected one key per test clip")
             packed = data[clip.name]
         width = clip.size[1] if clip.size else packed.shape[-1] * 8
         return np.unpackbits(packed, axis=-1)[..., :width].astype(bool)
@@ -215,10 +229,11 @@ def _ped2_mask_loader(path: Path, clip: Clip) -> Callable[[], np.ndarray]:
 def _ucsd_root(root: Path) -> Path:
     if (root / "Train").is_dir() and (root / "Test").is_dir():
         return root
-    kids = [p for p in _subdirs(root) if p.name.lower().startswith("ucsdped")]
-    if len(kids) == 1 and (kids[0] / "Train").is_dir():
-        return kids[0]
-    return root
+    kids = [p for p in _subdirs(root) if p.name.lower().startswith("ucsdped") and (p / "Train").is_dir()]
+    if len(kids) > 1:
+        names = ", ".join(p.name for p in kids)
+        raise UserError(f"{root}: holds {names}; give one of them as the dataset root (e.g. {kids[-1]})")
+    return kids[0] if kids else root
 
 
 def _parse_ucsd_m(path: Path) -> list[list[tuple[int, int]]]:
@@ -243,7 +258,8 @@ def _load_ucsd(root: Path) -> Dataset:
         if len(intervals) != len(test):
             raise UserError(f"{m_files[0]}: intervals for {len(intervals)} clips but {len(test)} test clips")
         for c, iv in zip(test, intervals, strict=True):
-            c.labels = _check_labels(c, _intervals_to_labels(c.n_frames, iv, one_based=True), m_files[0])
+            labels = _intervals_to_labels(c.n_frames, iv, True, m_files[0], c.name)
+            c.labels = _check_labels(c, labels, m_files[0])
     for c in test:
         gt = c.source.parent / f"{c.name}_gt"
         if gt.is_dir():
@@ -297,7 +313,7 @@ def _load_frames_layout(root: Path) -> Dataset:
         if len(intervals) != len(test):
             raise UserError(f"{mats[0]}: intervals for {len(intervals)} clips but {len(test)} test clips")
         for c, iv in zip(test, intervals, strict=True):
-            c.labels = _check_labels(c, _intervals_to_labels(c.n_frames, iv, one_based=True), mats[0])
+            c.labels = _check_labels(c, _intervals_to_labels(c.n_frames, iv, True, mats[0], c.name), mats[0])
     elif mask_dir.is_dir():
         _labels_from_npy(test, mask_dir)
     sht = bool(test or train) and all(_SHT_NAME.match(c.name) for c in train + test)
@@ -397,10 +413,7 @@ def _load_generic(root: Path) -> Dataset:
                 raise UserError(f"{cand}: labels for clip(s) {unknown[:5]} that are not in {root / 'test'}")
             for c in test:
                 if c.name in table:
-                    try:
-                        labels = _intervals_to_labels(c.n_frames, table[c.name], one_based=False)
-                    except UserError as exc:
-                        raise UserError(f"{cand}: clip {c.name}: {exc}") from None
+                    labels = _intervals_to_labels(c.n_frames, table[c.name], False, cand, c.name)
                     c.labels = _check_labels(c, labels, cand)
             break
     return Dataset(root, "generic", _guess_name(root), train, test)
@@ -497,11 +510,12 @@ def dataset_summary(ds: Dataset) -> dict[str, object]:
 
 
 def source_summary(path: Path) -> dict[str, object]:
+    """One video or frame folder, decoded in full (strict): a header count can outlive a truncation and a
+    folder listing says nothing about mixed sizes, and ``info`` on one clip is where a user checks that."""
     with open_source(path, strict=True) as src:
-        n, size, fps = src.n_frames, src.size, src.fps
-        if size is None:
-            first = next(iter(src), None)
-            size = None if first is None else first.shape[:2]
+        fps = src.fps
+        n = sum(1 for _ in src)
+        size = src.size
     return {"source": str(path), "kind": "frame folder" if path.is_dir() else "video",
             "frames": n, "resolution": None if size is None else f"{size[1]}x{size[0]}", "fps": fps}
 

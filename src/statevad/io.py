@@ -50,8 +50,12 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders embedded numbers by value, so unpadded frame names (``2.jpg``, ``10.jpg``) and
     clip names keep their temporal order; the original code's plain lexicographic sort breaks on them."""
+    # re.split with one group alternates text and digit runs, so odd positions are the numbers (testing
+    # str.isdigit instead would also accept "²", which int() rejects). The trailing (-1, name) only breaks
+    # ties ("01" vs "1", "A" vs "a"), so the order never depends on the file system's listing order.
     parts = _DIGITS.split(name)
-    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts if p != "")
+    key = tuple((0, int(p)) if i % 2 else (1, p.lower()) for i, p in enumerate(parts) if p != "")
+    return (*key, (-1, name))
 
 
 def is_url(spec: str) -> bool:
@@ -162,11 +166,10 @@ class VideoFileSource(FrameSource):
         finally:
             cap.release()
         self.fps = fps if fps > 0 and np.isfinite(fps) else None
+        # Raw streams (.mjpg, .h264) declare no count (OpenCV reports 0 or a huge negative number): they are
+        # still valid, so the count stays unknown and iteration alone decides (no frame at all is an error).
         self.n_frames = count if count > 0 else None
         self.size = (h, w) if h > 0 and w > 0 else None
-        if self.n_frames is None and strict:
-            raise UserError(f"{path}: the video declares no frames; expected a readable video "
-                            f"({', '.join(sorted(VIDEO_EXTS))})")
 
     def _open(self) -> cv2.VideoCapture:
         with _quiet_opencv():
@@ -199,7 +202,8 @@ class VideoFileSource(FrameSource):
             self._fail(f"{self.path}: video ends after {i} of the {self.n_frames} frames its header "
                        f"declares (truncated or corrupt file)")
         elif i == 0:
-            self._fail(f"{self.path}: no frame could be decoded")
+            self._fail(f"{self.path}: no frame could be decoded; expected a video file readable by "
+                       f"OpenCV/FFmpeg")
 
     def close(self) -> None:
         if self._cap is not None:

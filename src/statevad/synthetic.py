@@ -186,6 +186,10 @@ def make_scene(out: Path, *, n_train: int = 3, n_test: int = 2, n_frames: int = 
     absent (a killed run never leaves a half scene that a later run would take for a dataset).
     """
     out = Path(out)
+    if n_train < 1 or n_test < 0 or n_frames < 8 or min(size) < 32:
+        # Smaller scenes cannot hold an anomaly with normal frames around it (the schedule needs the room).
+        raise UserError(f"synthetic scene: n_train={n_train}, n_test={n_test}, n_frames={n_frames}, "
+                        f"size={size}; expected n_train >= 1, n_test >= 0, n_frames >= 8, size >= (32, 32)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not an empty folder; remove it or choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,46 @@
+"""`statevad demo` end to end on the synthetic scene (the bundled Ped2 sample takes minutes, not seconds)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from statevad import demo
+from statevad.visualize import label_intervals
+
+pytest.importorskip("statevad.synthetic", reason="statevad.synthetic (the synthetic scene) is not available")
+pytest.importorskip("statevad.datasets", reason="statevad.datasets is not available")
+
+
+def test_bundled_sample_is_complete():
+    root = demo.sample_root()
+    assert demo._has_sample(root)
+    assert len(list((root / "train").glob("*.mp4"))) == 4 and (root / "test" / "02.mp4").is_file()
+    assert "Mahadevan" in (root / "README.md").read_text()
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert total < 5_000_000
+    cap = cv2.VideoCapture(str(root / "test" / "02.mp4"))
+    ok, f = cap.read()
+    assert ok and f.shape == (240, 360, 3)
+
+
+@pytest.mark.slow
+def test_demo_synthetic_end_to_end(tmp_path, capsys):
+    small = demo.DemoSettings(epochs=2, max_cubes=None, batch_size=32, box_source="motion")
+    res = demo.run_demo(tmp_path / "d", demo.DemoOptions(synthetic=True, device="cpu", progress=False,
+                                                         settings=small))
+    out = capsys.readouterr().out
+    assert "AUROC" in out and "report.html" in out
+    rep = tmp_path / "d" / "report"
+    for name in ("scores.csv", "objects.jsonl", "events.json", "annotated.mp4", "score_curve.png",
+                 "report.html"):
+        assert (rep / name).is_file(), name
+    assert res.auroc is not None and res.auroc >= 0.8, res.auroc
+    # every labelled anomaly overlaps a detected event
+    _spec, labels, _name = demo.test_clip(tmp_path / "d" / "synthetic")
+    found = json.loads((rep / "events.json").read_text())["events"]
+    for a, b in label_intervals(labels):
+        assert any(e["start"] <= b and e["end"] >= a for e in found), (a, b, found)
+    summary = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert summary["sample"] == "synthetic scene" and np.isfinite(summary["minutes"])

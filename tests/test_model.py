@@ -1,0 +1,198 @@
+"""The fast STATE network against the literal oracle (benchmarks/literal_state.py): outputs and the input
+gradient used for perturbed scoring must agree to 1e-5 in fp32 on the same weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from statevad.config import MODEL_SIZES, ModelConfig
+from statevad.errors import UserError
+from statevad.model import STATE, autocast_context, count_parameters, export_original, import_original
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from literal_state import ConvTransformer_recon_correct  # noqa: E402
+
+KEYS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "original_state_dict_keys_nl3.txt"
+
+
+def _oracle(cfg: ModelConfig, seed: int = 0) -> ConvTransformer_recon_correct:
+    torch.manual_seed(seed)
+    net = ConvTransformer_recon_correct(cfg.frames, cfg.widths, cfg.n_layers, cfg.n_heads, cfg.pos)
+    _randomise(net)
+    return net
+
+
+@torch.no_grad()
+def _randomise(net: torch.nn.Module) -> None:
+    """Break the identical-heads init and give BN non-trivial running stats, so a mix-up would show."""
+    for name, p in net.named_parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+        if name.endswith("bias"):
+            p.add_(torch.randn_like(p) * 0.05)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
+
+
+def _perturb_grad(forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dL/dx of spec 7.1: MSE(x_hat, x) with x NOT detached + MSE(y_hat, y)."""
+    x = x.clone().requires_grad_(True)
+    raw, flow = forward(x)
+    loss = F.mse_loss(raw, x) + F.mse_loss(flow, y)
+    (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+def _pair(cfg: ModelConfig, seed: int = 0) -> tuple[ConvTransformer_recon_correct, STATE]:
+    oracle = _oracle(cfg, seed)
+    fast = import_original(oracle.state_dict(), cfg)
+    return oracle, fast
+
+
+def _oracle_fn(oracle: ConvTransformer_recon_correct):
+    def fwd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t = x.shape[:2]
+        of, raw, _, _ = oracle(x.reshape(b, t * 3, *x.shape[3:]))
+        return raw, of
+
+    return fwd
+
+
+def test_oracle_keys_equal_original_key_file() -> None:
+    keys = KEYS.read_text().split()
+    assert len(keys) == 442
+    assert list(_oracle(ModelConfig()).state_dict()) == keys
+    assert list(export_original(STATE(ModelConfig()))) == keys
+
+
+def test_parameter_count_and_shapes() -> None:
+    model = STATE(ModelConfig())
+    assert count_parameters(model) == 2_568_061
+    oracle = ConvTransformer_recon_correct()
+    assert sum(p.numel() for p in oracle.parameters()) == 3_312_261
+    raw, flow = model(torch.rand(2, 7, 3, 32, 32))
+    assert raw.shape == (2, 7, 3, 32, 32) and flow.shape == (2, 7, 2, 32, 32)
+
+
+CONFIGS = [
+    ModelConfig(),
+    ModelConfig(frames=5, widths=(8, 16, 32), n_layers=2, n_heads=2, pos="sine"),
+    ModelConfig(frames=9, widths=(8, 16, 32), n_layers=1, n_heads=4, pos="learned"),
+]
+IDS = ["paper", "tiny-sine", "tiny-9frames"]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_fast_equals_literal_outputs(cfg: ModelConfig) -> None:
+    oracle, fast = _pair(cfg)
+    torch.manual_seed(1)
+    x = torch.rand(1 if cfg == ModelConfig() else 2, cfg.frames, 3, 32, 32)  # B=1 keeps the paper size fast
+    for mode in ("eval", "train"):  # train: batch statistics in BN, and the running stats it updates
+        oracle.train(mode == "train")
+        fast.train(mode == "train")
+        with torch.no_grad():
+            ro, fo = _oracle_fn(oracle)(x)
+            rf, ff = fast(x)
+        assert _rel(rf, ro) <= 1e-5, mode
+        assert _rel(ff, fo) <= 1e-5, mode
+    for (k, a), b in zip(export_original(fast).items(), oracle.state_dict().values(), strict=True):
+        if "running" in k:
+            assert _rel(a.float(), b.float()) <= 1e-5, k
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=IDS[:2])
+def test_fast_equals_literal_input_gradient(cfg: ModelConfig) -> None:
+    """The perturbation gradient of spec 7.1. In float64 the two must agree to rounding (the rewrite is
+    exact). In float32 the gradient of a ReLU/LeakyReLU network jumps where a pre-activation is within
+    rounding of zero: on about half of random inputs the literal network itself then differs from its own
+    float64 result by 1e-5..2e-3 (measured), so the float32 check uses a fixed input with no such kink."""
+    oracle, fast = _pair(cfg)
+    oracle.eval()
+    fast.eval()
+    torch.manual_seed(102)
+    x = torch.rand(2, cfg.frames, 3, 32, 32)
+    y = torch.randn(2, cfg.frames, 2, 32, 32)
+    g_lit = _perturb_grad(_oracle_fn(oracle), x, y)
+    g_fast = _perturb_grad(fast, x, y)
+    assert _rel(g_fast, g_lit) <= 1e-5
+    if cfg == ModelConfig():
+        return  # float64 on the paper size is slow; the tiny config checks exactness in float64
+    oracle.double()
+    fast.double()
+    g_lit64 = _perturb_grad(_oracle_fn(oracle), x.double(), y.double())
+    g_fast64 = _perturb_grad(fast, x.double(), y.double())
+    assert _rel(g_fast64, g_lit64) <= 1e-12
+    assert _rel(g_fast.double(), g_lit64) <= 1e-5
+
+
+def test_parameter_gradients_match_literal_in_train_mode() -> None:
+    cfg = ModelConfig(widths=(8, 16, 32), n_layers=2, n_heads=2)
+    oracle, fast = _pair(cfg)
+    x, y = torch.rand(2, 7, 3, 32, 32), torch.randn(2, 7, 2, 32, 32)
+    for net, fwd in ((oracle, _oracle_fn(oracle)), (fast, fast)):
+        net.train()
+        raw, flow = fwd(x)
+        (F.mse_loss(raw, x) + F.mse_loss(flow, y)).backward()
+    grads = {k: v.grad for k, v in fast.named_parameters()}
+    og = dict(oracle.named_parameters())
+    pairs = [("raw.transformer.layers.1.ffn.weight", "encoder.encoder.1.feedforward.conv0.0.weight"),
+             ("flow.encoder.inc.conv1.weight", "feature_embedding_of.inc.conv.conv.0.weight"),
+             ("raw.transformer.pos.weight", "encoder.positionnet.positional_embedding.weight")]
+    for ours, orig in pairs:
+        assert _rel(grads[ours], og[orig].grad) <= 1e-4, ours
+    lb = grads["raw.transformer.layers.0.logit_bias"]
+    head = "encoder.encoder.0.attention_heads.{}.attentionmap.conv0.0.bias"
+    ob = torch.cat([og[head.format(k)].grad for k in (0, 1)])
+    assert _rel(lb, ob) <= 1e-4
+
+
+def test_identical_init_quirk() -> None:
+    model = STATE(ModelConfig(n_layers=2))
+    tr = model.raw.transformer
+    w = tr.layers[0].qkv.weight.view(4, -1)
+    assert torch.equal(w[0], w[3])
+    assert torch.equal(tr.layers[0].logit.weight, tr.layers[1].logit.weight)
+    free = STATE(ModelConfig(n_layers=2), identical_init=False).raw.transformer
+    assert not torch.equal(free.layers[0].qkv.weight, free.layers[1].qkv.weight)
+
+
+@pytest.mark.parametrize("size", sorted(MODEL_SIZES))
+def test_sizes_run_and_are_device_agnostic(size: str) -> None:
+    cfg = ModelConfig(**MODEL_SIZES[size])
+    model = STATE(cfg).to("meta")
+    raw, flow = model(torch.rand(2, 7, 3, 32, 32, device="meta"))
+    assert raw.device.type == "meta" and flow.shape == (2, 7, 2, 32, 32)
+
+
+def test_bad_configs_raise_user_error() -> None:
+    with pytest.raises(UserError, match="divisible by n_heads"):
+        STATE(ModelConfig(n_heads=3))
+    with pytest.raises(UserError, match="frames"):
+        STATE(ModelConfig(frames=11))
+    with pytest.raises(UserError, match="pos"):
+        STATE(ModelConfig(pos="rope"))
+    STATE(ModelConfig(frames=11, pos="sine", widths=(8, 16, 32), n_heads=2))
+
+
+def test_bf16_autocast_is_close() -> None:
+    cfg = ModelConfig(widths=(8, 16, 32), n_layers=1, n_heads=2)
+    model = STATE(cfg).eval()
+    x = torch.rand(2, 7, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)[0]
+        with autocast_context("cpu", True):
+            low = model(x)[0]
+    assert low.dtype == torch.bfloat16
+    assert _rel(low.float(), ref) < 0.05
+    with autocast_context("cpu", False):
+        assert model(x)[0].dtype == torch.float32
