@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
     import onnxruntime
-    from statevad.datasets import load_dataset
 
     from statevad.boxes import default_detector_path
     from statevad.config import get_preset
+    from statevad.datasets import load_dataset
     from statevad.errors import atomic_write_json
 
     ds = load_dataset(args.root)

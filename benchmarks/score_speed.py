@@ -48,17 +48,20 @@ def make_checkpoint(size: str, path: Path, seed: int = 0) -> None:
     save_checkpoint(path, model, preset, stats, None)
 
 
-def run_one(video: str, size: str, perturb: bool, frames: int, tmp: Path, device: str) -> dict:
+def run_one(video: str, size: str, perturb: bool, frames: int, tmp: Path, device: str,
+            batch_frames: int = 4, bf16: bool = False) -> dict:
     ckpt = tmp / f"{size}.pt"
     if not ckpt.exists():
         make_checkpoint(size, ckpt)
     out = tmp / f"out_{size}_{int(perturb)}"
-    res = stream.score(video, ckpt, out, stream.ScoreOptions(max_frames=frames, perturb=perturb,
-                                                             device=device, progress=False))
+    opts = stream.ScoreOptions(max_frames=frames, perturb=perturb, device=device,
+                               batch_frames=batch_frames, bf16=bf16 or None, progress=False)
+    res = stream.score(video, ckpt, out, opts)
     n = res.n_frames
     stages = {k: round(1000 * v / n, 1) for k, v in res.timing.items()}
     loop_s = sum(res.timing.values())
-    return {"size": size, "perturb": perturb, "frames": n, "objects": res.n_objects,
+    return {"size": size, "perturb": perturb, "batch_frames": batch_frames, "bf16": bf16,
+            "frames": n, "objects": res.n_objects,
             "objects_per_frame": round(res.n_objects / n, 2), "wall_s": round(res.wall_s, 2),
             "frames_per_s": round(n / loop_s, 3), "cpu_s_per_frame": round(res.cpu_s / n, 3),
             "ms_per_frame_by_stage": stages,
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=modes, choices=modes)
     ap.add_argument("--frames", type=int, default=None, help="frames per run (default: per configuration)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-frames", type=int, default=4, help="as `statevad score --batch-frames`")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as `statevad score --bf16`")
     ap.add_argument("--out", default=str(HERE / "results" / "score_speed.json"))
     args = ap.parse_args(argv)
     if not Path(args.video).is_file():
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 perturb = mode == "perturb"
                 n = args.frames or DEFAULT_FRAMES[(size, perturb)]
                 t0 = time.perf_counter()
-                row = run_one(args.video, size, perturb, n, Path(td), args.device)
+                row = run_one(args.video, size, perturb, n, Path(td), args.device,
+                              args.batch_frames, args.bf16)
                 print(json.dumps(row), f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 rows.append(row)
     doc = {

@@ -379,3 +379,14 @@ def test_info_on_single_sources(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["info", "--json", str(folder)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["frames"] == 3 and info["resolution"] == f"{W}x{H}"
+
+
+def test_clips_pickle_for_worker_processes(ped2_root):
+    """`prepare --jobs N` sends clips to worker processes: mask loaders must not be closures."""
+    import pickle
+
+    from statevad.datasets import load_dataset
+
+    clip = load_dataset(ped2_root).test[0]
+    clone = pickle.loads(pickle.dumps(clip))
+    assert clone.pixel_masks().shape == (clip.n_frames, 240, 360)

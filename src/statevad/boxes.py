@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,16 +41,18 @@ _NANODET_PREFILTER = 0.05
 
 
 def default_detector_path() -> Path:
-    """``$STATEVAD_DETECTOR``, else ``../shared/models/nanodet-m-416.onnx`` beside the repo or the CWD.
+    """``$STATEVAD_DETECTOR``, else the NanoDet-m bundled with the package (``statevad/data``), else
+    ``../shared/models/nanodet-m-416.onnx`` beside the repo or the CWD.
 
     Returned even when it does not exist so that error messages can name the expected location.
     """
     env = os.environ.get("STATEVAD_DETECTOR")
     if env:
         return Path(env)
+    bundled = Path(__file__).resolve().parent / "data" / "nanodet-m-416.onnx"
     rel = Path("..") / "shared" / "models" / "nanodet-m-416.onnx"
     repo = Path(__file__).resolve().parents[2]
-    candidates = [repo / rel, Path.cwd() / rel]
+    candidates = [bundled, repo / rel, Path.cwd() / rel]
     for cand in candidates:
         if cand.is_file():
             return cand
@@ -256,19 +259,23 @@ def _as_bgr(frame: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ reference
-def load_reference_boxes(path: str | os.PathLike[str], n_frames: int) -> list[np.ndarray]:
+def load_reference_boxes(path: str | os.PathLike[str], n_frames: int | None,
+                         allow_pickle: bool | None = None) -> list[np.ndarray]:
     """Per-frame boxes from ``boxes_reference_*.npz`` (keys ``boxes`` (N,4), ``offsets`` (frames+1,)).
 
-    The original pipeline's pickled ``.npy`` object arrays (spec 3.5) are accepted too; they need
-    ``allow_pickle``, so only load such files from a source you trust.
+    The original pipeline's ``.npy`` box files (spec 3.5) are pickled object arrays, and unpickling can
+    run arbitrary code, so they are refused unless the caller opts in (``allow_pickle=True``, or the
+    environment variable ``STATEVAD_ALLOW_PICKLE=1``) for a file it trusts; a warning says so each time.
+    ``n_frames=None`` skips the frame-count check.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"reference box file not found: {path} (use --boxes detector+motion or motion)")
+    if allow_pickle is None:
+        allow_pickle = os.environ.get("STATEVAD_ALLOW_PICKLE", "") == "1"
     try:
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=True)
-            per_frame = [np.asarray(b, np.float32).reshape(-1, 4) for b in arr]
+            per_frame = _load_pickled_boxes(path, allow_pickle)
         else:
             with np.load(path, allow_pickle=False) as z:
                 boxes = np.asarray(z["boxes"], np.float32).reshape(-1, 4)
@@ -276,13 +283,31 @@ def load_reference_boxes(path: str | os.PathLike[str], n_frames: int) -> list[np
             if offsets[0] != 0 or offsets[-1] != len(boxes) or np.any(np.diff(offsets) < 0):
                 raise ValueError("offsets are not a monotone index into boxes")
             per_frame = [boxes[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, IndexError, EOFError) as exc:
         raise UserError(f"cannot read reference boxes {path}: {exc} "
                         "(expected an .npz with 'boxes' (N,4) and 'offsets' (frames+1))") from None
-    if len(per_frame) != n_frames:
+    if n_frames is not None and len(per_frame) != n_frames:
         raise UserError(f"reference boxes {path} cover {len(per_frame)} frames but the split has {n_frames}; "
                         "they belong to another dataset or split")
     return per_frame
+
+
+def _load_pickled_boxes(path: Path, allow_pickle: bool) -> list[np.ndarray]:
+    """An original ``.npy`` box file: numeric arrays load safely; object arrays need the opt-in."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        if not allow_pickle:
+            raise UserError(f"reference boxes {path} are a pickled object array (the original code's "
+                            "format); unpickling can run arbitrary code, so it is refused: convert the file "
+                            "to the .npz format, or set STATEVAD_ALLOW_PICKLE=1 if you trust its "
+                            "source") from None
+        warnings.warn(f"unpickling {path} (STATEVAD_ALLOW_PICKLE): only do this for files you trust",
+                      stacklevel=3)
+        arr = np.load(path, allow_pickle=True)
+    return [np.asarray(b, np.float32).reshape(-1, 4) for b in arr]
 
 
 # ------------------------------------------------------------------------------------------ extractor

@@ -7,8 +7,9 @@ Bad input surfaces as :class:`statevad.errors.UserError`: one line on stderr, ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from statevad import __version__
 from statevad.errors import UserError
@@ -58,19 +59,45 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--jobs", type=int, default=1, help="clips processed in parallel (default 1)")
     p.add_argument("--motion-wrap", action="store_true", default=None,
                    help="reproduce the original's uint8 wrap-around in the motion-box difference sum")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--shard", metavar="I/N", default=None,
+                       help="compute only the clip caches of shard I of N (clip index %% N == I); run every "
+                       "shard (e.g. a Slurm array), then once with --merge")
+    scale.add_argument("--merge", action="store_true",
+                       help="build the merged arrays and manifest from the clip caches of all shards "
+                       "(computes nothing; lists the clips still missing)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(_parser=p)
     return _run_prepare
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from statevad.prepare import prepare, summary
+    import json
 
-    manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, box_source=args.boxes,
-                       flow_method=args.flow, length=args.length, jobs=args.jobs, progress=not args.quiet,
-                       detector_path=args.detector, motion_wrap=args.motion_wrap)
-    print(summary(manifest))
+    from statevad.prepare import parse_shard, prepare, summary
+
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    with _one_line_warnings("prepare"):
+        manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, box_source=args.boxes,
+                           flow_method=args.flow, length=args.length, jobs=args.jobs, progress=not args.quiet,
+                           detector_path=args.detector, motion_wrap=args.motion_wrap, shard=shard,
+                           merge=args.merge)
+    print(json.dumps(manifest) if shard is not None else summary(manifest))
     return 0
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings (a skipped short clip, mixed frame sizes) as one ``statevad CMD: warning: ...`` line each,
+    instead of Python's two-line form quoting a source line the user never wrote."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        print(f"statevad {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -91,8 +118,13 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN): bit-identical "
+                   "GPU reruns, somewhat slower; CPU runs are reproducible without it")
     p.add_argument("--out", help="model file to write (default: WORK/model.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.epilog = ("Distributed: torchrun --nproc_per_node N -m statevad train ... (DDP; gloo on CPU, NCCL on "
+                "GPU; the global --batch-size is split over the ranks). See README, 'Scaling out'.")
     return _run_train
 
 
@@ -103,7 +135,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from statevad.config import override, with_model_size
-    from statevad.training import preset_for_work, train
+    from statevad.distributed import session
+    from statevad.training import preset_for_work, resolve_device, train
 
     preset = preset_for_work(args.work, args.preset)
     preset = dataclasses.replace(
@@ -113,9 +146,12 @@ def _run_train(args: argparse.Namespace) -> int:
                        max_cubes=args.max_cubes, seed=args.seed, device=args.device, bf16=args.bf16),
     )
     t0 = time.perf_counter()
-    out = train(Path(args.work), preset, out=args.out, resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"model": str(out), "preset": preset.name, "epochs": preset.train.epochs,
-                      "minutes": round((time.perf_counter() - t0) / 60, 2)}))
+    with session(resolve_device(preset.train.device)) as ctx:  # torchrun: one DDP rank
+        out = train(Path(args.work), preset, out=args.out, resume=args.resume, progress=not args.quiet,
+                    ctx=ctx, deterministic=args.deterministic)
+    if ctx.is_main:
+        print(json.dumps({"model": str(out), "preset": preset.name, "epochs": preset.train.epochs,
+                          "ranks": ctx.world, "minutes": round((time.perf_counter() - t0) / 60, 2)}))
     return 0
 
 

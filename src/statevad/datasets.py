@@ -32,6 +32,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -213,17 +214,20 @@ def _reference_boxes(root: Path) -> dict[str, Path]:
     return {s: f for s, f in files.items() if f.is_file()}
 
 
-def _ped2_mask_loader(path: Path, clip: Clip) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        with np.load(path, allow_pickle=False) as data:
-            if clip.name not in data.files:
-                raise UserError(f"{path}: no pixel masks for test clip {clip.name} (keys: "
-                                f"{', '.join(data.files[:5])}...); expected one key per test clip")
-            packed = data[clip.name]
-        width = clip.size[1] if clip.size else packed.shape[-1] * 8
-        return np.unpackbits(packed, axis=-1)[..., :width].astype(bool)
+# Mask loaders are functools.partial objects of module-level functions, not closures: clips travel to
+# `prepare --jobs N` worker processes, and closures or lambdas cannot be pickled.
+def _load_ped2_masks(path: Path, name: str, width: int | None) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        if name not in data.files:
+            raise UserError(f"{path}: no pixel masks for test clip {name} (keys: "
+                            f"{', '.join(data.files[:5])}...); expected one key per test clip")
+        packed = data[name]
+    width = width if width else packed.shape[-1] * 8
+    return np.unpackbits(packed, axis=-1)[..., :width].astype(bool)
 
-    return load
+
+def _ped2_mask_loader(path: Path, clip: Clip) -> Callable[[], np.ndarray]:
+    return partial(_load_ped2_masks, path, clip.name, clip.size[1] if clip.size else None)
 
 
 def _ucsd_root(root: Path) -> Path:
@@ -271,11 +275,12 @@ def _load_ucsd(root: Path) -> Dataset:
     return Dataset(root, "ucsd", "ped2" if name == "ped1" else name, train, test)
 
 
-def _folder_mask_loader(folder: Path) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        return read_frames(folder, strict=True)[..., 0] > 0
+def _load_folder_masks(folder: Path) -> np.ndarray:
+    return read_frames(folder, strict=True)[..., 0] > 0
 
-    return load
+
+def _folder_mask_loader(folder: Path) -> Callable[[], np.ndarray]:
+    return partial(_load_folder_masks, folder)
 
 
 def _mat_intervals(path: Path) -> list[list[tuple[int, int]]]:
@@ -336,7 +341,7 @@ def _load_avenue(root: Path) -> Dataset:
         if f.exists():
             masks = _vol_label(f)
             c.labels = _check_labels(c, masks.reshape(len(masks), -1).any(axis=1), f)
-            c.mask_loader = (lambda f=f: _vol_label(f))
+            c.mask_loader = partial(_vol_label, f)
     return Dataset(root, "avenue", "avenue", train, test)
 
 
@@ -365,7 +370,7 @@ def _load_shanghaitech(root: Path) -> Dataset:
     for c in test:
         f = pix / f"{c.name}.npy"
         if f.exists():
-            c.mask_loader = (lambda f=f: np.load(f, allow_pickle=False))
+            c.mask_loader = partial(np.load, f, allow_pickle=False)
     return Dataset(root, "shanghaitech", "shanghaitech", train, test)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from statevad.config import ModelConfig
-from statevad.errors import UserError, atomic_path
+from statevad.errors import UserError, atomic_write_bytes
 
 MODEL_FORMAT = "statevad-model/1"
 PE_SLOTS = 10  # the original's nn.Embedding(10, d): T <= 10 with learned positions
@@ -549,8 +550,18 @@ def save_model_only(path: str | Path, model: STATE, cfg: ModelConfig | None = No
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "model_config": dataclasses.asdict(cfg),
     }
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    atomic_torch_save(obj, path)
+
+
+def atomic_torch_save(payload: Mapping[str, Any], path: str | Path) -> None:
+    """``torch.save`` through memory, then temp + rename.
+
+    Saving to a file names the zip's inner folder after the file -- here a random temporary name --
+    so equal payloads gave different bytes; a buffer always uses ``archive/``: equal runs, equal files.
+    """
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_model_only(path: str | Path) -> STATE:

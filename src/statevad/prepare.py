@@ -5,6 +5,12 @@ with a fingerprint of everything that determines its content (the clip's file, t
 versions, the detector or reference boxes). A rerun recomputes only clips whose cache is missing,
 unreadable or stale, then concatenates the caches into memory-mappable ``.npy`` arrays, and writes
 ``manifest.json`` last: a work directory without a manifest entry for a split is never read as complete.
+
+Scale-out: ``shard=(i, n)`` computes only the caches of clips whose index within their split is
+``i (mod n)`` (a Slurm array task or a Kubernetes indexed job each), and ``merge=True`` then builds the
+merged arrays and the manifest from the caches alone, refusing (with the list) while any is missing. The
+result is byte-identical to an unsharded run. Every cache carries a sha256 of its arrays; a cache that
+fails it, or does not load, is recomputed.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, get_prese
 from statevad.errors import UserError, atomic_path, atomic_save_npy, atomic_write_json, atomic_write_with
 
 FORMAT = "statevad-work/1"
-CACHE_FORMAT = "statevad-clip/1"
+CACHE_FORMAT = "statevad-clip/2"  # /2: arrays carry a sha256
 SPLITS = ("train", "test")
 _ARRAYS = ("raw", "flow", "frame", "clip", "box")
 
@@ -135,14 +141,27 @@ def cache_name(clip_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(clip_name)).strip("._") or "clip"
 
 
+def cache_checksum(raw: np.ndarray, flow: np.ndarray, frame: np.ndarray, box: np.ndarray) -> str:
+    """sha256 over dtype, shape and bytes of a cache's arrays: a flipped bit is caught, not trained on."""
+    h = hashlib.sha256()
+    for a in (raw, flow, frame, box):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def read_cache(path: Path, fingerprint: str, cfg: CubeConfig) -> dict[str, Any] | None:
-    """The cached arrays if ``path`` is a complete cache with this fingerprint; ``None`` means redo."""
+    """The cached arrays if ``path`` is a complete, intact cache with this fingerprint; ``None``: redo."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["fingerprint"]) != fingerprint:
                 return None
             data = {k: z[k] for k in ("raw", "flow", "frame", "box", "n_dropped")}
+            checksum = str(z["checksum"])
     except Exception:  # missing, truncated or foreign file: any failure means "recompute"
+        return None
+    if cache_checksum(data["raw"], data["flow"], data["frame"], data["box"]) != checksum:
         return None
     n = len(data["frame"])
     t, p = cfg.frames, cfg.patch
@@ -206,26 +225,46 @@ def process_clip(index: int, clip: Any, options: PrepareOptions, fingerprint: st
         boxes = ref_boxes
     t2 = time.perf_counter()
     flows = clip_flow(frames, estimator, progress=progress, desc=f"flow {clip.name}")
+    _check_finite_flow(flows, clip.name)
     t3 = time.perf_counter()
     cubes = clip_cubes(frames, flows, boxes, options.cube, progress=progress, desc=f"cubes {clip.name}")
     t4 = time.perf_counter()
     sec = {"read": t1 - t0, "boxes": t2 - t1, "flow": t3 - t2, "cubes": t4 - t3}
     n_boxes = np.array([len(b) for b in boxes], np.int64)
+    checksum = cache_checksum(cubes.raw, cubes.flow, cubes.frame, cubes.box)
     atomic_write_with(dest, lambda tmp: np.savez(
         tmp, fingerprint=np.array(fingerprint), raw=cubes.raw, flow=cubes.flow, frame=cubes.frame,
-        box=cubes.box, n_dropped=np.int64(cubes.n_dropped), n_boxes=n_boxes))
+        box=cubes.box, n_dropped=np.int64(cubes.n_dropped), n_boxes=n_boxes, checksum=np.array(checksum)))
     return ClipResult(index, len(cubes), cubes.n_dropped, clip.n_frames, sec)
+
+
+def _check_finite_flow(flows: Any, name: str) -> None:
+    """NaN/inf flow is refused, not zeroed: it means a broken flow backend or input, and zeroing it
+    would silently make moving objects look still (and feed NaN into training otherwise)."""
+    for t, f in enumerate(flows):
+        if not np.isfinite(f).all():
+            raise UserError(f"clip {name}: the optical flow of frame {t} contains NaN or inf values; "
+                            "check the frames or use another --flow method")
 
 
 # --------------------------------------------------------------------------------------------- prepare
 def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *, split: str = "both",
             preset: str | None = None, box_source: str | None = None, flow_method: str | None = None,
             length: int | None = None, jobs: int = 1, progress: bool = True, detector_path: str | None = None,
-            motion_wrap: bool | None = None) -> dict[str, Any]:
-    """Write (or complete) the work directory and return its manifest."""
+            motion_wrap: bool | None = None, shard: tuple[int, int] | None = None,
+            merge: bool = False) -> dict[str, Any]:
+    """Write (or complete) the work directory and return its manifest.
+
+    ``shard=(i, n)`` only fills the clip caches of shard ``i`` of ``n`` and returns a shard report (no
+    manifest); ``merge=True`` computes nothing and builds the arrays + manifest from complete caches.
+    """
     splits = _parse_split(split)
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if shard is not None and merge:
+        raise UserError("--shard and --merge are separate steps: run every shard, then --merge once")
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise UserError(f"--shard {shard[0]}/{shard[1]}: expected I/N with 0 <= I < N")
     if hasattr(root, "clips"):  # an already loaded Dataset is accepted as is
         ds = root
     else:
@@ -243,15 +282,91 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
         manifest["splits"].update({k: v for k, v in old.get("splits", {}).items() if k not in splits})
     _log(progress, f"boxes: {options.box_source} ({options.box_source_reason}); flow: {options.flow.method}; "
                    f"cube length {options.cube.frames}; preset {options.preset}")
+    report: dict[str, Any] = {"format": FORMAT + "#shard", "shard": list(shard or ()), "splits": {}}
     for sp in splits:
         clips = list(ds.clips(sp))
         if not clips:
             warnings.warn(f"dataset {root} has no {sp} clips; skipping that split", stacklevel=2)
             continue
+        if shard is not None:
+            report["splits"][sp] = _prepare_shard(ds, sp, clips, options, work, jobs, progress, shard)
+            continue
+        _remove_stale_temps(work / sp)
         manifest["splits"][sp] = _prepare_split(ds, sp, clips, options, work, jobs, progress,
-                                                (old or {}).get("splits", {}).get(sp))
+                                                (old or {}).get("splits", {}).get(sp), merge_only=merge)
         atomic_write_json(work / "manifest.json", manifest)
-    return manifest
+    return report if shard is not None else manifest
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N); a Slurm array task passes ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise UserError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_clips(n_clips: int, shard: tuple[int, int]) -> list[int]:
+    """Clip indices (within a split) of shard ``i`` of ``n``: ``index % n == i`` (deterministic, and
+    interleaved so that long and short clips spread over the shards)."""
+    i, n = shard
+    return [k for k in range(n_clips) if k % n == i]
+
+
+def _remove_stale_temps(split_dir: Path) -> None:
+    """Delete temporary files a killed writer left (``atomic_path``: ``.<stem>.<random>.tmp<suffix>``).
+
+    They are never read as outputs; this only reclaims space. Not done by shard runs, which may share the
+    work directory with other shards that are writing right now.
+    """
+    for d in (split_dir, split_dir / "clips"):
+        if d.is_dir():
+            for tmp in d.glob(".*.tmp*"):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+
+
+def _clip_plan(ds: Any, split: str, clips: list[Any], options: PrepareOptions,
+               work: Path) -> tuple[list[Any], list[str], list[Path]]:
+    """Reference boxes, fingerprints and cache paths of every clip of a split."""
+    n_frames = int(sum(c.n_frames for c in clips))
+    ref_all = _reference_boxes(ds, split, n_frames) if options.box_source == "reference" else None
+    cache_dir = work / split / "clips"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    refs = [ref_all[c.start:c.start + c.n_frames] if ref_all is not None else None for c in clips]
+    fps = [clip_fingerprint(c, options, r) for c, r in zip(clips, refs, strict=True)]
+    paths = [cache_dir / f"{i:04d}_{cache_name(c.name)}.npz" for i, c in enumerate(clips)]
+    return refs, fps, paths
+
+
+def _too_short(clip: Any, options: PrepareOptions) -> str | None:
+    """Why a clip has no cube window (it is skipped, never cached), or None."""
+    from statevad.cubes import ClipTooShort, elastic_window
+
+    try:
+        elastic_window(0, clip.n_frames, options.cube.length)
+    except ClipTooShort as exc:
+        return str(exc)
+    return None
+
+
+def _prepare_shard(ds: Any, split: str, clips: list[Any], options: PrepareOptions, work: Path, jobs: int,
+                   progress: bool, shard: tuple[int, int]) -> dict[str, Any]:
+    """Fill the caches of one shard's clips; the merge step builds arrays and manifest later."""
+    refs, fps, paths = _clip_plan(ds, split, clips, options, work)
+    mine = shard_clips(len(clips), shard)
+    todo = [i for i in mine if read_cache(paths[i], fps[i], options.cube) is None]
+    _log(progress, f"{split} shard {shard[0]}/{shard[1]}: {len(mine)} of {len(clips)} clips; "
+                   f"{len(mine) - len(todo)} cached, {len(todo)} to compute")
+    args = [(i, clips[i], options, fps[i], paths[i], refs[i]) for i in todo]
+    skipped = {}
+    for res in _run_tasks(args, jobs, progress):
+        if res.skipped:
+            skipped[res.index] = res.skipped
+            warnings.warn(f"{split} clip {clips[res.index].name} skipped (too short): {res.skipped}",
+                          stacklevel=2)
+    return {"clips": len(mine), "computed": len(todo) - len(skipped),
+            "skipped_clips": {str(k): v for k, v in skipped.items()}}
 
 
 def _parse_split(split: str) -> tuple[str, ...]:
@@ -286,18 +401,23 @@ def _reference_boxes(ds: Any, split: str, n_frames: int) -> list[np.ndarray]:
 
 
 def _prepare_split(ds: Any, split: str, clips: list[Any], options: PrepareOptions, work: Path, jobs: int,
-                   progress: bool, old_entry: dict[str, Any] | None) -> dict[str, Any]:
+                   progress: bool, old_entry: dict[str, Any] | None,
+                   merge_only: bool = False) -> dict[str, Any]:
     from tqdm import tqdm
 
     n_frames = int(sum(c.n_frames for c in clips))
-    ref_all = _reference_boxes(ds, split, n_frames) if options.box_source == "reference" else None
-    cache_dir = work / split / "clips"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    refs = [ref_all[c.start:c.start + c.n_frames] if ref_all is not None else None for c in clips]
-    fps = [clip_fingerprint(c, options, r) for c, r in zip(clips, refs, strict=True)]
-    paths = [cache_dir / f"{i:04d}_{cache_name(c.name)}.npz" for i, c in enumerate(clips)]
+    refs, fps, paths = _clip_plan(ds, split, clips, options, work)
     todo = [i for i in range(len(clips)) if read_cache(paths[i], fps[i], options.cube) is None]
-    results: dict[int, ClipResult] = {}
+    if merge_only:
+        short = {i: why for i in todo if (why := _too_short(clips[i], options))}
+        _require_caches(split, clips, [i for i in todo if i not in short], work)
+        for i, why in short.items():
+            warnings.warn(f"{split} clip {clips[i].name} skipped (too short): {why}", stacklevel=2)
+        todo = []
+    else:
+        short = {}
+    results: dict[int, ClipResult] = {i: ClipResult(i, 0, 0, clips[i].n_frames, skipped=why)
+                                      for i, why in short.items()}
     _log(progress, f"{split}: {len(clips)} clips, {n_frames} frames; {len(clips) - len(todo)} cached, "
                    f"{len(todo)} to compute")
     bar_c = tqdm(total=len(todo), desc=f"{split} clips", unit="clip", disable=not progress, file=sys.stderr)
@@ -321,6 +441,16 @@ def _prepare_split(ds: Any, split: str, clips: list[Any], options: PrepareOption
                         for k in ("read", "boxes", "flow", "cubes")}
     _write_frames_labels(ds, split, clips, work)
     return entry
+
+
+def _require_caches(split: str, clips: list[Any], missing: list[int], work: Path) -> None:
+    """The merge step needs every (long enough) clip's valid cache: name the missing ones."""
+    if not missing:
+        return
+    names = ", ".join(clips[i].name for i in missing[:10]) + (f" (+{len(missing) - 10} more)"
+                                                              if len(missing) > 10 else "")
+    raise UserError(f"cannot merge {work}: {len(missing)} of {len(clips)} {split} clips have no valid cache "
+                    f"yet: {names}; run the missing `statevad prepare --shard I/N` tasks first")
 
 
 def _run_tasks(args: list[tuple], jobs: int, progress: bool) -> Iterable[ClipResult]:
@@ -440,11 +570,23 @@ def _write_frames_labels(ds: Any, split: str, clips: list[Any], work: Path) -> N
 
 
 def _read_manifest(work: Path) -> dict[str, Any] | None:
+    """The work manifest, or None when absent, foreign or unsafe.
+
+    Nothing read from the manifest becomes a path except the split names, and those must be one of
+    ``SPLITS``: a crafted manifest cannot point the reader outside the work directory.
+    """
     try:
         m = json.loads((work / "manifest.json").read_text())
-        return m if m.get("format") == FORMAT else None
     except (OSError, ValueError):
         return None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        return None
+    splits = m.get("splits")
+    if not isinstance(splits, dict) or not set(splits) <= set(SPLITS):
+        return None
+    if not all(isinstance(e, dict) for e in splits.values()):
+        return None
+    return m
 
 
 def _log(progress: bool, msg: str) -> None:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ from torch import nn
 from tqdm import tqdm
 
 from statevad.config import ModelConfig, Preset, TrainConfig, override
-from statevad.errors import UserError, atomic_path
+from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, resolve_rank_device
+from statevad.errors import UserError
+from statevad.model import atomic_torch_save
 from statevad.scoring import autocast, per_cube_sse, to_flow_target, to_model_input
 
 CHECKPOINT_FORMAT = "statevad-model/1"
@@ -180,19 +185,36 @@ def training_loss(x: torch.Tensor, y: torch.Tensor, raw_out: torch.Tensor, flow_
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               cfg: TrainConfig) -> float:
-    """One optimisation step; returns the batch loss."""
+               cfg: TrainConfig, *, ctx: DistContext = SINGLE, n_global: int | None = None) -> float:
+    """One optimisation step; returns the loss of the (global) batch.
+
+    Under DDP ``x`` is this rank's share of a global batch of ``n_global`` cubes. DDP averages gradients
+    over ranks, so the local mean loss is weighted by ``world * n_local / n_global``: the averaged gradient
+    is then exactly the gradient of the global-batch mean, even for unequal (or empty) shares. The global
+    loss is all-reduced *before* backward so that every rank sees a divergence and stops together
+    (a rank stopping alone would leave the others waiting in the gradient all-reduce).
+    """
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with autocast(x.device, cfg.bf16):
         raw_out, flow_out = model(x)
-    loss = training_loss(x, y, raw_out, flow_out, cfg)
-    if not torch.isfinite(loss):
-        raise UserError(f"training diverged (loss = {loss.item()}): lower --lr or check the flow cubes "
+    n_local = int(x.shape[0])
+    if n_local:
+        loss = training_loss(x, y, raw_out, flow_out, cfg)
+    else:  # an empty share still joins DDP's gradient all-reduce, with zero gradients
+        loss = (raw_out.sum() + flow_out.sum()).float() * 0.0
+    value = float(loss.detach())
+    if ctx.active:
+        n_global = n_local if n_global is None else n_global
+        total = torch.tensor([value * n_local], dtype=torch.float64, device=ctx.comm_device)
+        value = float(ctx.all_reduce(total).item()) / max(n_global, 1)
+        loss = loss * (ctx.world * n_local / max(n_global, 1))
+    if not np.isfinite(value):
+        raise UserError(f"training diverged (loss = {value}): lower --lr or check the flow cubes "
                         "for NaN/inf values")
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return value
 
 
 @torch.no_grad()
@@ -206,27 +228,48 @@ def cube_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices: np.ndarray, *,
-                   batch_size: int, bf16: bool = False, progress: bool = True) -> dict[str, float]:
-    """Mean and population std (ddof 0) of the per-cube SSEs over the training cubes used (spec 6.4)."""
+                   batch_size: int, bf16: bool = False, progress: bool = True,
+                   ctx: DistContext = SINGLE) -> dict[str, float]:
+    """Mean and population std (ddof 0) of the per-cube SSEs over the training cubes used (spec 6.4).
+
+    Under DDP each rank scores a contiguous share of ``indices`` and the per-cube errors are summed into
+    full-length arrays on every rank, so the statistics cover ALL training cubes, in the 1-process order.
+    """
     device = next(model.parameters()).device
+    lo, hi = _share_bounds(len(indices), ctx)
     errs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    batches = [indices[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
     for idx in tqdm(batches, desc="training statistics", unit="batch", disable=not progress,
                     dynamic_ncols=True):
         x, y = load_batch(raw, flow, idx, device)
         e_raw, e_flow = cube_errors(model, x, y, bf16)
         errs.append((e_raw.double().cpu(), e_flow.double().cpu()))
-    e_raw = torch.cat([e[0] for e in errs]).numpy()
-    e_flow = torch.cat([e[1] for e in errs]).numpy()
+    full = torch.zeros(2, len(indices), dtype=torch.float64)
+    if errs:
+        full[0, lo:hi] = torch.cat([e[0] for e in errs])
+        full[1, lo:hi] = torch.cat([e[1] for e in errs])
+    full = ctx.all_reduce(full.to(ctx.comm_device)).cpu()
+    e_raw, e_flow = full[0].numpy(), full[1].numpy()
     return {"raw_mean": float(e_raw.mean()), "raw_std": float(e_raw.std(ddof=0)),
             "flow_mean": float(e_flow.mean()), "flow_std": float(e_flow.std(ddof=0)),
             "n_cubes": int(e_raw.size)}
 
 
+def _share_bounds(n: int, ctx: DistContext) -> tuple[int, int]:
+    """This rank's contiguous slice of ``n`` items (np.array_split's partition)."""
+    sizes = [len(a) for a in np.array_split(np.arange(n), ctx.world)]
+    lo = sum(sizes[:ctx.rank])
+    return lo, lo + sizes[ctx.rank]
+
+
 # ------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: dict[str, float] | None,
-                    work_manifest: dict[str, Any] | None) -> Path:
-    """Write the final model file atomically (format: docs/ARCHITECTURE.md)."""
+                    work_manifest: dict[str, Any] | None, history: list[float] | None = None) -> Path:
+    """Write the final model file atomically (format: docs/ARCHITECTURE.md).
+
+    ``history`` (mean training loss per epoch) is the loss curve: it lets a distributed or resumed run
+    be compared with an uninterrupted 1-process run.
+    """
     from statevad import __version__
 
     sd = _cpu_state_dict(model)
@@ -239,10 +282,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: d
         "work_manifest": work_manifest,
         "sha256": state_dict_sha256(sd),
         "versions": {"statevad": str(__version__), "torch": str(torch.__version__)},
+        "history": {"epoch_loss": [float(v) for v in (history or [])]},
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(payload, path)
     return path
 
 
@@ -273,6 +316,19 @@ def _preset_of(data: dict[str, Any], path: Path) -> Preset:
     raise UserError(f"model file {path} carries no model configuration: not a statevad model file")
 
 
+def _check_finite(sd: dict[str, torch.Tensor], stats: Any, path: Path) -> None:
+    """NaN/inf weights or statistics would turn every score into NaN (a silently meaningless AUROC)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"model file {path} has NaN/inf weights ({bad[0]}{' ...' if len(bad) > 1 else ''}): "
+                        "the training diverged or the file was modified; retrain it")
+    if isinstance(stats, dict):
+        for k in ("raw_mean", "raw_std", "flow_mean", "flow_std"):
+            v = stats.get(k)
+            if not isinstance(v, int | float) or not np.isfinite(v):
+                raise UserError(f"model file {path} has an invalid training statistic {k}={v!r}; retrain it")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Load a model file (full checkpoint or model-only import) without unpickling code; eval mode.
 
@@ -286,13 +342,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
                         f"({CHECKPOINT_FORMAT}); convert original weights with `statevad import-original`")
     if fmt.startswith("statevad-resume"):
         raise UserError(f"{path} is a training-resume state, not a model: use the final model file")
+    if fmt != CHECKPOINT_FORMAT:
+        raise UserError(f"model file {path} has format {fmt!r}: it was written by another statevad version "
+                        f"(this one reads {CHECKPOINT_FORMAT!r}); retrain or use the matching version")
     sd = data["state_dict"]
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"model file {path} holds non-tensor weights: not a statevad model file")
     digest = state_dict_sha256(sd)
     if "preset" in data and "sha256" not in data:
         raise UserError(f"model file {path} lacks its checksum: it was modified; retrain or re-copy it")
     if data.get("sha256") is not None and data["sha256"] != digest:
         raise UserError(f"model file {path} fails its checksum (weights were modified or the file is "
                         "corrupted): retrain or re-copy it")
+    _check_finite(sd, data.get("stats"), path)
     preset = _preset_of(data, path)
     model = build_model(preset.model)
     try:
@@ -314,18 +376,20 @@ def resume_path(out: Path) -> Path:
 
 
 def _save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                 preset: Preset, indices_sha: str) -> None:
+                 preset: Preset, indices_sha: str, history: list[float]) -> None:
+    sd = _cpu_state_dict(model)
     payload = {
         "format": RESUME_FORMAT,
         "epoch": epoch,  # number of finished epochs
-        "state_dict": _cpu_state_dict(model),
+        "state_dict": sd,
+        "sha256": state_dict_sha256(sd),  # a corrupted resume state is refused, not trained on
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "preset": preset.to_dict(),
         "cubes_sha256": indices_sha,
+        "history": [float(v) for v in history],
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(payload, path)
 
 
 def _resume_signature(preset: Preset) -> dict[str, Any]:
@@ -336,32 +400,74 @@ def _resume_signature(preset: Preset) -> dict[str, Any]:
 
 
 def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, preset: Preset,
-                 indices_sha: str) -> int:
+                 indices_sha: str) -> tuple[int, list[float]]:
+    """Restore model, optimizer and RNG; returns (finished epochs, loss history)."""
+    fix = "delete it or run without --resume"
     data = _torch_load(path, "resume state")
-    if data.get("format") != RESUME_FORMAT:
-        raise UserError(f"{path} is not a statevad resume state; delete it or run without --resume")
-    if (_resume_signature(Preset.from_dict(data["preset"])) != _resume_signature(preset)
-            or data.get("cubes_sha256") != indices_sha):
+    if data.get("format") != RESUME_FORMAT or not isinstance(data.get("state_dict"), dict):
+        raise UserError(f"{path} is not a statevad resume state; {fix}")
+    if data.get("sha256") != state_dict_sha256(data["state_dict"]):
+        raise UserError(f"resume state {path} fails its checksum (corrupted or modified); {fix}")
+    try:
+        same = (_resume_signature(Preset.from_dict(data["preset"])) == _resume_signature(preset)
+                and data.get("cubes_sha256") == indices_sha)
+    except (TypeError, KeyError):
+        same = False
+    if not same:
         raise UserError(f"resume state {path} was written with other training settings or cubes; "
                         "use the same flags, or drop --resume to start over")
     model.load_state_dict(data["state_dict"])
     optimizer.load_state_dict(data["optimizer"])
     torch.set_rng_state(data["torch_rng"])
-    return int(data["epoch"])
+    return int(data["epoch"]), [float(v) for v in data.get("history", [])]
 
 
 # ------------------------------------------------------------------------------------------- driver
+@contextmanager
+def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` + cuDNN flags for the duration of a run (then restored).
+
+    CPU training is already bit-reproducible for a given seed and thread count; on CUDA, atomics in
+    some kernels are not, hence this switch. cuBLAS also needs ``CUBLAS_WORKSPACE_CONFIG`` before its
+    first use: it is set to ``:4096:8`` here unless the environment already has it.
+    """
+    if not enabled:
+        yield
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary siblings left by a killed writer of ``path`` (``atomic_path`` names them
+    ``.<stem>.<random>.tmp<suffix>``); they are never read, this only reclaims their space."""
+    stem = path.name.split(".")[0]
+    for tmp in path.parent.glob(f".{stem}.*.tmp{path.suffix}"):
+        tmp.unlink(missing_ok=True)
+
+
 def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, ctx: DistContext = SINGLE, deterministic: bool = False) -> Path:
     """Train STATE on ``work``'s training cubes; write the checkpoint (default ``work/model.pt``).
 
     With ``resume`` the run continues from the per-epoch state beside ``out`` when one exists (same seed
     and settings give the same result as an uninterrupted run); that state is removed on success.
+    ``ctx`` (from :func:`statevad.distributed.session`) makes this one rank of a DDP run: same global
+    batch, rank 0 alone writes files and shows progress.
     """
     work = Path(work)
     out = Path(out) if out is not None else work / "model.pt"
     data = _open_train_split(work)
-    raw, flow = data.raw, data.flow
+    raw = data.raw
     if len(raw) < 2:
         raise UserError(f"{work} has {len(raw)} training cube(s): training needs at least 2; "
                         "prepare more training footage")
@@ -369,18 +475,35 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
     cfg = preset.train
     if cfg.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
-    device = resolve_device(cfg.device)
+    device = resolve_rank_device(resolve_device(cfg.device), ctx)
+    with deterministic_mode(deterministic, device):
+        return _train(work, data, preset, device, out, resume, progress and ctx.is_main, ctx)
+
+
+def _train(work: Path, data: Any, preset: Preset, device: torch.device, out: Path, resume: bool,
+           progress: bool, ctx: DistContext) -> Path:
+    cfg = preset.train
+    raw, flow = data.raw, data.flow
     indices = select_cubes(len(raw), cfg.max_cubes, cfg.seed)
     indices_sha = hashlib.sha256(indices.tobytes()).hexdigest()
 
     torch.manual_seed(cfg.seed)
-    model = build_model(preset.model).to(device)
-    optimizer = make_optimizer(model, cfg)
-    start = 0
+    net = build_model(preset.model).to(device)
+    if ctx.active:
+        convert_sync_batchnorm(net)  # global-batch BatchNorm statistics: N ranks == 1 process
+    optimizer = make_optimizer(net, cfg)
+    start, history = 0, []
     rpath = resume_path(out)
-    if resume and rpath.exists():
-        start = _load_resume(rpath, model, optimizer, preset, indices_sha)
-        print(f"statevad train: resuming after epoch {start} from {rpath}", file=sys.stderr)
+    if ctx.is_main:
+        remove_stale_temps(out)
+    if ctx.broadcast_int(int(resume and rpath.exists())):
+        if not rpath.exists():
+            raise UserError(f"rank {ctx.rank} cannot see the resume state {rpath}: put --out on storage "
+                            "that every node shares")
+        start, history = _load_resume(rpath, net, optimizer, preset, indices_sha)
+        if ctx.is_main:
+            print(f"statevad train: resuming after epoch {start} from {rpath}", file=sys.stderr)
+    model = _wrap_ddp(net, device, ctx)
 
     steps = -(-len(indices) // cfg.batch_size)
     bar = tqdm(total=steps * cfg.epochs, initial=steps * start, desc="training", unit="step",
@@ -388,16 +511,35 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
     with bar:
         for epoch in range(start, cfg.epochs):
             total, count = 0.0, 0
-            for idx in epoch_batches(indices, cfg.batch_size, seed=cfg.seed, epoch=epoch):
+            shares = epoch_batches(indices, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=ctx.rank,
+                                   world=ctx.world)
+            sizes = [len(b) for b in epoch_batches(indices, cfg.batch_size, seed=cfg.seed, epoch=epoch)]
+            for idx, n_global in zip(shares, sizes, strict=True):
                 x, y = load_batch(raw, flow, idx, device)
-                loss = train_step(model, optimizer, x, y, cfg)
-                total, count = total + loss * len(idx), count + len(idx)
+                if ctx.active:
+                    loss = train_step(model, optimizer, x, y, cfg, ctx=ctx, n_global=n_global)
+                else:
+                    loss = train_step(model, optimizer, x, y, cfg)
+                total, count = total + loss * n_global, count + n_global
                 bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{total / count:.5f}")
                 bar.update(1)
-            _save_resume(rpath, model, optimizer, epoch + 1, preset, indices_sha)
+            history.append(total / count)
+            if ctx.is_main:
+                _save_resume(rpath, net, optimizer, epoch + 1, preset, indices_sha, history)
 
-    stats = training_stats(model, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
-                           progress=progress)
-    save_checkpoint(out, model, preset, stats, getattr(data, "manifest", None))
-    rpath.unlink(missing_ok=True)
+    stats = training_stats(net, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
+                           progress=progress, ctx=ctx)
+    if ctx.is_main:
+        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history)
+        rpath.unlink(missing_ok=True)
+    ctx.barrier()  # no rank returns before the model file exists
     return out
+
+
+def _wrap_ddp(net: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
+    """DistributedDataParallel around ``net`` (broadcasts rank 0's weights, averages gradients)."""
+    if not ctx.active:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)

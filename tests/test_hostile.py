@@ -1,0 +1,340 @@
+"""Hostile input: every bad file gives one clear line naming it and exit code 2 (or is handled as
+documented: a clip shorter than the cube length is skipped with a warning) -- never a traceback, a hang
+or a silently wrong number. Plus security (no unpickling, no path escapes) and property-based tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_training import make_work
+
+from statevad import prepare as prep
+from statevad.boxes import load_reference_boxes
+from statevad.cli import main
+from statevad.cubes import ClipTooShort, elastic_window
+from statevad.io import natural_key
+from statevad.synthetic import make_scene
+from statevad.training import state_dict_sha256
+
+PREP = ["--boxes", "motion", "--split", "train", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_scene(tmp_path_factory.mktemp("hostile") / "scene", n_train=2, n_test=1, n_frames=12)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = make_work(tmp_path_factory.mktemp("hostile_work") / "work")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--work", str(work), "--model-size", "tiny", "--epochs", "1",
+                     "--batch-size", "8", "--device", "cpu", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return work, work / "model.pt"
+
+
+def _copy(scene: Path, tmp_path: Path, name: str = "root") -> Path:
+    return Path(shutil.copytree(scene, tmp_path / name))
+
+
+def _video(path: Path, n: int, size: tuple[int, int] = (64, 48)) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for i in range(n):
+        f = np.full((size[1], size[0], 3), 60, np.uint8)
+        f[10:20, 2 * i:2 * i + 10] = 255
+        w.write(f)
+    w.release()
+    return path
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    """The command exits 2 with one error line that contains every needle (and no traceback)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# -------------------------------------------------------------------------------------------- videos
+def test_zero_byte_video(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(scene, tmp_path)
+    (root / "train" / "empty.avi").write_bytes(b"")
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), *PREP], capsys,
+           "empty.avi", "empty")
+
+
+def test_truncated_video(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(scene, tmp_path)
+    v = _video(root / "train" / "cut.avi", 30)
+    v.write_bytes(v.read_bytes()[: v.stat().st_size // 2])
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), *PREP], capsys,
+           "cut.avi", "truncated")
+
+
+def test_not_a_video_with_a_video_extension(scene: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(scene, tmp_path)
+    (root / "train" / "fake.mp4").write_text("this is not a video\n")
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), *PREP], capsys, "fake.mp4")
+    _fails(["info", str(root / "train" / "fake.mp4")], capsys, "fake.mp4")
+
+
+def test_frame_folder_with_mixed_sizes(scene: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(scene, tmp_path)
+    frame = sorted((root / "train" / "01").iterdir())[3]
+    cv2.imwrite(str(frame), cv2.resize(cv2.imread(str(frame)), (80, 60)))
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), *PREP], capsys, frame.name, "size")
+
+
+@pytest.mark.parametrize("bad", ["0005.png", "notes.txt"])
+def test_frame_folder_with_a_non_image(bad: str, scene: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(scene, tmp_path)
+    (root / "train" / "01" / bad).write_bytes(b"garbage, not an image")
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), *PREP], capsys, bad)
+
+
+@pytest.mark.parametrize("n_frames", [1, 5])
+def test_one_frame_and_short_clips_are_skipped_with_a_warning(n_frames: int, scene: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Documented behaviour: a clip shorter than 2l+1 frames has no cube window; prepare skips it."""
+    root = _copy(scene, tmp_path)
+    _video(root / "train" / "short.avi", n_frames)
+    work = tmp_path / "w"
+    assert main(["prepare", "--root", str(root), "--work", str(work), *PREP]) == 0
+    err = capsys.readouterr().err
+    assert "warning: train clip short skipped (too short)" in err and "Traceback" not in err
+    entry = json.loads((work / "manifest.json").read_text())["splits"]["train"]
+    assert list(entry["skipped_clips"].values()) == [entry["skipped_clips"]["2"]]  # clip 2 = short.avi
+    assert prep.open_split(work, "train", verify=True).clip.max() == 1
+
+
+def test_non_ascii_and_space_paths(scene: Path, tmp_path: Path) -> None:
+    root = _copy(scene, tmp_path / "données vidéo", "scène 1 ü")
+    work = tmp_path / "travail à faire" / "w d"
+    assert main(["prepare", "--root", str(root), "--work", str(work), "--boxes", "motion", "--quiet"]) == 0
+    for split in ("train", "test"):
+        d = prep.open_split(work, split, verify=True)
+        assert len(d) > 0 and d.n_frames == sum(c["n_frames"] for c in d.clips)
+    assert "scène 1 ü" in json.loads((work / "manifest.json").read_text())["dataset"]["root"]
+
+
+# ------------------------------------------------------------------------------------ NaN / inf
+def test_nan_flow_is_refused_at_prepare(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decision (README): non-finite flow stops prepare, naming clip and frame; it is not zeroed."""
+    import statevad.flow
+
+    real = statevad.flow.clip_flow
+
+    def nan_flow(frames: np.ndarray, *a: object, **k: object) -> np.ndarray:
+        out = np.array(real(frames, *a, **k), np.float32)
+        out[4, 3, 3, 0] = np.inf
+        return out
+
+    monkeypatch.setattr(statevad.flow, "clip_flow", nan_flow)
+    _fails(["prepare", "--root", str(scene), "--work", str(tmp_path / "w"), *PREP], capsys,
+           "clip 01", "frame 4", "NaN or inf")
+    assert not (tmp_path / "w" / "manifest.json").exists()
+
+
+def test_nan_in_training_cubes_stops_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work = make_work(tmp_path / "work")
+    flow = np.load(work / "train" / "flow.npy")
+    flow[3, 0, 0, 0, 0] = np.nan
+    np.save(work / "train" / "flow.npy", flow)
+    _fails(["train", "--work", str(work), "--model-size", "tiny", "--epochs", "1", "--device", "cpu",
+            "--quiet"], capsys, "diverged", "NaN")
+
+
+# ---------------------------------------------------------------------------------------- labels
+def test_label_interval_outside_the_clip(scene: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    root = _copy(scene, tmp_path)
+    (root / "labels.json").write_text('{"01": [[5, 400]]}')
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), "--boxes", "motion", "--quiet"],
+           capsys, "labels.json", "01")
+
+
+def test_frame_label_file_of_the_wrong_length(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "frames_layout"
+    for split in ("training", "testing"):
+        d = root / split / "frames" / "01"
+        d.mkdir(parents=True)
+        for i in range(9):
+            cv2.imwrite(str(d / f"{i:03d}.jpg"), np.full((48, 64, 3), 20 * i, np.uint8))
+    (root / "testing" / "test_frame_mask").mkdir()
+    np.save(root / "testing" / "test_frame_mask" / "01.npy", np.zeros(7, np.uint8))  # 7 labels, 9 frames
+    _fails(["prepare", "--root", str(root), "--work", str(tmp_path / "w"), "--boxes", "motion", "--quiet"],
+           capsys, "01.npy")
+
+
+# ----------------------------------------------------------------------------------- model files
+def _tamper(src: Path, dst: Path, edit) -> Path:  # noqa: ANN001 - a small local callback
+    data = torch.load(src, weights_only=True)
+    edit(data)
+    torch.save(data, dst)
+    return dst
+
+
+def test_model_files_from_another_version_or_tampered(trained: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    work, model = trained
+    test = ["test", "--work", str(work), "--device", "cpu", "--out", str(tmp_path / "r"), "--quiet",
+            "--model"]
+
+    def other_version(d: dict) -> None:
+        d["format"] = "statevad-model/2"
+
+    def flipped(d: dict) -> None:
+        k = next(k for k, v in d["state_dict"].items() if v.is_floating_point())
+        d["state_dict"][k].view(-1)[0] += 0.5
+
+    def nan_weights(d: dict) -> None:  # checksum recomputed: only the finiteness check catches it
+        k = next(k for k, v in d["state_dict"].items() if v.is_floating_point())
+        d["state_dict"][k].view(-1)[0] = float("nan")
+        d["sha256"] = state_dict_sha256(d["state_dict"])
+
+    def nan_stats(d: dict) -> None:
+        d["stats"]["raw_std"] = float("inf")
+
+    for name, edit, needle in (("v2.pt", other_version, "another statevad version"),
+                               ("flip.pt", flipped, "checksum"), ("nan.pt", nan_weights, "NaN/inf weights"),
+                               ("stats.pt", nan_stats, "raw_std")):
+        _fails([*test, str(_tamper(model, tmp_path / name, edit))], capsys, name, needle)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(model.read_bytes()[:3000])
+    _fails([*test, str(torn)], capsys, "torn.pt", "corrupted")
+
+
+class _Boom:
+    """Unpickling this would create a file: proof that a loader ran pickled code."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(self.flag),))
+
+
+def test_a_model_file_carrying_pickled_code_is_not_executed(trained: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    work, _ = trained
+    flag = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "statevad-model/1", "state_dict": {}, "x": _Boom(str(flag))}, evil)
+    _fails(["test", "--work", str(work), "--model", str(evil), "--quiet"], capsys, "evil.pt")
+    assert not flag.exists()
+
+
+def test_pickled_reference_boxes_need_an_explicit_opt_in(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from statevad.errors import UserError
+
+    boxes = np.empty(3, dtype=object)
+    for i in range(3):
+        boxes[i] = np.array([[1, 2, 10, 20]] * i, np.float32).reshape(-1, 4)
+    path = tmp_path / "boxes_original.npy"
+    np.save(path, boxes, allow_pickle=True)
+    monkeypatch.delenv("STATEVAD_ALLOW_PICKLE", raising=False)
+    with pytest.raises(UserError, match="pickled object array.*STATEVAD_ALLOW_PICKLE"):
+        load_reference_boxes(path, 3)
+    with pytest.warns(UserWarning, match="unpickling"):
+        per = load_reference_boxes(path, 3, allow_pickle=True)
+    assert [len(b) for b in per] == [0, 1, 2]
+    monkeypatch.setenv("STATEVAD_ALLOW_PICKLE", "1")
+    with pytest.warns(UserWarning, match="only do this for files you trust"):
+        assert len(load_reference_boxes(path, None)) == 3
+
+
+def test_manifest_paths_cannot_escape_the_work_dir(tmp_path: Path) -> None:
+    from statevad.errors import UserError
+
+    work = make_work(tmp_path / "work")
+    m = json.loads((work / "manifest.json").read_text())
+    m["splits"]["../../outside"] = m["splits"]["train"]
+    (work / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="not a prepared work directory"):
+        prep.open_split(work, "train")
+    with pytest.raises(UserError, match="unknown split"):
+        prep.open_split(work, "../../outside")
+    clips_dir = (work / "train" / "clips").resolve()
+    for name in ("../../evil", "/etc/passwd", "..", "a/../../b", "Testing/01", "\\..\\x"):
+        c = prep.cache_name(name)
+        assert "/" not in c and not c.startswith(".")  # one plain, visible file name
+        assert (clips_dir / f"0000_{c}.npz").resolve().parent == clips_dir
+
+
+# ------------------------------------------------------------------------------------- properties
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 6), st.integers(1, 80), st.data())
+def test_elastic_window_properties(length: int, n_frames: int, data: st.DataObject) -> None:
+    size = 2 * length + 1
+    if n_frames < size:
+        with pytest.raises(ClipTooShort):
+            elastic_window(0, n_frames, length)
+        return
+    t = data.draw(st.integers(0, n_frames - 1))
+    w = elastic_window(t, n_frames, length)
+    assert len(w) == size and np.all(np.diff(w) == 1)  # 2l+1 consecutive frames
+    assert w[0] >= 0 and w[-1] < n_frames and t in w  # inside the clip, containing the target
+    if length <= t < n_frames - length:
+        assert w[length] == t  # centred whenever it fits (shifted, not padded, at the edges)
+
+
+def _spec_context_range(i: int, video_of: list[int], length: int) -> list[int]:
+    """Spec 4.1 literally, on the concatenated frames of all videos: global clamp, then shift by -offset."""
+    n = len(video_of)
+    i = min(max(i, length), n - 1 - length)
+    win = list(range(i - length, i + length + 1))
+    offset = sum(video_of[f] - video_of[i] for f in win)
+    return [f - offset for f in win]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 4), st.lists(st.integers(0, 12), min_size=1, max_size=4), st.data())
+def test_elastic_window_matches_spec_4_1(length: int, extra: list[int], data: st.DataObject) -> None:
+    lengths = [2 * length + 1 + e for e in extra]  # every video long enough for a window
+    video_of = [v for v, n in enumerate(lengths) for _ in range(n)]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    g = data.draw(st.integers(0, len(video_of) - 1))
+    v = video_of[g]
+    ours = elastic_window(g - int(starts[v]), lengths[v], length) + starts[v]
+    assert ours.tolist() == _spec_context_range(g, video_of, length)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=30, unique=True),
+       st.sampled_from(["", "frame_", "img"]), st.sampled_from([".jpg", ".png", ""]), st.randoms())
+def test_natural_key_orders_numbers_by_value(nums: list[int], prefix: str, ext: str, rnd) -> None:  # noqa: ANN001
+    names = [f"{prefix}{n}{ext}" for n in nums]
+    shuffled = names[:]
+    rnd.shuffle(shuffled)
+    assert sorted(shuffled, key=natural_key) == [f"{prefix}{n}{ext}" for n in sorted(nums)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=20), st.randoms())
+def test_natural_key_is_total_and_listing_order_independent(names: list[str], rnd) -> None:  # noqa: ANN001
+    keys = [natural_key(n) for n in names]  # never raises, whatever the text (unicode digits included)
+    assert all(isinstance(k, tuple) for k in keys)
+    shuffled = names[:]
+    rnd.shuffle(shuffled)
+    assert sorted(shuffled, key=natural_key) == sorted(names, key=natural_key)
