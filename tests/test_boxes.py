@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import statevad
 from statevad.boxes import (
     BoxExtractor,
     Detector,
     clip_boxes,
+    default_detector_path,
     filter_detections,
     load_reference_boxes,
     motion_boxes,
@@ -20,8 +22,8 @@ from statevad.boxes import (
 from statevad.config import BoxConfig
 from statevad.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NANODET = SHARED / "models" / "nanodet-m-416.onnx"
+# The NanoDet bundled with the package (statevad/data), else ../shared/models: present on every install.
+NANODET = default_detector_path()
 needs_detector = pytest.mark.skipif(not NANODET.is_file(), reason=f"NanoDet model not found at {NANODET}")
 
 
@@ -157,9 +159,7 @@ def test_detector_missing_and_not_a_detector(tmp_path: Path) -> None:
 def test_detector_finds_people_on_a_ped2_like_frame() -> None:
     import cv2
 
-    video = SHARED / "data" / "ped2" / "video" / "testing" / "02.mkv"
-    if not video.is_file():
-        pytest.skip(f"Ped2 video not found at {video}")
+    video = Path(statevad.__file__).parent / "data" / "demo" / "test" / "02.mp4"  # bundled Ped2 test clip 02
     cap = cv2.VideoCapture(str(video))
     ok, frame = cap.read()
     assert ok
