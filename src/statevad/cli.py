@@ -59,6 +59,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--jobs", type=int, default=1, help="clips processed in parallel (default 1)")
     p.add_argument("--motion-wrap", action="store_true", default=None,
                    help="reproduce the original's uint8 wrap-around in the motion-box difference sum")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
+                   help="override any preset field, e.g. --set box.score_thr=0.3 --set box.detector_tiles=2 "
+                   "--set flow.dis_preset=fast (sections: box, flow, cube; repeatable)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--shard", metavar="I/N", default=None,
                        help="compute only the clip caches of shard I of N (clip index %% N == I); run every "
@@ -81,7 +84,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, box_source=args.boxes,
                            flow_method=args.flow, length=args.length, jobs=args.jobs, progress=not args.quiet,
                            detector_path=args.detector, motion_wrap=args.motion_wrap, shard=shard,
-                           merge=args.merge)
+                           merge=args.merge, sets=args.sets)
     print(json.dumps(manifest) if shard is not None else summary(manifest))
     return 0
 

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 import statevad
-from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, get_preset, override
+from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, apply_sets, get_preset, override
 from statevad.errors import UserError, atomic_path, atomic_save_npy, atomic_write_json, atomic_write_with
 
 FORMAT = "statevad-work/1"
@@ -65,8 +65,12 @@ class PrepareOptions:
 
 def resolve_options(preset: Preset, *, box_source: str | None = None, flow_method: str | None = None,
                     length: int | None = None, detector_path: str | None = None,
-                    motion_wrap: bool | None = None) -> PrepareOptions:
-    """Preset + flags -> concrete options; checks the detector file early (one clear error, not N workers)."""
+                    motion_wrap: bool | None = None, sets: list[str] | None = None) -> PrepareOptions:
+    """Preset + flags -> concrete options; checks the detector file early (one clear error, not N workers).
+
+    ``sets`` are ``box.FIELD=VALUE`` / ``flow.FIELD=VALUE`` / ``cube.FIELD=VALUE`` overrides of the preset,
+    applied before the dedicated flags (which win)."""
+    preset = apply_sets(preset, sets, ("box", "flow", "cube"))
     from statevad.boxes import Detector, default_detector_path, resolve_source
     from statevad.flow import FlowEstimator
 
@@ -252,7 +256,7 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
             preset: str | None = None, box_source: str | None = None, flow_method: str | None = None,
             length: int | None = None, jobs: int = 1, progress: bool = True, detector_path: str | None = None,
             motion_wrap: bool | None = None, shard: tuple[int, int] | None = None,
-            merge: bool = False) -> dict[str, Any]:
+            merge: bool = False, sets: list[str] | None = None) -> dict[str, Any]:
     """Write (or complete) the work directory and return its manifest.
 
     ``shard=(i, n)`` only fills the clip caches of shard ``i`` of ``n`` and returns a shard report (no
@@ -273,7 +277,7 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
         ds = load_dataset(root)
     preset_obj = get_preset(preset or getattr(ds, "name", None) or "generic")
     options = resolve_options(preset_obj, box_source=box_source, flow_method=flow_method, length=length,
-                              detector_path=detector_path, motion_wrap=motion_wrap)
+                              detector_path=detector_path, motion_wrap=motion_wrap, sets=sets)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     old = _read_manifest(work)
