@@ -100,3 +100,11 @@ def test_save_model_only_is_weights_only_loadable(tmp_path: Path) -> None:
     save_model_only(tmp_path / "m.pt", model, model.cfg)
     _same(model, load_model_only(tmp_path / "m.pt"))
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_model_files_are_byte_reproducible(tmp_path: Path) -> None:
+    """Equal weights give equal files (torch.save to a path would name the zip folder after the temp file)."""
+    model = STATE(TINY)
+    save_model_only(tmp_path / "a.pt", model)
+    save_model_only(tmp_path / "b.pt", model)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

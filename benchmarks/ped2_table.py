@@ -1,0 +1,106 @@
+"""Print the Ped2 tables of benchmarks/README.md from the results JSON files written by ped2.py.
+
+The README's numbers are pasted from this script's output, never typed by hand, so that every figure traces
+back to a JSON (and that JSON to the command stored inside it).
+
+    python benchmarks/ped2_table.py benchmarks/results/ped2-cpu*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def runs_table(results: list[tuple[str, dict]]) -> list[str]:
+    rows = ["| results | boxes | network | train cubes × epochs | bf16 | eps | micro | macro | EER "
+            "| prepare s | train min | score s | end to end min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, d in results:
+        s = d["settings"]
+        sec = d["seconds"]
+        n_train = d["n_train_cubes"] if s["max_cubes"] is None else s["max_cubes"]
+        rows.append(
+            f"| `{name}` | {d['boxes']} | {s['model_size']} | {n_train:,} × {s['epochs']} "
+            f"| {'yes' if s['bf16'] else 'no'} | {s['epsilon']:g} | **{_f(d['micro_auroc'])}** "
+            f"| {_f(d['macro_auroc'])} | {_f(d['eer'], 3)} | {sec['prepare']:.0f} "
+            f"| {d['training_minutes']:.1f} | {sec['score']:.0f} | {d['budget_seconds'] / 60:.1f} |")
+    return rows
+
+
+def ablation_table(results: list[tuple[str, dict]]) -> list[str]:
+    rows = ["| results | eps | fused | raw only | flow only | fused, smoothed σ=3 |",
+            "|---|---|---|---|---|---|"]
+    for name, d in results:
+        passes = sorted(d["scoring_passes"].items(), key=lambda kv: float(kv[0].split("=")[1]))
+        for key, p in passes:
+            rows.append(f"| `{name}` | {key.split('=')[1]} | {_f(p['fused']['micro_auroc'])} "
+                        f"| {_f(p['raw_only']['micro_auroc'])} | {_f(p['flow_only']['micro_auroc'])} "
+                        f"| {_f(p.get('fused_smooth3', {}).get('micro_auroc'))} |")
+    return rows
+
+
+def clip_table(name: str, d: dict, eps: str) -> list[str]:
+    per_clip = d["scoring_passes"][f"eps={eps}"]["fused"]["per_clip_auroc"]
+    micro = d["scoring_passes"][f"eps={eps}"]["fused"]["micro_auroc"]
+    clips = [c for c, v in per_clip.items() if v is not None]
+    rows = [f"| `{name}` | micro | " + " | ".join(clips) + " |", "|---|---|" + "---|" * len(clips)]
+    cells = " | ".join(_f(per_clip[c], 3) for c in clips)
+    rows.append(f"| model (eps {eps}) | {_f(micro)} | {cells} |")
+    for base, b in d["baselines"].items():
+        rows.append(f"| {base} (no learning) | {_f(b['micro_auroc'])} | "
+                    + " | ".join(_f(b["per_clip_auroc"][c], 3) for c in clips) + " |")
+    return rows
+
+
+def hard_frames_table(name: str, path: Path, eps: str) -> list[str]:
+    """Recomputed from the per-frame scores ped2.py saves beside the JSON, for any scored epsilon."""
+    from ped2 import hard_frames  # benchmarks/ped2.py, on sys.path as this script's folder
+
+    npz = path.with_name(path.stem + "-frames.npz")
+    if not npz.is_file():
+        return []
+    arrays = np.load(npz)
+    model = arrays[f"model_eps_{eps}"]
+    rows = [f"| `{name}` (eps {eps}) vs | baseline wrong | model wrong | model right where baseline wrong "
+            "| baseline right where model wrong | both wrong |", "|---|---|---|---|---|---|"]
+    for base in (k for k in arrays.files if k != "labels" and not k.startswith("model_eps_")):
+        h = hard_frames(model, arrays[base], arrays["labels"])
+        rows.append(f"| {base} | {h['baseline_wrong']} | {h['model_wrong']} | "
+                    f"{h['model_right_where_baseline_wrong']} | {h['baseline_right_where_model_wrong']} "
+                    f"| {h['both_wrong']} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="ped2-*.json files written by benchmarks/ped2.py")
+    p.add_argument("--detail", default=None, help="results file for the per-clip and hard-frame tables")
+    p.add_argument("--detail-eps", default=None, help="scoring pass (epsilon) for them; default: headline")
+    args = p.parse_args(argv)
+    results = [(Path(f).name, json.loads(Path(f).read_text())) for f in args.results]
+    out = ["### Runs", "", *runs_table(results), "", "Commands:", ""]
+    out += [f"* `{name}`: `{d['command']}`" for name, d in results]
+    out += ["", "### Scoring ablations (micro AUROC, same trained model per row group)", ""]
+    out += ablation_table(results)
+    wanted = Path(args.detail).name if args.detail else results[-1][0]
+    index = next((i for i, r in enumerate(results) if r[0] == wanted), len(results) - 1)
+    name, d = results[index]
+    eps = args.detail_eps or f"{d['settings']['epsilon']:g}"
+    out += ["", "### Per clip (AUROC) and baselines", "", *clip_table(name, d, eps)]
+    hard = hard_frames_table(name, Path(args.results[index]), eps)
+    if hard:
+        out += ["", "### Frames each score gets wrong (each thresholded at its own EER)", "", *hard]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
