@@ -110,18 +110,20 @@ def frame_flow_baseline(root: Path, flow_method: str, percentile: float = 99.9) 
 
 
 def evaluate_fusions(e_raw: np.ndarray, e_flow: np.ndarray, stats: dict[str, float], test, w_raw: float,
-                     w_flow: float, sigmas: tuple[float, ...]) -> dict[str, dict[str, object]]:
+                     w_flow: float, sigmas: tuple[float, ...]) -> tuple[dict[str, dict], np.ndarray]:
+    """Metrics of the fused, raw-only and flow-only frame scores (each also smoothed); the fused scores."""
     from statevad.metrics import clip_bounds, evaluate
     from statevad.scoring import frame_scores, fuse, smooth
 
     bounds = clip_bounds(test.clips)
     rows: dict[str, dict[str, object]] = {}
+    scores: dict[str, np.ndarray] = {}
     for name, (wr, wf) in {"fused": (w_raw, w_flow), "raw_only": (1.0, 0.0), "flow_only": (0.0, 1.0)}.items():
-        frames = frame_scores(test.frame, fuse(e_raw, e_flow, stats, wr, wf), test.n_frames)
+        frames = scores[name] = frame_scores(test.frame, fuse(e_raw, e_flow, stats, wr, wf), test.n_frames)
         rows[name] = evaluate(frames, test.labels, bounds)
         for sigma in sigmas:
             rows[f"{name}_smooth{sigma:g}"] = evaluate(smooth(frames, sigma, bounds), test.labels, bounds)
-    return rows
+    return rows, scores["fused"]
 
 
 def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from statevad.config import get_preset, override, with_model_size
     from statevad.prepare import open_split, prepare
-    from statevad.scoring import frame_scores, fuse, score_split
+    from statevad.scoring import score_split
     from statevad.training import load_checkpoint, train
 
     root = Path(args.root)
@@ -224,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t2
         if eps == float(cfg["epsilon"]):
             t_score = dt
-        rows = evaluate_fusions(e_raw, e_flow, ckpt.stats, test, sc.w_raw, sc.w_flow, sigmas)
-        frame_arrays[f"model_eps={eps:g}"] = frame_scores(
-            test.frame, fuse(e_raw, e_flow, ckpt.stats, sc.w_raw, sc.w_flow), test.n_frames)
+        rows, frame_arrays[f"model_eps={eps:g}"] = evaluate_fusions(e_raw, e_flow, ckpt.stats, test, sc.w_raw,
+                                                                     sc.w_flow, sigmas)
         passes[f"eps={eps:g}"] = {"seconds": round(dt, 1), **{k: _brief(v) for k, v in rows.items()}}
     headline = passes[f"eps={float(cfg['epsilon']):g}"]["fused"]
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statevad.errors import UserError
+from statevad.model import update_running_stats
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -161,25 +162,13 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         n = packed[-1]
         mean = packed[:c] / n
         var = (packed[c:2 * c] / n - mean * mean).clamp_min(0.0)
-        self._update_running(mean.detach(), var.detach(), float(n.item()))
+        update_running_stats(self, mean.detach(), var.detach(), float(n.item()))
         shape = (1, c, 1, 1)
         inv = torch.rsqrt(var + self.eps)
         out = (xd - mean.view(shape)) * inv.view(shape)
         if self.affine:
             out = out * self.weight.double().view(shape) + self.bias.double().view(shape)
         return out.to(x.dtype)
-
-    @torch.no_grad()
-    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
-        """Same update as BatchNorm: momentum average, unbiased variance."""
-        if not self.track_running_stats or self.running_mean is None or self.running_var is None:
-            return
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        m = self.momentum if self.momentum is not None else 0.1
-        unbiased = var * (n / max(n - 1.0, 1.0))
-        self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
-        self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:

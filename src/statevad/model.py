@@ -92,13 +92,23 @@ class BatchNorm2d(nn.BatchNorm2d):
             n, c, h, w = x.shape
             rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: x is channels_last contiguous
             out, mean, var = _RowBatchNormReLU.apply(rows, self.weight, self.bias, self.eps)
-            with torch.no_grad():
-                count = rows.shape[0]
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * (count / (count - 1)), self.momentum)
-                self.num_batches_tracked.add_(1)
+            update_running_stats(self, mean, var, rows.shape[0])
             return out.view(n, h, w, c).permute(0, 3, 1, 2)
         return F.relu(self(x), inplace=True)
+
+
+@torch.no_grad()
+def update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: float) -> None:
+    """BatchNorm's running-statistics update for batch statistics computed outside its kernel: momentum
+    average (default 0.1), unbiased variance over ``count`` values per channel."""
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        return
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    m = bn.momentum if bn.momentum is not None else 0.1
+    unbiased = var * (count / max(count - 1.0, 1.0))
+    bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
+    bn.running_var.mul_(1 - m).add_(unbiased.to(bn.running_var.dtype), alpha=m)
 
 
 class DoubleConv(nn.Module):
