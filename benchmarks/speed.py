@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import socket
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from literal_state import ConvTransformer_recon_correct  # noqa: E402
 
 from statevad.config import MODEL_SIZES, ModelConfig  # noqa: E402
 from statevad.errors import atomic_write_json  # noqa: E402
-from statevad.model import STATE, autocast_context, import_original  # noqa: E402
+from statevad.model import STATE, autocast_context, import_original, inference_copy  # noqa: E402
 
 Fwd = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -84,12 +85,12 @@ def flops_per_cube(cfg: ModelConfig) -> dict[str, float]:
     with FlopCounterMode(display=False) as fc:
         train_step(net, net, opt, x, y, False)
     train = fc.get_total_flops()
-    net.eval()
+    snet = inference_copy(net)  # what scoring runs: BatchNorm folded, no parameter gradients
     with FlopCounterMode(display=False) as fc:  # score_step, with .backward() (the counter's hooks need it)
         xg = x.clone().requires_grad_(True)
-        raw, flow = net(xg)
-        (F.mse_loss(raw, xg) + F.mse_loss(flow, y)).backward()
-        net(x - 0.01 * xg.grad.sign())  # (no no_grad here: the counter's module hooks need autograd)
+        raw, flow = snet(xg)
+        (F.mse_loss(raw, xg) + F.mse_loss(flow, y)).backward()  # input gradient only
+        snet(x - 0.01 * xg.grad.sign())  # (no no_grad here: the counter's module hooks need autograd)
     return {"train": float(train), "score": float(fc.get_total_flops())}
 
 
@@ -99,7 +100,10 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / dt / 1e9
 
 
-def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool) -> list[dict]:
+def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool,
+               repeats: int = 1) -> list[dict]:
+    """Time every variant ``repeats`` times, interleaved (literal, fp32, bf16, literal, ...), so that a slow
+    phase of a shared machine hits all variants alike; speed-ups are taken within a round."""
     cfg = ModelConfig(**MODEL_SIZES[name])
     torch.manual_seed(0)
     lit = ConvTransformer_recon_correct(cfg.frames, cfg.widths, cfg.n_layers, cfg.n_heads, cfg.pos)
@@ -107,37 +111,60 @@ def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool) ->
     x = torch.rand(batch, cfg.frames, 3, 32, 32)
     y = torch.randn(batch, cfg.frames, 2, 32, 32)
     flops = flops_per_cube(cfg)
-    variants = ([("literal fp32", lit, literal_fwd(lit), False)] if literal else []) + [
-        ("fast fp32", fast, fast, False), ("fast bf16", fast, fast, True)]
+    # scoring runs what the product runs: the literal network as is, ours as its BatchNorm-folded copy
+    folded = inference_copy(fast)
+    lit_fwd = literal_fwd(lit)
+    variants = ([("literal fp32", lit, lit_fwd, lit, lit_fwd, False)] if literal else []) + [
+        ("fast fp32", fast, fast, folded, folded, False), ("fast bf16", fast, fast, folded, folded, True)]
+    opts = {v[0]: torch.optim.Adam(v[1].parameters(), lr=1e-3, eps=1e-7) for v in variants}
+    rounds: dict[str, dict[str, list[float]]] = {v[0]: {"train": [], "score": []} for v in variants}
+    for r in range(repeats):
+        for label, net, fwd, snet, sfwd, bf16 in variants:
+            opt = opts[label]
+            t_train = timed(lambda net=net, fwd=fwd, opt=opt, bf16=bf16: train_step(net, fwd, opt, x, y,
+                                                                                      bf16), steps, warmup)
+            t_score = timed(lambda snet=snet, sfwd=sfwd, bf16=bf16: score_step(snet, sfwd, x, y, bf16),
+                            steps, warmup)
+            rounds[label]["train"].append(batch / t_train)
+            rounds[label]["score"].append(batch / t_score)
+            print(f"{name:5s} {label:13s} round {r + 1}/{repeats}: train {batch / t_train:7.2f} cubes/s  "
+                  f"score {batch / t_score:7.2f} cubes/s", flush=True)
     rows = []
-    for label, net, fwd, bf16 in variants:
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
-        t_train = timed(lambda net=net, fwd=fwd, opt=opt, bf16=bf16: train_step(net, fwd, opt, x, y, bf16),
-                        steps, warmup)
-        t_score = timed(lambda net=net, fwd=fwd, bf16=bf16: score_step(net, fwd, x, y, bf16), steps, warmup)
-        row = {"size": name, "variant": label, "batch": batch,
-               "train_cubes_s": batch / t_train, "score_cubes_s": batch / t_score,
-               "train_gflop_s": flops["train"] * batch / t_train / 1e9,
-               "score_gflop_s": flops["score"] * batch / t_score / 1e9,
+    base = rounds.get("literal fp32")
+    for label, *_ in variants:
+        tr, sc = rounds[label]["train"], rounds[label]["score"]
+        row = {"size": name, "variant": label, "batch": batch, "repeats": repeats,
+               "train_cubes_s": statistics.median(tr), "score_cubes_s": statistics.median(sc),
+               "train_cubes_s_rounds": tr, "score_cubes_s_rounds": sc,
+               "train_gflop_s": flops["train"] * statistics.median(tr) / 1e9,
+               "score_gflop_s": flops["score"] * statistics.median(sc) / 1e9,
                "flops_per_cube": flops}
-        print(f"{name:5s} {label:13s} train {row['train_cubes_s']:7.2f} cubes/s  "
-              f"score {row['score_cubes_s']:7.2f} cubes/s", flush=True)
+        if base is not None:  # speed-up within each round, then its median and range over the rounds
+            for kind in ("train", "score"):
+                ratios = [f / b for f, b in zip(rounds[label][kind], base[kind], strict=True)]
+                row[f"{kind}_x_literal_rounds"] = ratios
+                row[f"{kind}_x_literal"] = statistics.median(ratios)
         rows.append(row)
     return rows
 
 
+def _ratio(r: dict, kind: str) -> str:
+    if f"{kind}_x_literal" not in r:
+        return "-"
+    rs = r[f"{kind}_x_literal_rounds"]
+    return f"{r[f'{kind}_x_literal']:.2f}" + (f" ({min(rs):.2f}-{max(rs):.2f})" if len(rs) > 1 else "")
+
+
 def table(rows: list[dict], peak: dict[str, float]) -> str:
-    base = {r["size"]: r for r in rows if r["variant"] == "literal fp32"}
+    """Medians over the rounds; a speed-up column shows the median ratio and, with repeats, its range."""
     lines = ["| size | variant | train cubes/s | x literal | score cubes/s | x literal | "
-             "train GFLOP/s | % of peak |", "|---|---|---|---|---|---|---|---|"]
+             "train GFLOP/s | % of peak | score GFLOP/s | % of peak |", "|---" * 10 + "|"]
     for r in rows:
-        b = base.get(r["size"])
-        sx = f"{r['train_cubes_s'] / b['train_cubes_s']:.1f}" if b else "-"
-        sc = f"{r['score_cubes_s'] / b['score_cubes_s']:.1f}" if b else "-"
         pk = peak["bf16"] if "bf16" in r["variant"] else peak["fp32"]
-        lines.append(f"| {r['size']} | {r['variant']} | {r['train_cubes_s']:.2f} | {sx} | "
-                     f"{r['score_cubes_s']:.2f} | {sc} | {r['train_gflop_s']:.1f} | "
-                     f"{100 * r['train_gflop_s'] / pk:.0f}% |")
+        lines.append(f"| {r['size']} | {r['variant']} | {r['train_cubes_s']:.2f} | {_ratio(r, 'train')} | "
+                     f"{r['score_cubes_s']:.2f} | {_ratio(r, 'score')} | {r['train_gflop_s']:.1f} | "
+                     f"{100 * r['train_gflop_s'] / pk:.0f}% | {r['score_gflop_s']:.1f} | "
+                     f"{100 * r['score_gflop_s'] / pk:.0f}% |")
     return "\n".join(lines)
 
 
@@ -147,6 +174,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["paper", "fast", "tiny"], choices=sorted(MODEL_SIZES))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="interleaved rounds per variant; the table gives medians and the speed-up range")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--literal-sizes", nargs="*", default=["paper"],
                     help="sizes for which the (slow) literal oracle is timed too")
@@ -157,7 +186,8 @@ def main() -> None:
     print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s", flush=True)
     rows = []
     for name in args.sizes:
-        rows += bench_size(name, args.batch, args.steps, args.warmup, name in args.literal_sizes)
+        rows += bench_size(name, args.batch, args.steps, args.warmup, name in args.literal_sizes,
+                           args.repeats)
     host = socket.gethostname()
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"speed-{host}.json"
     atomic_write_json(out, {"command": " ".join(sys.argv), "host": host, "cpu": platform.processor(),

@@ -100,6 +100,7 @@ def test_perturbed_errors_do_not_touch_parameter_grads_and_are_batch_independent
     raw, flow = _cubes(7)
     model = _tiny()
     model.zero_grad(set_to_none=True)
+    model.train()
     cfg_all = ScoreConfig(epsilon=0.01, batch_size=7)
     cfg_small = ScoreConfig(epsilon=0.01, batch_size=3)
     a = score_cubes(model, raw, flow, cfg_all, progress=False)
@@ -107,7 +108,7 @@ def test_perturbed_errors_do_not_touch_parameter_grads_and_are_batch_independent
     assert all(p.grad is None for p in model.parameters())
     np.testing.assert_allclose(a[0], b[0], rtol=1e-4)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-4)
-    assert not model.training
+    assert model.training  # scoring runs an eval-mode, BatchNorm-folded copy; the caller's model is untouched
 
 
 def test_fuse_and_zscores():

@@ -127,15 +127,18 @@ def test_checkpoint_roundtrip_and_statistics(work, trained):
     model, ck = load_checkpoint(trained)
     assert not model.training and ck.preset.model.frames == T and ck.preset.cube.length == 1
     # stats = mean / population std of unperturbed per-cube SSEs over the training cubes (spec 6.4)
+    # Checked against float64. The 16 toy cubes' SSEs are nearly equal (std ~1e-4 of the mean), so the std
+    # is compared to a tolerance set by float32 rounding of the SSEs themselves, ~1e-5 of the mean.
     tr = open_split(work, "train")
     with torch.no_grad():
         x, y = to_model_input(np.asarray(tr.raw), torch.device("cpu")), to_flow_target(
             np.asarray(tr.flow), torch.device("cpu"))
-        r, f = model(x)
-        e_raw, e_flow = per_cube_sse(x, r).double().numpy(), per_cube_sse(y, f).double().numpy()
+        r, f = model.double()(x.double())
+        e_raw, e_flow = per_cube_sse(x.double(), r).numpy(), per_cube_sse(y.double(), f).numpy()
     assert ck.stats["raw_mean"] == pytest.approx(e_raw.mean(), rel=1e-5)
-    assert ck.stats["raw_std"] == pytest.approx(e_raw.std(ddof=0), rel=1e-4)
-    assert ck.stats["flow_std"] == pytest.approx(e_flow.std(ddof=0), rel=1e-4)
+    assert ck.stats["flow_mean"] == pytest.approx(e_flow.mean(), rel=1e-5)
+    assert ck.stats["raw_std"] == pytest.approx(e_raw.std(ddof=0), abs=1e-5 * e_raw.mean())
+    assert ck.stats["flow_std"] == pytest.approx(e_flow.std(ddof=0), abs=1e-5 * e_flow.mean())
     assert not resume_path(trained).exists()  # the per-epoch state is removed on success
 
 

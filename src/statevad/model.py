@@ -20,6 +20,7 @@ exported dict has exactly the original's keys. See ``docs/DEVIATIONS.md`` ("mode
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import math
@@ -332,6 +333,34 @@ def count_parameters(model: nn.Module) -> int:
     """Trainable parameters; for the paper size this equals the original's parameters that receive
     gradients (2,568,061), since the unused modules are not built."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def inference_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm folded into the convolution before it.
+
+    In eval mode a BatchNorm is a fixed per-channel affine map, so ``conv -> BN`` is one convolution with
+    scaled weights and a shifted bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``): the same function up to
+    float rounding, for the outputs and for the input gradient of perturbed scoring, with one pass over the
+    activations fewer per BatchNorm, forward and backward. Scoring and the training statistics use it; the
+    original model (and its training-mode batch statistics) is untouched. Models other than STATE come back
+    as a plain eval-mode copy.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    out = copy.deepcopy(model).eval()
+    for dc in out.modules():
+        if not isinstance(dc, DoubleConv):
+            continue
+        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2")):
+            bn = getattr(dc, bn_name)
+            if isinstance(bn, _BatchNorm) and bn.running_mean is not None and bn.running_var is not None:
+                setattr(dc, conv_name, fuse_conv_bn_eval(getattr(dc, conv_name), bn))
+                setattr(dc, bn_name, nn.Identity())
+    for p in out.parameters():
+        p.requires_grad_(False)  # scoring differentiates with respect to the input only
+    return out
 
 
 def autocast_context(device: torch.device | str, bf16: bool) -> contextlib.AbstractContextManager[Any]:

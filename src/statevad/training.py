@@ -32,7 +32,7 @@ from tqdm import tqdm
 from statevad.config import ModelConfig, Preset, TrainConfig, override
 from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, resolve_rank_device
 from statevad.errors import UserError
-from statevad.model import atomic_torch_save
+from statevad.model import atomic_torch_save, inference_copy
 from statevad.scoring import autocast, per_cube_sse, to_flow_target, to_model_input
 
 CHECKPOINT_FORMAT = "statevad-model/1"
@@ -236,6 +236,7 @@ def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices:
     full-length arrays on every rank, so the statistics cover ALL training cubes, in the 1-process order.
     """
     device = next(model.parameters()).device
+    model = inference_copy(model)  # eval mode with BatchNorm folded: the same errors, less work
     lo, hi = _share_bounds(len(indices), ctx)
     errs: list[tuple[torch.Tensor, torch.Tensor]] = []
     batches = [indices[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
