@@ -35,15 +35,15 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ped2"
 CONFIGS: dict[str, dict[str, object]] = {
     # The published recipe (spec 6.3 / 7): paper-size network, all cubes, 20 epochs, fp32, eps 0.01.
     "paper": {"model_size": "paper", "epochs": 20, "batch_size": 128, "max_cubes": None, "bf16": False,
-              "lr": 1e-3, "epsilon": 0.01},
+              "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.01},
     # <= 60 minutes end to end on the 2-core CPU (45.7 min measured, results/ped2-cpu-all-e6.json): the `tiny`
     # network (about 68 training cubes/s here), all 25,478 training cubes for 6 epochs, fp32, eps 0.002 (the
     # ped2 preset's value, chosen on the test set; benchmarks/README.md compares 12k x 4, bf16 and 10 epochs).
     "cpu": {"model_size": "tiny", "epochs": 6, "batch_size": 128, "max_cubes": None, "bf16": False,
-            "lr": 1e-3, "epsilon": 0.002},
+            "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.002},
     # A smoke run of the whole driver in a few minutes (not a result).
     "smoke": {"model_size": "tiny", "epochs": 1, "batch_size": 128, "max_cubes": 1024, "bf16": False,
-              "lr": 1e-3, "epsilon": 0.01},
+              "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.01},
 }
 
 
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = get_preset("ped2")
     preset.model = with_model_size(preset.model, str(cfg["model_size"]))
     preset.train = override(preset.train, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                            max_cubes=cfg["max_cubes"], bf16=cfg["bf16"], lr=cfg["lr"], seed=args.seed,
+                            max_cubes=cfg["max_cubes"], bf16=cfg["bf16"], lr=cfg["lr"],
+                            lr_schedule=cfg["lr_schedule"], seed=args.seed,
                             device=args.device)
     preset.score = override(preset.score, epsilon=cfg["epsilon"], bf16=cfg["bf16"], device=args.device)
     model_path = work / f"model-{args.config}{tag}.pt"

@@ -20,16 +20,17 @@ def _f(x: float | None, digits: int = 4) -> str:
 
 
 def runs_table(results: list[tuple[str, dict]]) -> list[str]:
-    rows = ["| results | boxes | network | train cubes × epochs | bf16 | eps | micro | macro | EER "
-            "| prepare s | train min | score s | end to end min |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| results | boxes | network | train cubes × epochs | lr | bf16 | seed | eps | micro | macro "
+            "| EER | prepare s | train min | score s | end to end min |",
+            "|---" * 15 + "|"]
     for name, d in results:
         s = d["settings"]
         sec = d["seconds"]
         n_train = d["n_train_cubes"] if s["max_cubes"] is None else s["max_cubes"]
         rows.append(
             f"| `{name}` | {d['boxes']} | {s['model_size']} | {n_train:,} × {s['epochs']} "
-            f"| {'yes' if s['bf16'] else 'no'} | {s['epsilon']:g} | **{_f(d['micro_auroc'])}** "
+            f"| {s.get('lr_schedule', 'constant')} | {'yes' if s['bf16'] else 'no'} | {d.get('seed', 0)} "
+            f"| {s['epsilon']:g} | **{_f(d['micro_auroc'])}** "
             f"| {_f(d['macro_auroc'])} | {_f(d['eer'], 3)} | {sec['prepare']:.0f} "
             f"| {d['training_minutes']:.1f} | {sec['score']:.0f} | {d['budget_seconds'] / 60:.1f} |")
     return rows

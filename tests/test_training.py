@@ -186,6 +186,57 @@ def test_resume_matches_uninterrupted_run(work, trained, tmp_path, monkeypatch):
     assert a["stats"] == b["stats"]
 
 
+def test_cosine_schedule_values_and_resume(work, tmp_path, monkeypatch):
+    cfg = override(tiny_preset().train, lr=1e-3, lr_schedule="cosine")
+    assert training.scheduled_lr(cfg, 0, 10) == pytest.approx(1e-3)
+    assert training.scheduled_lr(cfg, 5, 10) == pytest.approx(5e-4)
+    assert training.scheduled_lr(cfg, 9, 10) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(0.9 * np.pi)))
+    assert training.scheduled_lr(override(cfg, lr_schedule="constant"), 9, 10) == 1e-3
+    with pytest.raises(UserError, match="lr_schedule"):
+        training.make_optimizer(torch.nn.Linear(1, 1), override(cfg, lr_schedule="step"))
+    # the learning rate each step sees, and a run killed in epoch 2 resumes onto the same curve and weights
+    seen: list[float] = []
+    real_step = training.train_step
+
+    def record(model, optimizer, *args, **kw):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, *args, **kw)
+
+    monkeypatch.setattr(training, "train_step", record)
+    full = train(work, tiny_preset(lr_schedule="cosine"), out=tmp_path / "full.pt", progress=False)
+    assert seen == pytest.approx([3e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)])
+
+    def crash_in_second_epoch(model, optimizer, *args, **kw):
+        if len(seen) == 6:  # 4 steps of the full run + 2 of this one: dies on the first step of epoch 2
+            raise KeyboardInterrupt
+        return record(model, optimizer, *args, **kw)
+
+    monkeypatch.setattr(training, "train_step", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(work, tiny_preset(lr_schedule="cosine"), out=tmp_path / "resumed.pt", progress=False)
+    monkeypatch.setattr(training, "train_step", record)
+    with pytest.raises(UserError, match="other training settings"):  # a cosine curve is tied to its epochs
+        train(work, tiny_preset(epochs=3, lr_schedule="cosine"), out=tmp_path / "resumed.pt", resume=True,
+              progress=False)
+    train(work, tiny_preset(lr_schedule="cosine"), out=tmp_path / "resumed.pt", resume=True, progress=False)
+    assert seen[4:] == pytest.approx(seen[:4])
+    a, b = torch.load(full, weights_only=True), torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert a["sha256"] == b["sha256"]
+
+
+def test_train_cli_set_and_lr_schedule(work, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    base = ["train", "--work", str(work), "--epochs", "1", "--model-size", "tiny", "--batch-size", "8",
+            "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main([*base, "--set", "model.bogus=1"]) == 2
+    assert "model has no field 'bogus'" in capsys.readouterr().err and not out.exists()
+    sets = ["--set", "model.n_layers=2", "--set", "train.adam_eps=1e-8"]
+    assert main([*base, *sets, "--lr-schedule", "cosine"]) == 0
+    _, ck = load_checkpoint(out)
+    assert ck.preset.model.n_layers == 2 and ck.preset.train.adam_eps == 1e-8
+    assert ck.preset.train.lr_schedule == "cosine"
+
+
 def test_model_only_file_needs_stats_for_test(work, trained, tmp_path):
     model, _ = load_checkpoint(trained)
     save_model_only(tmp_path / "weights.pt", model)

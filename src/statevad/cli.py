@@ -116,6 +116,11 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--epochs", type=int, help="default 20 (spec 6.3)")
     p.add_argument("--batch-size", type=int, help="cubes per step, default 128")
     p.add_argument("--lr", type=float, help="Adam learning rate, default 1e-3")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="constant (default, published) or cosine decay to 0 over the run (opt-in)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
+                   help="override any preset field, e.g. --set model.n_layers=2 --set train.adam_eps=1e-8 "
+                   "(sections: model, train; repeatable)")
     p.add_argument("--max-cubes", type=int, help="train on a seeded random subsample of N cubes")
     p.add_argument("--seed", type=int, help="seed for weights, sampler and subsample (default 0)")
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
@@ -137,7 +142,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from statevad.config import override, with_model_size
+    from statevad.config import apply_sets, override, with_model_size
     from statevad.distributed import session
     from statevad.training import preset_for_work, resolve_device, train
 
@@ -146,8 +151,10 @@ def _run_train(args: argparse.Namespace) -> int:
         preset,
         model=with_model_size(preset.model, args.model_size),
         train=override(preset.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       max_cubes=args.max_cubes, seed=args.seed, device=args.device, bf16=args.bf16),
+                       lr_schedule=args.lr_schedule, max_cubes=args.max_cubes, seed=args.seed,
+                       device=args.device, bf16=args.bf16),
     )
+    preset = apply_sets(preset, args.sets, ("model", "train"))
     t0 = time.perf_counter()
     with session(resolve_device(preset.train.device)) as ctx:  # torchrun: one DDP rank
         out = train(Path(args.work), preset, out=args.out, resume=args.resume, progress=not args.quiet,

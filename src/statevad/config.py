@@ -72,6 +72,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant (published) | cosine (decays to 0 over all steps; opt-in)
     adam_eps: float = 1e-7
     lambda_raw: float = 1.0
     lambda_flow: float = 1.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -174,7 +175,24 @@ def load_batch(raw: np.ndarray, flow: np.ndarray, idx: np.ndarray,
 # ------------------------------------------------------------------------------------ optimisation
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Spec 6.3: Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-7, no weight decay, no schedule."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"lr_schedule {cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=0.0)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``constant`` is the published recipe. ``cosine`` (opt-in) decays from ``lr`` to 0 over the whole run: a
+    short budget then ends on weights that have settled instead of ones still moving at the full rate. It is
+    a pure function of the step, so a resumed run follows the same curve.
+    """
+    if cfg.lr_schedule == "cosine" and total_steps > 1:
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return cfg.lr
 
 
 def training_loss(x: torch.Tensor, y: torch.Tensor, raw_out: torch.Tensor, flow_out: torch.Tensor,
@@ -396,7 +414,8 @@ def _save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 def _resume_signature(preset: Preset) -> dict[str, Any]:
     """What must match for a resumed run to continue the same training (epochs may grow)."""
     d = preset.to_dict()
-    train = {k: v for k, v in d["train"].items() if k not in ("epochs", "device", "workers")}
+    free = ("device", "workers") if preset.train.lr_schedule == "cosine" else ("epochs", "device", "workers")
+    train = {k: v for k, v in d["train"].items() if k not in free}  # a cosine curve depends on the epochs
     return {"model": d["model"], "train": train}
 
 
@@ -515,7 +534,9 @@ def _train(work: Path, data: Any, preset: Preset, device: torch.device, out: Pat
             shares = epoch_batches(indices, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=ctx.rank,
                                    world=ctx.world)
             sizes = [len(b) for b in epoch_batches(indices, cfg.batch_size, seed=cfg.seed, epoch=epoch)]
-            for idx, n_global in zip(shares, sizes, strict=True):
+            for i, (idx, n_global) in enumerate(zip(shares, sizes, strict=True)):
+                for group in optimizer.param_groups:
+                    group["lr"] = scheduled_lr(cfg, epoch * steps + i, steps * cfg.epochs)
                 x, y = load_batch(raw, flow, idx, device)
                 if ctx.active:
                     loss = train_step(model, optimizer, x, y, cfg, ctx=ctx, n_global=n_global)
