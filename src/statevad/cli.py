@@ -105,7 +105,7 @@ def _one_line_warnings(command: str) -> Iterator[None]:
 
 # -------------------------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> Handler:
-    from statevad.config import MODEL_SIZES, PRESETS
+    from statevad.config import LR_SCHEDULES, MODEL_SIZES, PRESETS
 
     p = sub.add_parser("train", help="train the STATE network on the prepared training cubes")
     p.add_argument("--work", required=True, help="work directory written by `statevad prepare`")
@@ -116,7 +116,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--epochs", type=int, help="default 20 (spec 6.3)")
     p.add_argument("--batch-size", type=int, help="cubes per step, default 128")
     p.add_argument("--lr", type=float, help="Adam learning rate, default 1e-3")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="constant (default, published) or cosine decay to 0 over the run (opt-in)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
                    help="override any preset field, e.g. --set model.n_layers=2 --set train.adam_eps=1e-8 "

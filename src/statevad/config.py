@@ -65,6 +65,9 @@ class ModelConfig:
     pos: str = "learned"  # learned | sine
 
 
+LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule
+
+
 @dataclass
 class TrainConfig:
     """Optimisation (spec 6.3): Adam lr 1e-3, eps 1e-7, batch 128, 20 epochs, MSE raw + MSE flow."""

@@ -8,7 +8,6 @@ only involves that cube.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -27,11 +26,6 @@ from statevad.model import autocast_context, inference_copy
 
 EMPTY_FRAME_SCORE = -1e5  # spec 7.3: a frame without objects is the most normal possible
 STAT_KEYS = ("raw_mean", "raw_std", "flow_mean", "flow_std")
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on ``device`` when asked, else a no-op; defers to the model module's policy."""
-    return autocast_context(device, bf16)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -99,13 +93,13 @@ def perturbed_errors(model: nn.Module, raw_u8: np.ndarray | torch.Tensor, flow: 
         return np.zeros(0, np.float64), np.zeros(0, np.float64)
     if epsilon:
         x.requires_grad_(True)
-        with torch.enable_grad(), autocast(device, bf16):
+        with torch.enable_grad(), autocast_context(device, bf16):
             raw_out, flow_out = model(x)
         loss = _perturbation_loss(x, y, raw_out, flow_out)
         (grad,) = torch.autograd.grad(loss, x)
         x = (x.detach() - epsilon * grad.sign())
     with torch.no_grad():
-        with autocast(device, bf16):
+        with autocast_context(device, bf16):
             raw_out, flow_out = model(x)
         e_raw = per_cube_sse(x, raw_out)
         e_flow = per_cube_sse(y, flow_out)

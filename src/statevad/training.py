@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from statevad.config import ModelConfig, Preset, TrainConfig, override
+from statevad.config import LR_SCHEDULES, ModelConfig, Preset, TrainConfig, override
 from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, resolve_rank_device
 from statevad.errors import UserError
-from statevad.model import atomic_torch_save, inference_copy
-from statevad.scoring import autocast, per_cube_sse, to_flow_target, to_model_input
+from statevad.model import atomic_torch_save, autocast_context, inference_copy
+from statevad.scoring import per_cube_sse, to_flow_target, to_model_input
 
 CHECKPOINT_FORMAT = "statevad-model/1"
 RESUME_FORMAT = "statevad-resume/1"
@@ -174,13 +174,11 @@ def load_batch(raw: np.ndarray, flow: np.ndarray, idx: np.ndarray,
 
 # ------------------------------------------------------------------------------------ optimisation
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Spec 6.3: Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-7, no weight decay, no schedule."""
+    """Spec 6.3: Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-7, no weight decay; the rate of each step comes
+    from :func:`scheduled_lr` (constant, as published, unless ``cfg.lr_schedule`` says otherwise)."""
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise UserError(f"lr_schedule {cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=0.0)
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def scheduled_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -214,7 +212,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with autocast(x.device, cfg.bf16):
+    with autocast_context(x.device, cfg.bf16):
         raw_out, flow_out = model(x)
     n_local = int(x.shape[0])
     if n_local:
@@ -240,7 +238,7 @@ def cube_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Unperturbed per-cube SSEs of both branches (eval mode): the quantities of spec 6.4."""
     model.eval()
-    with autocast(x.device, bf16):
+    with autocast_context(x.device, bf16):
         raw_out, flow_out = model(x)
     return per_cube_sse(x, raw_out), per_cube_sse(y, flow_out)
 
