@@ -169,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config value, e.g. --set epochs=4 --set model_size=paper")
     args = p.parse_args(argv)
 
+    from statevad.allocator import keep_freed_memory
     from statevad.config import get_preset, override, with_model_size
     from statevad.prepare import open_split, prepare
     from statevad.scoring import score_split
     from statevad.training import load_checkpoint, train
 
+    malloc_tuned = keep_freed_memory()  # as the statevad command does (statevad.allocator)
     root = Path(args.root)
     if not (root / "video").is_dir():
         print(f"ped2 benchmark: {root} is not the Ped2 folder (../shared/data/ped2); pass --root",
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "scoring_cubes_per_second": round(len(test.raw) / t_score, 1) if t_score > 0 else None,
         "peak_rss_mb": _peak_rss_mb(), "versions": _versions(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
         "device": args.device, "git_commit": _git_commit(), "command": command,
+        "malloc": "tuned" if malloc_tuned else "default",
         "note": "prepare time is 0 when the work dir was already complete (reused caches); see seconds",
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,23 @@
 """Cubes per second of STATE (literal vs fast fp32 vs fast bf16): training step and perturbed scoring.
 
-    python benchmarks/speed.py [--batch 128] [--sizes paper fast tiny] [--steps 3] [--warmup 1]
+    python benchmarks/speed.py [--batch 128] [--sizes paper fast tiny] [--steps 3] [--warmup 2]
+                               [--variants literal fp32 bf16] [--malloc tuned|default]
 
 A training step is forward + the loss of spec 6.3 + backward + Adam (lr 1e-3, eps 1e-7). Perturbed scoring is
 spec 7.1: forward, MSE(x_hat, x) (x not detached) + MSE(y_hat, y), gradient w.r.t. x, one signed step,
 second forward (eval mode). FLOPs per cube come from ``torch.utils.flop_counter.FlopCounterMode`` on the fast
 model (the useful work; the literal one does more); the peak is a measured large ``torch.mm``.
-Writes ``benchmarks/results/speed-<host>.json`` and prints a markdown table.
+``--malloc tuned`` (the default) first applies :func:`statevad.allocator.keep_freed_memory`, as every
+``statevad`` command does; ``--malloc default`` keeps glibc's defaults, under which large tensors are unmapped
+and re-faulted every step (the condition the published code runs in). Writes
+``benchmarks/results/speed-<host>.json`` and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import socket
 import statistics
 import sys
@@ -27,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from literal_state import ConvTransformer_recon_correct  # noqa: E402
 
+from statevad.allocator import keep_freed_memory  # noqa: E402
 from statevad.config import MODEL_SIZES, ModelConfig  # noqa: E402
 from statevad.errors import atomic_write_json  # noqa: E402
 from statevad.model import STATE, autocast_context, import_original, inference_copy  # noqa: E402
@@ -69,12 +75,19 @@ def score_step(net: torch.nn.Module, fwd: Fwd, x: torch.Tensor, y: torch.Tensor,
 
 
 def timed(fn: Callable[[], object], steps: int, warmup: int) -> float:
+    return timed_faults(fn, steps, warmup)[0]
+
+
+def timed_faults(fn: Callable[[], object], steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds per call and minor page faults per call (the allocator's cost, see statevad.allocator)."""
     for _ in range(warmup):
         fn()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t0) / steps
+    dt = (time.perf_counter() - t0) / steps
+    return dt, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps
 
 
 def flops_per_cube(cfg: ModelConfig) -> dict[str, float]:
@@ -100,8 +113,8 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / dt / 1e9
 
 
-def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool,
-               repeats: int = 1) -> list[dict]:
+def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool, repeats: int = 1,
+               variants_wanted: tuple[str, ...] = ("literal", "fp32", "bf16")) -> list[dict]:
     """Time every variant ``repeats`` times, interleaved (literal, fp32, bf16, literal, ...), so that a slow
     phase of a shared machine hits all variants alike; speed-ups are taken within a round."""
     cfg = ModelConfig(**MODEL_SIZES[name])
@@ -114,21 +127,28 @@ def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool,
     # scoring runs what the product runs: the literal network as is, ours as its BatchNorm-folded copy
     folded = inference_copy(fast)
     lit_fwd = literal_fwd(lit)
-    variants = ([("literal fp32", lit, lit_fwd, lit, lit_fwd, False)] if literal else []) + [
-        ("fast fp32", fast, fast, folded, folded, False), ("fast bf16", fast, fast, folded, folded, True)]
+    known = {"literal": ("literal fp32", lit, lit_fwd, lit, lit_fwd, False),
+             "fp32": ("fast fp32", fast, fast, folded, folded, False),
+             "bf16": ("fast bf16", fast, fast, folded, folded, True)}
+    variants = [known[k] for k in variants_wanted if literal or k != "literal"]
     opts = {v[0]: torch.optim.Adam(v[1].parameters(), lr=1e-3, eps=1e-7) for v in variants}
     rounds: dict[str, dict[str, list[float]]] = {v[0]: {"train": [], "score": []} for v in variants}
+    faults: dict[str, dict[str, list[float]]] = {v[0]: {"train": [], "score": []} for v in variants}
     for r in range(repeats):
         for label, net, fwd, snet, sfwd, bf16 in variants:
             opt = opts[label]
-            t_train = timed(lambda net=net, fwd=fwd, opt=opt, bf16=bf16: train_step(net, fwd, opt, x, y,
-                                                                                      bf16), steps, warmup)
-            t_score = timed(lambda snet=snet, sfwd=sfwd, bf16=bf16: score_step(snet, sfwd, x, y, bf16),
-                            steps, warmup)
+            t_train, f_train = timed_faults(
+                lambda net=net, fwd=fwd, opt=opt, bf16=bf16: train_step(net, fwd, opt, x, y, bf16),
+                steps, warmup)
+            t_score, f_score = timed_faults(
+                lambda snet=snet, sfwd=sfwd, bf16=bf16: score_step(snet, sfwd, x, y, bf16), steps, warmup)
             rounds[label]["train"].append(batch / t_train)
             rounds[label]["score"].append(batch / t_score)
+            faults[label]["train"].append(f_train)
+            faults[label]["score"].append(f_score)
             print(f"{name:5s} {label:13s} round {r + 1}/{repeats}: train {batch / t_train:7.2f} cubes/s  "
-                  f"score {batch / t_score:7.2f} cubes/s", flush=True)
+                  f"score {batch / t_score:7.2f} cubes/s  (page faults per step: train {f_train:.0f}, "
+                  f"score {f_score:.0f})", flush=True)
     rows = []
     base = rounds.get("literal fp32")
     for label, *_ in variants:
@@ -138,7 +158,7 @@ def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool,
                "train_cubes_s_rounds": tr, "score_cubes_s_rounds": sc,
                "train_gflop_s": flops["train"] * statistics.median(tr) / 1e9,
                "score_gflop_s": flops["score"] * statistics.median(sc) / 1e9,
-               "flops_per_cube": flops}
+               "flops_per_cube": flops, "page_faults_per_step": faults[label]}
         if base is not None:  # speed-up within each round, then its median and range over the rounds
             for kind in ("train", "score"):
                 ratios = [f / b for f, b in zip(rounds[label][kind], base[kind], strict=True)]
@@ -173,25 +193,36 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--sizes", nargs="+", default=["paper", "fast", "tiny"], choices=sorted(MODEL_SIZES))
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps per variant and round (with the tuned allocator the first two still "
+                         "fault pages in)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved rounds per variant; the table gives medians and the speed-up range")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--literal-sizes", nargs="*", default=["paper"],
                     help="sizes for which the (slow) literal oracle is timed too")
+    ap.add_argument("--variants", nargs="+", default=["literal", "fp32", "bf16"],
+                    choices=["literal", "fp32", "bf16"])
+    ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                    help="tuned: statevad.allocator.keep_freed_memory(), as the statevad command runs; "
+                         "default: glibc's defaults")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    malloc_tuned = args.malloc == "tuned" and keep_freed_memory()
+    if args.malloc == "tuned" and not malloc_tuned:
+        print("note: the allocator setting is not available here (not glibc); timing with the defaults")
     torch.set_num_threads(args.threads)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s", flush=True)
     rows = []
     for name in args.sizes:
         rows += bench_size(name, args.batch, args.steps, args.warmup, name in args.literal_sizes,
-                           args.repeats)
+                           args.repeats, tuple(args.variants))
     host = socket.gethostname()
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"speed-{host}.json"
     atomic_write_json(out, {"command": " ".join(sys.argv), "host": host, "cpu": platform.processor(),
                             "torch": torch.__version__, "threads": args.threads, "peak_gflop_s": peak,
+                            "malloc": "tuned" if malloc_tuned else "default",
                             "rows": rows})
     print(table(rows, peak))
     print(f"wrote {out}")

@@ -323,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from statevad.allocator import keep_freed_memory
+
+    keep_freed_memory()  # tensors reused instead of re-faulted every step: see statevad.allocator
     try:
         return int(handlers[args.command](args) or 0)
     except UserError as exc:

@@ -71,11 +71,12 @@ class _RowBatchNormReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _gm: Tensor, _gv: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         xhat, out, weight, rstd = ctx.saved_tensors
-        g = grad.masked_fill(out <= 0, 0)
+        g = torch.ops.aten.threshold_backward(grad, out, 0)  # grad where out > 0: ReLU's own kernel, one pass
         m = g.shape[0]
         sum_g = g.sum(0)
         sum_gx = (g * xhat).sum(0)
-        dx = torch.addcmul(g.sub_(sum_g / m), xhat, sum_gx / m, value=-1).mul_(weight * rstd)
+        scale = weight * rstd  # dx = scale * g - scale * mean(g) - xhat * scale * mean(g * xhat): two passes
+        dx = torch.addcmul(scale * sum_g / -m, g, scale).addcmul_(xhat, scale * sum_gx / -m)
         return dx, sum_gx, sum_g, None
 
 
