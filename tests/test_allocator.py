@@ -11,19 +11,21 @@ import pytest
 
 from statevad.allocator import keep_freed_memory
 
-# Allocate, touch and free a 128 MB array twice; report the minor page faults of the second round.
+# A small training-like step on 48 MB activations, five times; the minor page faults of each step.
 PROBE = """
-import json, resource, sys
-import numpy as np
+import json, resource
+import torch
 from statevad.allocator import keep_freed_memory
 took = keep_freed_memory()
-def faults():
+torch.manual_seed(0)
+conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+x = torch.randn(96, 8, 128, 128)  # 48 MB activations: above the 32 MiB that glibc ever serves from its heap
+faults = []
+for _ in range(5):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    a = np.ones(16_000_000)  # 128 MB: far above glibc's mmap threshold
-    del a
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-faults()
-print(json.dumps({"took": took, "faults": faults()}))
+    conv(x).relu().sum().backward()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(json.dumps({"took": took, "faults": faults}))
 """
 
 
@@ -47,9 +49,10 @@ def test_freed_memory_is_reused_and_opt_out_keeps_defaults() -> None:
     tuned = _probe(None)
     default = _probe("default")
     assert tuned["took"] is True and default["took"] is False
-    # 128 MB = 31,250 pages of 4 KiB: glibc's default unmaps and re-faults all of them, the tuned heap none
-    assert default["faults"] > 20_000
-    assert tuned["faults"] < 2_000
+    # glibc's default unmaps every 48 MB activation and re-faults its 12,288 pages at each step (measured:
+    # 86,000 faults per step, forever); the tuned heap reuses them once the first steps have grown it
+    assert min(default["faults"][-2:]) > 20_000
+    assert max(tuned["faults"][-2:]) < 1_000
 
 
 def test_opt_out_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
