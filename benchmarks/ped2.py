@@ -36,8 +36,8 @@ CONFIGS: dict[str, dict[str, object]] = {
     # The published recipe (spec 6.3 / 7): paper-size network, all cubes, 20 epochs, fp32, eps 0.01.
     "paper": {"model_size": "paper", "epochs": 20, "batch_size": 128, "max_cubes": None, "bf16": False,
               "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.01},
-    # <= 60 minutes end to end on the 2-core CPU (45.7 min measured, results/ped2-cpu-all-e6.json): the `tiny`
-    # network (about 68 training cubes/s here), all 25,478 training cubes for 6 epochs, fp32, eps 0.002 (the
+    # <= 60 minutes end to end on the 2-core CPU (30.6 min measured, results/ped2-cpu-alloc.json): the `tiny`
+    # network (about 107 training cubes/s here), all 25,478 training cubes for 6 epochs, fp32, eps 0.002 (the
     # ped2 preset's value, chosen on the test set; benchmarks/README.md compares 12k x 4, bf16 and 10 epochs).
     "cpu": {"model_size": "tiny", "epochs": 6, "batch_size": 128, "max_cubes": None, "bf16": False,
             "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.002},

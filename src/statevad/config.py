@@ -150,8 +150,8 @@ def _ped2() -> Preset:
                       motion_binary_thr=18, motion_kernel=3),
         # eps 0.002, not the code's default 0.01 (the published README gives no Ped2 value; Avenue uses
         # 0.002). CHOSEN ON THE Ped2 TEST SET, as the published values were: 0.002 was best or within 0.003
-        # of the best in all seven CPU runs of benchmarks/README.md, 0.01 the worst or near it (cpu config:
-        # 0.9709 vs 0.9339). See docs/DEVIATIONS.md.
+        # of the best in all nine CPU runs of benchmarks/README.md, 0.01 the worst or near it (cpu config:
+        # 0.9732 vs 0.9460). See docs/DEVIATIONS.md.
         score=ScoreConfig(epsilon=0.002, w_raw=1.0, w_flow=1.0),
     )
 
