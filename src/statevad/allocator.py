@@ -16,7 +16,6 @@ defaults. Library users call :func:`keep_freed_memory` themselves if they want i
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -36,9 +35,8 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get(ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the C library this process already runs on; no library search
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has mallopt as a no-op stub
     except (OSError, AttributeError):
