@@ -72,7 +72,7 @@ def hard_frames_table(name: str, path: Path, eps: str) -> list[str]:
     model = arrays[f"model_eps_{eps}"]
     rows = [f"| `{name}` (eps {eps}) vs | baseline wrong | model wrong | model right where baseline wrong "
             "| baseline right where model wrong | both wrong |", "|---|---|---|---|---|---|"]
-    for base in (k for k in arrays.files if k != "labels" and not k.startswith("model_eps_")):
+    for base in (k for k in arrays.files if k != "labels" and not k.startswith(("model_eps_", "state_eps_"))):
         h = hard_frames(model, arrays[base], arrays["labels"])
         rows.append(f"| {base} | {h['baseline_wrong']} | {h['model_wrong']} | "
                     f"{h['model_right_where_baseline_wrong']} | {h['baseline_right_where_model_wrong']} "

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,11 @@ from statevad.errors import UserError
 from statevad.model import STATE
 from statevad.scoring import (
     EMPTY_FRAME_SCORE,
+    cube_motion,
     frame_scores,
     fuse,
+    load_stats_json,
+    motion_zscore,
     perturbed_errors,
     score_cubes,
     smooth,
@@ -123,6 +128,40 @@ def test_fuse_and_zscores():
         fuse(e_raw, e_flow, {**stats, "raw_std": 0.0})
     with pytest.raises(UserError, match="lack"):
         fuse(e_raw, e_flow, {"raw_mean": 0.0})
+
+
+def test_motion_term():
+    flow = np.zeros((3, 2, 4, 4, 2), np.float16)
+    flow[1, ..., 0] = 3.0
+    flow[1, ..., 1] = 4.0  # speed 5 everywhere
+    flow[2, 0, :2, :, 1] = -2.0  # speed 2 on a quarter of the cube
+    assert cube_motion(flow).tolist() == [0.0, 5.0, 0.5]
+    assert cube_motion(flow, chunk=1).tolist() == cube_motion(flow).tolist()  # memory-map chunks
+    with pytest.raises(UserError, match="flow cubes"):
+        cube_motion(np.zeros((3, 2, 4, 4, 3), np.float16))
+    stats = {"raw_mean": 10.0, "raw_std": 2.0, "flow_mean": 1.0, "flow_std": 0.5,
+             "motion_mean": 1.0, "motion_std": 2.0}
+    e_raw, e_flow, motion = np.array([10.0, 14.0]), np.array([2.0, 0.5]), np.array([5.0, 1.0])
+    assert motion_zscore(motion, stats).tolist() == [2.0, 0.0]
+    assert fuse(e_raw, e_flow, stats).tolist() == [2.0, 1.0]  # off unless asked for: STATE as published
+    assert fuse(e_raw, e_flow, stats, 1.0, 1.0, motion, 0.0).tolist() == [2.0, 1.0]
+    assert fuse(e_raw, e_flow, stats, 1.0, 1.0, motion, 1.0).tolist() == [4.0, 1.0]
+    assert fuse(e_raw, e_flow, stats, 0.0, 0.0, motion, 0.5).tolist() == [1.0, 0.0]
+    old = {k: v for k, v in stats.items() if not k.startswith("motion")}  # a model file from before the term
+    assert fuse(e_raw, e_flow, old).tolist() == [2.0, 1.0]
+    with pytest.raises(UserError, match="--w-motion 0"):
+        fuse(e_raw, e_flow, old, 1.0, 1.0, motion, 1.0)
+    with pytest.raises(UserError, match="motion_std"):
+        motion_zscore(motion, {**stats, "motion_std": 0.0})
+
+
+def test_stats_json_keeps_optional_motion_keys(tmp_path):
+    base = {"raw_mean": 1, "raw_std": 2, "flow_mean": 3, "flow_std": 4}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "motion_mean": 5, "motion_std": 6, "other": 7}))
+    assert load_stats_json(tmp_path / "a.json") == {k: float(v) for k, v in base.items()}
+    assert load_stats_json(tmp_path / "b.json") == {**{k: float(v) for k, v in base.items()},
+                                                    "motion_mean": 5.0, "motion_std": 6.0}
 
 
 def test_frame_scores_max_and_empty_frames():

@@ -137,7 +137,8 @@ def untrained_model(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, STATE(p.model).eval(), p,
-                    {"raw_mean": 50.0, "raw_std": 20.0, "flow_mean": 500.0, "flow_std": 300.0}, None)
+                    {"raw_mean": 50.0, "raw_std": 20.0, "flow_mean": 500.0, "flow_std": 300.0,
+                     "motion_mean": 1.0, "motion_std": 1.0}, None)
     return path
 
 
@@ -231,3 +232,27 @@ def test_score_bad_inputs_exit_2(synthetic_clip, untrained_model, tmp_path, caps
                  "--labels", str(tmp_path / "nolabels.npy")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
+
+
+def test_score_model_without_motion_statistics(synthetic_clip, tmp_path, capsys):
+    """A model file from before the motion term: a clear error, and --w-motion 0 scores it as STATE did."""
+    torch = pytest.importorskip("torch")
+    from statevad.cli import main
+    from statevad.config import get_preset, with_model_size
+    from statevad.model import STATE
+    from statevad.training import save_checkpoint
+
+    p = get_preset("generic")
+    assert p.score.w_motion == 1.0
+    p.model = with_model_size(p.model, "tiny")
+    torch.manual_seed(0)
+    old = save_checkpoint(tmp_path / "old.pt", STATE(p.model).eval(), p,
+                          {"raw_mean": 50.0, "raw_std": 20.0, "flow_mean": 500.0, "flow_std": 300.0}, None)
+    args = ["score", synthetic_clip[0], "--model", str(old), "--boxes", "motion", "--quiet", "--no-video",
+            "--max-frames", "10", "--no-perturb"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "motion_mean" in err and "--w-motion 0" in err and "Traceback" not in err
+    assert not (tmp_path / "a" / "scores.csv").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--w-motion", "0"]) == 0
+    assert (tmp_path / "b" / "scores.csv").is_file()

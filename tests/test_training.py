@@ -139,6 +139,9 @@ def test_checkpoint_roundtrip_and_statistics(work, trained):
     assert ck.stats["flow_mean"] == pytest.approx(e_flow.mean(), rel=1e-5)
     assert ck.stats["raw_std"] == pytest.approx(e_raw.std(ddof=0), abs=1e-5 * e_raw.mean())
     assert ck.stats["flow_std"] == pytest.approx(e_flow.std(ddof=0), abs=1e-5 * e_flow.mean())
+    speed = np.linalg.norm(np.asarray(tr.flow, np.float64), axis=-1).mean(axis=(1, 2, 3))  # motion term
+    assert ck.stats["motion_mean"] == pytest.approx(speed.mean(), rel=1e-6)
+    assert ck.stats["motion_std"] == pytest.approx(speed.std(ddof=0), rel=1e-4, abs=1e-6)
     assert not resume_path(trained).exists()  # the per-epoch state is removed on success
 
 

@@ -173,6 +173,8 @@ def _add_test(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--epsilon", type=float, help="perturbation step (spec 7.1); 0 = no perturbation")
     p.add_argument("--w-raw", type=float, help="weight of the raw branch z-score; 0 = flow only")
     p.add_argument("--w-flow", type=float, help="weight of the flow branch z-score; 0 = raw only")
+    p.add_argument("--w-motion", type=float, help="weight of the z-scored flow speed of each object "
+                   "(our addition; 0 = STATE as published; default: the model's preset)")
     p.add_argument("--smooth-sigma", type=float, help="Gaussian smoothing of frame scores (default 0 = off)")
     p.add_argument("--batch-size", type=int, help="cubes per scoring step (default 256)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -193,6 +195,7 @@ def _run_test(args: argparse.Namespace) -> int:
 
     work = Path(args.work)
     overrides = {"epsilon": args.epsilon, "w_raw": args.w_raw, "w_flow": args.w_flow,
+                 "w_motion": args.w_motion,
                  "smooth_sigma": args.smooth_sigma, "batch_size": args.batch_size, "device": args.device,
                  "bf16": args.bf16}
     res = run_test(work, Path(args.model) if args.model else work / "model.pt", out=args.out,
@@ -222,6 +225,8 @@ def _add_score(sub: argparse._SubParsersAction) -> Handler:
                    "(default: what the model was trained with)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
+    p.add_argument("--w-motion", type=float, default=None, help="weight of the z-scored flow speed of each "
+                   "object (our addition; 0 = STATE as published; default: the model's preset)")
     p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     p.add_argument("--batch-frames", type=int, default=4,
                    help="frames whose cubes go through the network together (default 4)")
@@ -236,6 +241,7 @@ def _run_score(args: argparse.Namespace) -> int:
     labels, pad = load_labels(args.labels) if args.labels else (None, -1)
     opts = ScoreOptions(threshold=args.threshold, labels=labels, labels_pad=pad, max_frames=args.max_frames,
                         perturb=not args.no_perturb, boxes=args.boxes, device=args.device, bf16=args.bf16,
+                        w_motion=args.w_motion,
                         video=not args.no_video,
                         batch_frames=args.batch_frames, fps=args.fps, progress=not args.quiet)
     res = score(args.input, args.model, args.out, opts)

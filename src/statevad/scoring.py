@@ -26,6 +26,7 @@ from statevad.model import autocast_context, inference_copy
 
 EMPTY_FRAME_SCORE = -1e5  # spec 7.3: a frame without objects is the most normal possible
 STAT_KEYS = ("raw_mean", "raw_std", "flow_mean", "flow_std")
+MOTION_KEYS = ("motion_mean", "motion_std")  # the optional motion term (ScoreConfig.w_motion)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -120,15 +121,51 @@ def zscores(e_raw: np.ndarray, e_flow: np.ndarray, stats: dict[str, float]) -> t
     return z_raw, z_flow
 
 
+def cube_motion(flow: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """Mean optical-flow speed of each cube (N, T, P, P, 2), in pixels per frame.
+
+    The input of the motion term (not part of STATE): a cube's average speed, which on its own is the
+    "box flow magnitude" baseline of benchmarks/README.md. Reads a memory map ``chunk`` cubes at a time.
+    """
+    if flow.ndim != 5 or flow.shape[-1] != 2:
+        raise UserError(f"flow cubes must be (N, T, P, P, 2), got {tuple(flow.shape)}")
+    out = np.empty(len(flow), np.float64)
+    for a in range(0, len(flow), chunk):
+        f = _as_tensor(flow[a:a + chunk]).float()
+        out[a:a + chunk] = torch.linalg.vector_norm(f, dim=-1).flatten(1).mean(1).double().numpy()
+    return out
+
+
+def motion_zscore(motion: np.ndarray, stats: dict[str, float]) -> np.ndarray:
+    """z-score of the cubes' flow speed against the training cubes' (population std)."""
+    missing = [k for k in MOTION_KEYS if k not in stats]
+    if missing:
+        raise UserError(f"training statistics lack {missing}, which the motion term (w_motion) needs: the "
+                        "model file predates the term. Score without it (--w-motion 0), or let "
+                        "`statevad test --stats train` compute them on the training cubes")
+    if not stats["motion_std"] > 0:
+        raise UserError(f"training statistics have motion_std = {stats['motion_std']}: the training cubes "
+                        "do not move at all, so the motion term is undefined; use --w-motion 0")
+    return (np.asarray(motion, np.float64) - stats["motion_mean"]) / stats["motion_std"]
+
+
 def fuse(e_raw: np.ndarray, e_flow: np.ndarray, stats: dict[str, float], w_raw: float = 1.0,
-         w_flow: float = 1.0) -> np.ndarray:
-    """Cube score s = w_raw * z_raw + w_flow * z_flow (spec 7.2). A zero weight drops that branch."""
+         w_flow: float = 1.0, motion: np.ndarray | None = None, w_motion: float = 0.0) -> np.ndarray:
+    """Cube score s = w_raw * z_raw + w_flow * z_flow (spec 7.2) [+ w_motion * z_motion].
+
+    A zero weight drops that term. The motion term (``motion`` = :func:`cube_motion`) is our addition, off
+    by default: on Ped2 the model and the speed of an object err on different frames (docs/DEVIATIONS.md).
+    """
     z_raw, z_flow = zscores(e_raw, e_flow, stats)
     s = np.zeros_like(z_raw)
     if w_raw:
         s += w_raw * z_raw
     if w_flow:
         s += w_flow * z_flow
+    if w_motion:
+        if motion is None:
+            raise ValueError("w_motion is set but no cube motion was given")
+        s += w_motion * motion_zscore(motion, stats)
     return s
 
 
@@ -214,11 +251,12 @@ def open_split(work: Path, split: str) -> Any:
 
 
 def load_stats_json(path: str | Path) -> dict[str, float]:
-    """Training statistics from a JSON file with raw_mean, raw_std, flow_mean, flow_std."""
+    """Training statistics from a JSON file with raw_mean, raw_std, flow_mean, flow_std (and optionally
+    motion_mean, motion_std for the motion term)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return {k: float(data[k]) for k in STAT_KEYS}
+        return {k: float(data[k]) for k in (*STAT_KEYS, *(k for k in MOTION_KEYS if k in data))}
     except FileNotFoundError as exc:
         raise UserError(f"--stats {path} does not exist") from exc
     except (ValueError, KeyError, TypeError) as exc:
@@ -338,14 +376,18 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     e_raw, e_flow = score_split(model, test, cfg, progress=progress)
     seconds = time.perf_counter() - t0
     z_raw, z_flow = zscores(e_raw, e_flow, st)
-    cube_score = fuse(e_raw, e_flow, st, cfg.w_raw, cfg.w_flow)
+    motion = cube_motion(test.flow)
+    cube_score = fuse(e_raw, e_flow, st, cfg.w_raw, cfg.w_flow, motion, cfg.w_motion)
     frames = smooth(frame_scores(test.frame, cube_score, test.n_frames), cfg.smooth_sigma, bounds)
 
     # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
     out_dir = Path(out) if out is not None else work / "results" / model_path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     write_frame_csv(out_dir / "scores.csv", frames, test.labels, bounds)
-    cols = {"e_raw": e_raw, "e_flow": e_flow, "z_raw": z_raw, "z_flow": z_flow, "score": cube_score}
+    cols = {"e_raw": e_raw, "e_flow": e_flow, "z_raw": z_raw, "z_flow": z_flow, "motion": motion}
+    if all(k in st for k in MOTION_KEYS) and st["motion_std"] > 0:
+        cols["z_motion"] = motion_zscore(motion, st)
+    cols["score"] = cube_score
     write_object_csv(out_dir / "objects.csv", test, bounds, cols)
     result = evaluate(frames, test.labels, bounds)
     save_roc(out_dir / "roc.png", test.labels, frames,

@@ -18,6 +18,7 @@ the speed benchmark time each stage.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -38,9 +39,9 @@ from statevad.errors import UserError, atomic_write_json
 NO_OBJECT = viz.NO_OBJECT
 
 # Automatic threshold (documented in README "Scoring footage"): a fused cube score is a weighted sum of two
-# z-scores over the *unperturbed training* errors, so on normal footage it has mean about 0 and a standard
-# deviation of at most |w_raw| + |w_flow|. We flag a frame when its most anomalous object lies AUTO_Z such
-# deviations above the training mean. See ``auto_threshold``.
+# (three with the motion term) z-scores over the *unperturbed training* cubes, so on normal footage it has
+# mean about 0 and a standard deviation of at most |w_raw| + |w_flow| (+ |w_motion|). We flag a frame when
+# its most anomalous object lies AUTO_Z such deviations above the training mean. See ``auto_threshold``.
 AUTO_Z = 3.0
 
 BoxFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -58,9 +59,9 @@ def bundled_detector() -> Path:
     return Path(statevad.__file__).resolve().parent / "data" / "nanodet-m-416.onnx"
 
 
-def auto_threshold(w_raw: float, w_flow: float, z: float = AUTO_Z) -> float:
+def auto_threshold(w_raw: float, w_flow: float, z: float = AUTO_Z, w_motion: float = 0.0) -> float:
     """Default frame threshold: ``z`` times the largest possible std of the fused training score."""
-    return float(z * (abs(w_raw) + abs(w_flow)))
+    return float(z * (abs(w_raw) + abs(w_flow) + abs(w_motion)))
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -481,6 +482,7 @@ class ScoreOptions:
     boxes: str | None = None  # box source (auto/detector/motion/detector+motion) or a reference .npz
     device: str | None = None
     bf16: bool | None = None
+    w_motion: float | None = None  # weight of the motion term (0 = STATE as published)
     video: bool = True
     batch_frames: int = 4
     min_gap_s: float = 0.5
@@ -609,7 +611,7 @@ def _reference_boxes(path: Path) -> list[np.ndarray]:
 
 
 def _net_fn(model: Any, stats: dict[str, float], epsilon: float, w_raw: float, w_flow: float,
-            bf16: bool, max_batch: int) -> NetFn:
+            w_motion: float, bf16: bool, max_batch: int) -> NetFn:
     from statevad import scoring
     from statevad.model import inference_copy
 
@@ -620,7 +622,8 @@ def _net_fn(model: Any, stats: dict[str, float], epsilon: float, w_raw: float, w
                                           epsilon=epsilon, bf16=bf16) for a in range(0, len(raw), max_batch)]
         e_raw = np.concatenate([p[0] for p in parts])
         e_flow = np.concatenate([p[1] for p in parts])
-        return e_raw, e_flow, scoring.fuse(e_raw, e_flow, stats, w_raw, w_flow)
+        motion = scoring.cube_motion(flow) if w_motion else None
+        return e_raw, e_flow, scoring.fuse(e_raw, e_flow, stats, w_raw, w_flow, motion, w_motion)
 
     return net
 
@@ -646,18 +649,24 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         raise UserError(f"model {model_path} carries no training statistics (needed to z-score the errors): "
                         "use a model file written by `statevad train`")
     preset = ckpt.preset
-    sc = preset.score
+    sc = preset.score if opts.w_motion is None else dataclasses.replace(preset.score, w_motion=opts.w_motion)
     epsilon = sc.epsilon if opts.perturb else 0.0
     bf16 = sc.bf16 if opts.bf16 is None else opts.bf16
     if opts.threshold is not None:
         threshold, rule = float(opts.threshold), "given (--threshold)"
     else:
-        threshold = auto_threshold(sc.w_raw, sc.w_flow)
-        rule = f"auto: {AUTO_Z:g} x (|w_raw| + |w_flow|) training-z units"
+        threshold = auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion)
+        terms = "|w_raw| + |w_flow|" + (" + |w_motion|" if sc.w_motion else "")
+        rule = f"auto: {AUTO_Z:g} x ({terms}) training-z units"
     box_cfg, flow_cfg, box_source = stage_settings(preset, ckpt.work_manifest)
     box_fn, box_desc = _box_fn(box_cfg, opts.boxes or box_source)
     flow_est = FlowEstimator(flow_cfg)
-    net = _net_fn(model, ckpt.stats, epsilon, sc.w_raw, sc.w_flow, bf16, max(1, sc.batch_size))
+    if sc.w_motion:
+        from statevad.scoring import motion_zscore
+
+        motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
+    net = _net_fn(model, ckpt.stats, epsilon, sc.w_raw, sc.w_flow, sc.w_motion, bf16,
+                  max(1, sc.batch_size))
     engine = StreamScorer(length=preset.cube.length, patch=preset.cube.patch, box_fn=box_fn, flow_fn=flow_est,
                           net_fn=net, motion_thr=preset.cube.motion_thr, batch_frames=opts.batch_frames)
 
@@ -689,7 +698,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         "input": str(input_spec), "model": str(model_path), "frames scored": len(sink.scores),
         "objects scored": sink.n_objects, "fps (input)": round(fps, 3),
         "threshold": round(threshold, 4), "threshold rule": rule,
-        "perturbation epsilon": epsilon, "w_raw": sc.w_raw, "w_flow": sc.w_flow, "boxes": box_desc,
+        "perturbation epsilon": epsilon, "w_raw": sc.w_raw, "w_flow": sc.w_flow, "w_motion": sc.w_motion,
+        "boxes": box_desc,
         "flow": flow_cfg.method, "cube length": preset.cube.frames, "ended": end["reason"],
     }
     if engine.too_short:

@@ -34,7 +34,7 @@ from statevad.config import LR_SCHEDULES, ModelConfig, Preset, TrainConfig, over
 from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, resolve_rank_device
 from statevad.errors import UserError
 from statevad.model import atomic_torch_save, autocast_context, inference_copy
-from statevad.scoring import per_cube_sse, to_flow_target, to_model_input
+from statevad.scoring import cube_motion, per_cube_sse, to_flow_target, to_model_input
 
 CHECKPOINT_FORMAT = "statevad-model/1"
 RESUME_FORMAT = "statevad-resume/1"
@@ -246,7 +246,8 @@ def cube_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices: np.ndarray, *,
                    batch_size: int, bf16: bool = False, progress: bool = True,
                    ctx: DistContext = SINGLE) -> dict[str, float]:
-    """Mean and population std (ddof 0) of the per-cube SSEs over the training cubes used (spec 6.4).
+    """Mean and population std (ddof 0) of the per-cube SSEs over the training cubes used (spec 6.4),
+    and of the cubes' flow speed (the optional motion term, :func:`statevad.scoring.cube_motion`).
 
     Under DDP each rank scores a contiguous share of ``indices`` and the per-cube errors are summed into
     full-length arrays on every rank, so the statistics cover ALL training cubes, in the 1-process order.
@@ -254,21 +255,22 @@ def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices:
     device = next(model.parameters()).device
     model = inference_copy(model)  # eval mode with BatchNorm folded: the same errors, less work
     lo, hi = _share_bounds(len(indices), ctx)
-    errs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    errs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     batches = [indices[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
     for idx in tqdm(batches, desc="training statistics", unit="batch", disable=not progress,
                     dynamic_ncols=True):
         x, y = load_batch(raw, flow, idx, device)
         e_raw, e_flow = cube_errors(model, x, y, bf16)
-        errs.append((e_raw.double().cpu(), e_flow.double().cpu()))
-    full = torch.zeros(2, len(indices), dtype=torch.float64)
-    if errs:
-        full[0, lo:hi] = torch.cat([e[0] for e in errs])
-        full[1, lo:hi] = torch.cat([e[1] for e in errs])
+        motion = torch.from_numpy(cube_motion(flow[idx]))
+        errs.append((e_raw.double().cpu(), e_flow.double().cpu(), motion))
+    full = torch.zeros(3, len(indices), dtype=torch.float64)
+    for row in range(3 if errs else 0):
+        full[row, lo:hi] = torch.cat([e[row] for e in errs])
     full = ctx.all_reduce(full.to(ctx.comm_device)).cpu()
-    e_raw, e_flow = full[0].numpy(), full[1].numpy()
+    e_raw, e_flow, motion_all = full[0].numpy(), full[1].numpy(), full[2].numpy()
     return {"raw_mean": float(e_raw.mean()), "raw_std": float(e_raw.std(ddof=0)),
             "flow_mean": float(e_flow.mean()), "flow_std": float(e_flow.std(ddof=0)),
+            "motion_mean": float(motion_all.mean()), "motion_std": float(motion_all.std(ddof=0)),
             "n_cubes": int(e_raw.size)}
 
 
