@@ -20,9 +20,9 @@ def _f(x: float | None, digits: int = 4) -> str:
 
 
 def runs_table(results: list[tuple[str, dict]]) -> list[str]:
-    rows = ["| results | boxes | network | train cubes × epochs | lr | bf16 | seed | eps | micro | macro "
-            "| EER | prepare s | train min | score s | end to end min |",
-            "|---" * 15 + "|"]
+    rows = ["| results | boxes | network | train cubes × epochs | lr | bf16 | seed | eps | w_motion | micro "
+            "| macro | EER | prepare s | train min | score s | end to end min |",
+            "|---" * 16 + "|"]
     for name, d in results:
         s = d["settings"]
         sec = d["seconds"]
@@ -30,22 +30,55 @@ def runs_table(results: list[tuple[str, dict]]) -> list[str]:
         rows.append(
             f"| `{name}` | {d['boxes']} | {s['model_size']} | {n_train:,} × {s['epochs']} "
             f"| {s.get('lr_schedule', 'constant')} | {'yes' if s['bf16'] else 'no'} | {d.get('seed', 0)} "
-            f"| {s['epsilon']:g} | **{_f(d['micro_auroc'])}** "
+            f"| {s['epsilon']:g} | {s.get('w_motion', 0.0):g} | **{_f(d['micro_auroc'])}** "
             f"| {_f(d['macro_auroc'])} | {_f(d['eer'], 3)} | {sec['prepare']:.0f} "
             f"| {d['training_minutes']:.1f} | {sec['score']:.0f} | {d['budget_seconds'] / 60:.1f} |")
     return rows
 
 
 def ablation_table(results: list[tuple[str, dict]]) -> list[str]:
-    rows = ["| results | eps | fused | raw only | flow only | fused, smoothed σ=3 |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| results | eps | fused | STATE alone (w_motion 0) | raw only | flow only "
+            "| fused, smoothed σ=3 |",
+            "|---|---|---|---|---|---|---|"]
     for name, d in results:
         passes = sorted(d["scoring_passes"].items(), key=lambda kv: float(kv[0].split("=")[1]))
         for key, p in passes:
+            state = p.get("no_motion", p["fused"])  # runs without the motion term: fused is STATE alone
             rows.append(f"| `{name}` | {key.split('=')[1]} | {_f(p['fused']['micro_auroc'])} "
+                        f"| {_f(state['micro_auroc'])} "
                         f"| {_f(p['raw_only']['micro_auroc'])} | {_f(p['flow_only']['micro_auroc'])} "
                         f"| {_f(p.get('fused_smooth3', {}).get('micro_auroc'))} |")
     return rows
+
+
+def motion_table(files: list[str]) -> list[str]:
+    """Micro AUROC of z_raw + z_flow + w_motion * z_motion per model, from ped2_weights.py --w-motion JSONs
+    and from the motion sweep that ped2.py stores in each scoring pass."""
+    sweeps: list[tuple[str, float, dict[str, float]]] = []
+    commands: dict[str, str] = {}
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        if d.get("benchmark") == "ped2-fusion-weights":
+            rows = {f"{r['w_motion']:g}": r["micro_auroc"] for r in d["rows"]
+                    if r.get("w_raw") == 1.0 and "w_motion" in r}
+            if rows:
+                sweeps.append((Path(f).name, d["epsilon"], rows))
+                commands[Path(f).name] = d["command"]
+        else:
+            for key, p in d.get("scoring_passes", {}).items():
+                if "motion_sweep" in p:
+                    sweeps.append((Path(f).name, float(key.split("=")[1]), p["motion_sweep"]))
+    if not sweeps:
+        return []
+    weights = sorted({w for _, _, r in sweeps for w in r}, key=float)
+    out = ["| results | eps | " + " | ".join(f"w_motion {w}" for w in weights) + " |",
+           "|---|---|" + "---|" * len(weights)]
+    for name, eps, r in sweeps:
+        out.append(f"| `{name}` | {eps:g} | " + " | ".join(_f(r.get(w)) for w in weights) + " |")
+    if commands:
+        out += ["", "Commands (the `ped2.py` rows: above):", ""]
+        out += [f"* `{name}`: `{cmd}`" for name, cmd in commands.items()]
+    return out
 
 
 def clip_table(name: str, d: dict, eps: str) -> list[str]:
@@ -55,6 +88,10 @@ def clip_table(name: str, d: dict, eps: str) -> list[str]:
     rows = [f"| `{name}` | micro | " + " | ".join(clips) + " |", "|---|---|" + "---|" * len(clips)]
     cells = " | ".join(_f(per_clip[c], 3) for c in clips)
     rows.append(f"| model (eps {eps}) | {_f(micro)} | {cells} |")
+    state = d["scoring_passes"][f"eps={eps}"].get("no_motion")
+    if state:  # a run with the motion term
+        rows.append(f"| STATE alone (w_motion 0, eps {eps}) | {_f(state['micro_auroc'])} | "
+                    + " | ".join(_f(state["per_clip_auroc"][c], 3) for c in clips) + " |")
     for base, b in d["baselines"].items():
         rows.append(f"| {base} (no learning) | {_f(b['micro_auroc'])} | "
                     + " | ".join(_f(b["per_clip_auroc"][c], 3) for c in clips) + " |")
@@ -69,14 +106,19 @@ def hard_frames_table(name: str, path: Path, eps: str) -> list[str]:
     if not npz.is_file():
         return []
     arrays = np.load(npz)
-    model = arrays[f"model_eps_{eps}"]
-    rows = [f"| `{name}` (eps {eps}) vs | baseline wrong | model wrong | model right where baseline wrong "
-            "| baseline right where model wrong | both wrong |", "|---|---|---|---|---|---|"]
-    for base in (k for k in arrays.files if k != "labels" and not k.startswith(("model_eps_", "state_eps_"))):
-        h = hard_frames(model, arrays[base], arrays["labels"])
-        rows.append(f"| {base} | {h['baseline_wrong']} | {h['model_wrong']} | "
-                    f"{h['model_right_where_baseline_wrong']} | {h['baseline_right_where_model_wrong']} "
-                    f"| {h['both_wrong']} |")
+    models = {"model": arrays[f"model_eps_{eps}"]}
+    if f"state_eps_{eps}" in arrays.files:  # a run with the motion term: also STATE alone
+        models = {"model (fused)": models["model"], "STATE alone": arrays[f"state_eps_{eps}"]}
+    rows = [f"| `{name}` (eps {eps}): score vs baseline | baseline wrong | model wrong "
+            "| model right where baseline wrong | baseline right where model wrong | both wrong |",
+            "|---|---|---|---|---|---|"]
+    for label, model in models.items():
+        for base in (k for k in arrays.files
+                     if k != "labels" and not k.startswith(("model_eps_", "state_eps_"))):
+            h = hard_frames(model, arrays[base], arrays["labels"])
+            rows.append(f"| {label} vs {base} | {h['baseline_wrong']} | {h['model_wrong']} | "
+                        f"{h['model_right_where_baseline_wrong']} | {h['baseline_right_where_model_wrong']} "
+                        f"| {h['both_wrong']} |")
     return rows
 
 
@@ -85,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="+", help="ped2-*.json files written by benchmarks/ped2.py")
     p.add_argument("--detail", default=None, help="results file for the per-clip and hard-frame tables")
     p.add_argument("--detail-eps", default=None, help="scoring pass (epsilon) for them; default: headline")
+    p.add_argument("--motion", nargs="*", default=[], help="JSONs for the motion-term sweep table "
+                   "(ped2_weights.py --w-motion outputs and/or ped2.py results)")
     args = p.parse_args(argv)
     results = [(Path(f).name, json.loads(Path(f).read_text())) for f in args.results]
     out = ["### Runs", "", *runs_table(results), "", "Commands:", ""]
@@ -99,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     hard = hard_frames_table(name, Path(args.results[index]), eps)
     if hard:
         out += ["", "### Frames each score gets wrong (each thresholded at its own EER)", "", *hard]
+    motion = motion_table(args.motion)
+    if motion:
+        out += ["", "### Motion term sweep (micro AUROC, chosen on the test set)", "", *motion]
     print("\n".join(out))
     return 0
 

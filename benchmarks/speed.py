@@ -1,7 +1,7 @@
 """Cubes per second of STATE (literal vs fast fp32 vs fast bf16): training step and perturbed scoring.
 
     python benchmarks/speed.py [--batch 128] [--sizes paper fast tiny] [--steps 3] [--warmup 2]
-                               [--variants literal fp32 bf16] [--malloc tuned|default]
+                               [--variants literal fp32 bf16 compile] [--malloc tuned|default]
 
 A training step is forward + the loss of spec 6.3 + backward + Adam (lr 1e-3, eps 1e-7). Perturbed scoring is
 spec 7.1: forward, MSE(x_hat, x) (x not detached) + MSE(y_hat, y), gradient w.r.t. x, one signed step,
@@ -9,7 +9,8 @@ second forward (eval mode). FLOPs per cube come from ``torch.utils.flop_counter.
 model (the useful work; the literal one does more); the peak is a measured large ``torch.mm``.
 ``--malloc tuned`` (the default) first applies :func:`statevad.allocator.keep_freed_memory`, as every
 ``statevad`` command does; ``--malloc default`` keeps glibc's defaults, under which large tensors are unmapped
-and re-faulted every step (the condition the published code runs in). Writes
+and re-faulted every step (the condition the published code runs in). ``compile`` is the fast fp32 network
+under ``torch.compile`` (Inductor; its compilation happens in the warm-up steps and is not timed). Writes
 ``benchmarks/results/speed-<host>.json`` and prints a markdown table.
 """
 
@@ -130,6 +131,9 @@ def bench_size(name: str, batch: int, steps: int, warmup: int, literal: bool, re
     known = {"literal": ("literal fp32", lit, lit_fwd, lit, lit_fwd, False),
              "fp32": ("fast fp32", fast, fast, folded, folded, False),
              "bf16": ("fast bf16", fast, fast, folded, folded, True)}
+    if "compile" in variants_wanted:  # same parameters as ``fast``; compiled lazily, in the warm-up steps
+        c_fast, c_folded = torch.compile(fast), torch.compile(folded)
+        known["compile"] = ("fast fp32 compiled", c_fast, c_fast, c_folded, c_folded, False)
     variants = [known[k] for k in variants_wanted if literal or k != "literal"]
     opts = {v[0]: torch.optim.Adam(v[1].parameters(), lr=1e-3, eps=1e-7) for v in variants}
     rounds: dict[str, dict[str, list[float]]] = {v[0]: {"train": [], "score": []} for v in variants}
@@ -202,7 +206,7 @@ def main() -> None:
     ap.add_argument("--literal-sizes", nargs="*", default=["paper"],
                     help="sizes for which the (slow) literal oracle is timed too")
     ap.add_argument("--variants", nargs="+", default=["literal", "fp32", "bf16"],
-                    choices=["literal", "fp32", "bf16"])
+                    choices=["literal", "fp32", "bf16", "compile"])
     ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
                     help="tuned: statevad.allocator.keep_freed_memory(), as the statevad command runs; "
                          "default: glibc's defaults")

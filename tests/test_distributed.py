@@ -72,6 +72,8 @@ def test_two_rank_gloo_training_matches_one_process(tmp_path: Path) -> None:
     for k in ("raw_std", "flow_std"):
         assert b["stats"][k] == pytest.approx(a["stats"][k], rel=0.25), k
     assert b["stats"]["n_cubes"] == a["stats"]["n_cubes"] == 16  # statistics over ALL training cubes
+    for k in ("motion_mean", "motion_std"):  # the cubes' speed does not depend on the weights: equal
+        assert b["stats"][k] == pytest.approx(a["stats"][k], rel=1e-12), k
     assert not list(tmp_path.glob(".*.tmp*")) and not (tmp_path / "ddp.resume.pt").exists()
 
 

@@ -156,8 +156,8 @@ def _ped2() -> Preset:
         # 0.9732 vs 0.9460). See docs/DEVIATIONS.md.
         # w_motion 4: our motion term (not in STATE; w_motion 0 is STATE as published). On Ped2 the network
         # and an object's speed err on different frames. CHOSEN ON THE Ped2 TEST SET: 4 is best or within
-        # 0.0005 of the best of 0..8 for the four tiny models swept (benchmarks/README.md "Motion term"); the
-        # equal weight 1 gives less (cpu config 0.9802 vs 0.9835; STATE alone 0.9732).
+        # 0.0006 of the best of 0..8 for six of the seven models swept (benchmarks/README.md "Motion
+        # term"); the equal weight 1 gives less (cpu config 0.9802 vs 0.9835; STATE alone 0.9732).
         score=ScoreConfig(epsilon=0.002, w_raw=1.0, w_flow=1.0, w_motion=4.0),
     )
 
