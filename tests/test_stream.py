@@ -174,7 +174,8 @@ def test_score_cli_writes_every_output(synthetic_clip, untrained_model, tmp_path
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(n))
     n_obj = sum(int(r.split(",")[3]) for r in rows[1:])
     objs = [json.loads(x) for x in (out / "objects.jsonl").read_text().splitlines()]
-    assert len(objs) == n_obj > 0 and {"frame", "box", "e_raw", "e_flow", "score"} <= set(objs[0])
+    assert len(objs) == n_obj > 0 and {"frame", "box", "e_raw", "e_flow", "speed", "score"} <= set(objs[0])
+    assert all(o["speed"] >= 0 for o in objs)
     ev = json.loads((out / "events.json").read_text())
     assert ev["frames scored"] == n and isinstance(ev["events"], list)
     assert _decode(out / "annotated.mp4") == (n, (h, w, 3))

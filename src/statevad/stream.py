@@ -78,6 +78,7 @@ class FrameResult:
     e_flow: np.ndarray  # (n,) SSE
     scores: np.ndarray  # (n,) fused z-score
     n_dropped: int = 0  # boxes dropped by the motion filter (spec 4.4)
+    speed: np.ndarray | None = None  # (n,) mean flow speed of each object's cube, pixels per frame
 
     @property
     def score(self) -> float:
@@ -227,13 +228,16 @@ class StreamScorer:
             e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow))
         else:
             e_raw = e_flow = fused = np.zeros(0, np.float64)
+        from statevad.scoring import cube_motion
+
+        speed = cube_motion(flow) if len(flow) else np.zeros(0, np.float64)
         self.timing["network"] += time.perf_counter() - t0
         self.n_cubes += len(raw)
         out, a = [], 0
         for p in batch:
             b = a + len(p.raw)
             out.append(FrameResult(p.t, self._frames[p.t], p.boxes, e_raw[a:b], e_flow[a:b], fused[a:b],
-                                   p.n_dropped))
+                                   p.n_dropped, speed[a:b]))
             a = b
         return out
 
@@ -324,10 +328,13 @@ class Outputs:
         else:
             top = ["", "", "", "", ""]
         self._writer.writerow([r.index, f"{t_s:.3f}", f"{score:.4f}", len(r.scores), *top])
-        for b, er, ef, s in zip(r.boxes, r.e_raw, r.e_flow, r.scores, strict=True):
-            self._obj.fh.write(json.dumps({"frame": r.index, "time_s": round(t_s, 3),
-                                           "box": [round(float(v), 1) for v in b], "e_raw": float(er),
-                                           "e_flow": float(ef), "score": float(s)}) + "\n")
+        speeds = r.speed if r.speed is not None else [None] * len(r.scores)
+        for b, er, ef, sp, s in zip(r.boxes, r.e_raw, r.e_flow, speeds, r.scores, strict=True):
+            row = {"frame": r.index, "time_s": round(t_s, 3), "box": [round(float(v), 1) for v in b],
+                   "e_raw": float(er), "e_flow": float(ef)}
+            if sp is not None:
+                row["speed"] = round(float(sp), 4)
+            self._obj.fh.write(json.dumps({**row, "score": float(s)}) + "\n")
         self.n_objects += len(r.scores)
         if self.video:
             self._write_video(r)
