@@ -59,7 +59,7 @@ def bundled_detector() -> Path:
     return Path(statevad.__file__).resolve().parent / "data" / "nanodet-m-416.onnx"
 
 
-def auto_threshold(w_raw: float, w_flow: float, z: float = AUTO_Z, w_motion: float = 0.0) -> float:
+def auto_threshold(w_raw: float, w_flow: float, w_motion: float = 0.0, z: float = AUTO_Z) -> float:
     """Default frame threshold: ``z`` times the largest possible std of the fused training score."""
     return float(z * (abs(w_raw) + abs(w_flow) + abs(w_motion)))
 
@@ -228,10 +228,10 @@ class StreamScorer:
             e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow))
         else:
             e_raw = e_flow = fused = np.zeros(0, np.float64)
+        self.timing["network"] += time.perf_counter() - t0
         from statevad.scoring import cube_motion
 
-        speed = cube_motion(flow) if len(flow) else np.zeros(0, np.float64)
-        self.timing["network"] += time.perf_counter() - t0
+        speed = cube_motion(flow) if len(flow) else np.zeros(0, np.float64)  # reported per object
         self.n_cubes += len(raw)
         out, a = [], 0
         for p in batch:
