@@ -84,17 +84,12 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "torch_threads": str(torch.get_num_threads())}
 
 
-def flow_baselines(work: Path) -> dict[str, np.ndarray]:
-    """No-learning scores from the same flow the model sees: per-box mean flow magnitude → max per frame."""
-    from statevad.prepare import open_split
+def flow_baselines(test, motion: np.ndarray) -> dict[str, np.ndarray]:
+    """No-learning scores from the same flow the model sees: per-box mean flow magnitude (``motion``, the
+    test split's :func:`statevad.scoring.cube_motion`, which the motion term also uses) → max per frame."""
     from statevad.scoring import frame_scores
 
-    test = open_split(work, "test")
-    mags = np.empty(len(test.flow), np.float64)
-    for a in range(0, len(test.flow), 4096):
-        f = np.asarray(test.flow[a:a + 4096], dtype=np.float32)
-        mags[a:a + 4096] = np.sqrt((f ** 2).sum(-1)).mean(axis=(1, 2, 3))
-    return {"box_flow_magnitude": frame_scores(test.frame, mags, test.n_frames)}
+    return {"box_flow_magnitude": frame_scores(test.frame, motion, test.n_frames)}
 
 
 def frame_flow_baseline(root: Path, flow_method: str, percentile: float = 99.9) -> np.ndarray:
@@ -265,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from statevad.metrics import clip_bounds, evaluate
 
     bounds = clip_bounds(test.clips)
-    base_scores = flow_baselines(work)
+    base_scores = flow_baselines(test, motion)
     base_scores["frame_flow_p99.9"] = frame_flow_baseline(root, args.flow)
     baselines = {name: _brief(evaluate(s, test.labels, bounds)) for name, s in base_scores.items()}
     head_scores = frame_arrays[f"model_eps={float(cfg['epsilon']):g}"]

@@ -132,7 +132,7 @@ def cube_motion(flow: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarra
     out = np.empty(len(flow), np.float64)
     for a in range(0, len(flow), chunk):
         f = _as_tensor(flow[a:a + chunk]).float()
-        out[a:a + chunk] = torch.linalg.vector_norm(f, dim=-1).flatten(1).mean(1).double().numpy()
+        out[a:a + chunk] = torch.linalg.vector_norm(f, dim=-1).flatten(1).mean(1).double().cpu().numpy()
     return out
 
 

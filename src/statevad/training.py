@@ -261,7 +261,7 @@ def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices:
                     dynamic_ncols=True):
         x, y = load_batch(raw, flow, idx, device)
         e_raw, e_flow = cube_errors(model, x, y, bf16)
-        motion = torch.from_numpy(cube_motion(flow[idx]))
+        motion = torch.from_numpy(cube_motion(y.permute(0, 1, 3, 4, 2)))  # the batch already read, as stored
         errs.append((e_raw.double().cpu(), e_flow.double().cpu(), motion))
     full = torch.zeros(3, len(indices), dtype=torch.float64)
     for row in range(3 if errs else 0):
