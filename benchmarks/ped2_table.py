@@ -20,18 +20,20 @@ def _f(x: float | None, digits: int = 4) -> str:
 
 
 def runs_table(results: list[tuple[str, dict]]) -> list[str]:
-    rows = ["| results | boxes | network | train cubes × epochs | lr | bf16 | seed | eps | w_motion | micro "
-            "| macro | EER | prepare s | train min | score s | end to end min |",
-            "|---" * 16 + "|"]
+    rows = ["| results | boxes | flow | network | train cubes × epochs | lr | bf16 | seed | eps | w_motion "
+            "| micro | macro | EER | box-flow baseline | prepare s | train min | score s | end to end min |",
+            "|---" * 18 + "|"]
     for name, d in results:
         s = d["settings"]
         sec = d["seconds"]
         n_train = d["n_train_cubes"] if s["max_cubes"] is None else s["max_cubes"]
         rows.append(
-            f"| `{name}` | {d['boxes']} | {s['model_size']} | {n_train:,} × {s['epochs']} "
+            f"| `{name}` | {d['boxes']} | {d.get('flow', 'dis')} | {s['model_size']} "
+            f"| {n_train:,} × {s['epochs']} "
             f"| {s.get('lr_schedule', 'constant')} | {'yes' if s['bf16'] else 'no'} | {d.get('seed', 0)} "
             f"| {s['epsilon']:g} | {s.get('w_motion', 0.0):g} | **{_f(d['micro_auroc'])}** "
-            f"| {_f(d['macro_auroc'])} | {_f(d['eer'], 3)} | {sec['prepare']:.0f} "
+            f"| {_f(d['macro_auroc'])} | {_f(d['eer'], 3)} "
+            f"| {_f(d['baselines']['box_flow_magnitude']['micro_auroc'])} | {sec['prepare']:.0f} "
             f"| {d['training_minutes']:.1f} | {sec['score']:.0f} | {d['budget_seconds'] / 60:.1f} |")
     return rows
 
@@ -125,7 +127,8 @@ def hard_frames_table(name: str, path: Path, eps: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="ped2-*.json files written by benchmarks/ped2.py")
-    p.add_argument("--detail", default=None, help="results file for the per-clip and hard-frame tables")
+    p.add_argument("--detail", nargs="+", default=None,
+                   help="results files for the per-clip and hard-frame tables (default: the last one)")
     p.add_argument("--detail-eps", default=None, help="scoring pass (epsilon) for them; default: headline")
     p.add_argument("--motion", nargs="*", default=[], help="JSONs for the motion-term sweep table "
                    "(ped2_weights.py --w-motion outputs and/or ped2.py results)")
@@ -135,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     out += [f"* `{name}`: `{d['command']}`" for name, d in results]
     out += ["", "### Scoring ablations (micro AUROC, same trained model per row group)", ""]
     out += ablation_table(results)
-    wanted = Path(args.detail).name if args.detail else results[-1][0]
-    index = next((i for i, r in enumerate(results) if r[0] == wanted), len(results) - 1)
-    name, d = results[index]
-    eps = args.detail_eps or f"{d['settings']['epsilon']:g}"
-    out += ["", "### Per clip (AUROC) and baselines", "", *clip_table(name, d, eps)]
-    hard = hard_frames_table(name, Path(args.results[index]), eps)
-    if hard:
-        out += ["", "### Frames each score gets wrong (each thresholded at its own EER)", "", *hard]
+    for wanted in [Path(f).name for f in args.detail] if args.detail else [results[-1][0]]:
+        index = next((i for i, r in enumerate(results) if r[0] == wanted), len(results) - 1)
+        name, d = results[index]
+        eps = args.detail_eps or f"{d['settings']['epsilon']:g}"
+        out += ["", f"### Per clip (AUROC) and baselines: `{name}`", "", *clip_table(name, d, eps)]
+        hard = hard_frames_table(name, Path(args.results[index]), eps)
+        if hard:
+            out += ["", f"### Frames each score gets wrong (each at its own EER threshold): `{name}`", "",
+                    *hard]
     motion = motion_table(args.motion)
     if motion:
         out += ["", "### Motion term sweep (micro AUROC, chosen on the test set)", "", *motion]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,42 @@ def test_rerun_reuses_caches_and_redoes_stale_or_corrupt(fake: FakeDataset, tmp_
     m = prep.prepare(fake, work, split="train", box_source="motion", length=2, progress=False)  # options
     assert sorted(calls) == [0, 1] and m["splits"]["train"]["shapes"]["raw"][1] == 5
     assert not list(work.rglob(".*.tmp*")), "temporary files left behind"
+
+
+def test_options_identity_names_the_detector_by_content() -> None:
+    opts = {"box": {"detector_path": "/a/nanodet.onnx", "score_thr": 0.4}, "detector_sha256": "s1"}
+    moved = {"box": {"detector_path": "/b/nanodet.onnx", "score_thr": 0.4}, "detector_sha256": "s1"}
+    other = {"box": {"detector_path": "/a/nanodet.onnx", "score_thr": 0.4}, "detector_sha256": "s2"}
+    assert prep.options_identity(opts) == prep.options_identity(moved)
+    assert prep.options_identity(opts) != prep.options_identity(other)
+    assert opts["box"]["detector_path"] == "/a/nanodet.onnx"  # the manifest keeps where it was read from
+    no_detector = {"box": {"detector_path": "/a/x.onnx"}, "detector_sha256": None}  # motion boxes only
+    assert prep.options_identity(no_detector) == no_detector
+
+
+def test_caches_survive_a_moved_detector_file(fake: FakeDataset, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another clone or install of the project reads the same detector from another path: its caches stay
+    valid (they used to be recomputed, because the fingerprint held the detector's path)."""
+    from statevad.boxes import default_detector_path
+
+    src = default_detector_path()
+    if not src.is_file():
+        pytest.skip(f"no bundled detector at {src}")
+    copies = [tmp_path / "one" / src.name, tmp_path / "two" / src.name]
+    for c in copies:
+        c.parent.mkdir()
+        shutil.copyfile(src, c)
+    work = tmp_path / "w"
+    prep.prepare(fake, work, split="train", box_source="detector+motion", detector_path=str(copies[0]),
+                 progress=False)
+    calls: list[int] = []
+    real = prep.process_clip
+    monkeypatch.setattr(prep, "process_clip", lambda i, *a, **k: calls.append(i) or real(i, *a, **k))
+    m = prep.prepare(fake, work, split="train", box_source="detector+motion", detector_path=str(copies[1]),
+                     progress=False)
+    assert calls == [] and m["splits"]["train"]["n_clips_computed"] == 0
+    assert m["options"]["box"]["detector_path"] == str(copies[1].resolve())
 
 
 def test_failed_clip_leaves_no_partial_outputs(fake: FakeDataset, tmp_path: Path,

@@ -15,6 +15,7 @@ fails it, or does not load, is recomputed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -61,6 +62,18 @@ class PrepareOptions:
         d = dataclasses.asdict(self)
         d.pop("box_source_reason")
         return d
+
+
+def options_identity(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the cubes depend on, from ``PrepareOptions.to_dict()``: the detector by its content (sha256),
+    not by the path it was read from, so that a moved or re-installed copy of the same model keeps every
+    cache valid."""
+    if not options:
+        return options
+    d = copy.deepcopy(options)
+    if d.get("detector_sha256") and isinstance(d.get("box"), dict):
+        d["box"]["detector_path"] = None
+    return d
 
 
 def resolve_options(preset: Preset, *, box_source: str | None = None, flow_method: str | None = None,
@@ -129,7 +142,7 @@ def clip_fingerprint(clip: Any, options: PrepareOptions, ref_boxes: list[np.ndar
         "format": CACHE_FORMAT,
         "clip": {"name": clip.name, "n_frames": int(clip.n_frames), "size": list(clip.size),
                  "source": _source_identity(clip.source)},
-        "options": options.to_dict(),
+        "options": options_identity(options.to_dict()),
         "versions": versions(),
     }
     h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
@@ -282,7 +295,8 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
     work.mkdir(parents=True, exist_ok=True)
     old = _read_manifest(work)
     manifest = _new_manifest(ds, options)
-    if old and old.get("options") == manifest["options"] and old.get("versions") == manifest["versions"]:
+    if (old and options_identity(old.get("options")) == options_identity(manifest["options"])
+            and old.get("versions") == manifest["versions"]):
         manifest["splits"].update({k: v for k, v in old.get("splits", {}).items() if k not in splits})
     _log(progress, f"boxes: {options.box_source} ({options.box_source_reason}); flow: {options.flow.method}; "
                    f"cube length {options.cube.frames}; preset {options.preset}")
