@@ -257,3 +257,34 @@ def test_score_model_without_motion_statistics(synthetic_clip, tmp_path, capsys)
     assert not (tmp_path / "a" / "scores.csv").exists()
     assert main([*args, "--out", str(tmp_path / "b"), "--w-motion", "0"]) == 0
     assert (tmp_path / "b" / "scores.csv").is_file()
+
+
+def test_detector_file_is_found_by_content(tmp_path):
+    """A model scores with the detector its training cubes were made with: the recorded path (another
+    machine's, often) if it holds that model, else the bundled one if it is the same model; a different
+    model is refused, not silently used (unless the boxes do not need a detector)."""
+    import shutil
+
+    from statevad.config import BoxConfig
+    from statevad.errors import UserError
+    from statevad.prepare import sha256_file
+
+    bundled = stream.bundled_detector()
+    if not bundled.is_file():
+        pytest.skip(f"no bundled detector at {bundled}")
+    sha = sha256_file(bundled)
+    gone = str(tmp_path / "elsewhere" / "nanodet.onnx")  # prepared on another machine
+    assert stream.detector_file(gone, sha) == bundled
+    assert stream.detector_file(gone, None) == bundled  # older model files: no checksum recorded
+    copy = tmp_path / "mine.onnx"
+    shutil.copyfile(bundled, copy)
+    assert stream.detector_file(str(copy), sha) == copy
+    assert stream.detector_file(str(copy), None) == copy
+    other = "0" * 64  # a custom detector that is not on this machine
+    with pytest.raises(UserError, match="different model.*--boxes motion"):
+        stream.detector_file(gone, other)
+    copy.write_bytes(b"replaced")  # same path, other content: not the model the cubes were made with
+    with pytest.raises(UserError, match="copy that detector file"):
+        stream.detector_file(str(copy), other)
+    fn, desc = stream._box_fn(BoxConfig(detector_path=gone), "motion", other)  # no detector needed
+    assert desc.startswith("motion")

@@ -98,7 +98,7 @@ def resolve_options(preset: Preset, *, box_source: str | None = None, flow_metho
         path = Path(box.detector_path) if box.detector_path else default_detector_path()
         Detector(path)  # validates: missing file / not a NanoDet -> UserError
         box = override(box, detector_path=str(path.resolve()))
-        det_sha = _sha256_file(path)
+        det_sha = sha256_file(path)
     FlowEstimator(flow)  # validates the method (and cv2.optflow availability)
     return PrepareOptions(preset.name, box, flow, cube, resolved.source, resolved.reason, det_sha)
 
@@ -116,7 +116,7 @@ def versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- fingerprints
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -524,7 +524,7 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
                     arrs["box"][sl] = z["box"]
                 arrs["clip"][sl] = i
                 pos += lengths[i]
-        checksums = {k: _sha256_file(out_dir / f"{k}.npy") for k in _ARRAYS}
+        checksums = {k: sha256_file(out_dir / f"{k}.npy") for k in _ARRAYS}
     return {
         "clips": len(clips),
         "n_frames": int(sum(c.n_frames for c in clips)),
@@ -658,7 +658,7 @@ def open_split(work: str | os.PathLike[str], split: str, *, verify: bool = False
                             f"{entry['shapes'][k]}: {hint}")
     if verify:
         for k in _ARRAYS:
-            if _sha256_file(d / f"{k}.npy") != entry["checksums"][k]:
+            if sha256_file(d / f"{k}.npy") != entry["checksums"][k]:
                 raise UserError(f"{d / (k + '.npy')} does not match its checksum in manifest.json: {hint}")
     return SplitData(arrs["raw"], arrs["flow"], arrs["frame"], arrs["clip"], arrs["box"], clips, labels,
                      int(entry["n_frames"]), manifest)

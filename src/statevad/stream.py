@@ -561,7 +561,29 @@ def _frames(src: Any, end: dict[str, str]) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(f, dtype=np.uint8)
 
 
-def _box_fn(cfg: Any, spec: str | None) -> tuple[BoxFn, str]:
+def detector_file(recorded: str | None, sha256: str | None) -> Path:
+    """The detector to score with: the model file the training cubes were made with, found by its content.
+
+    The path recorded by ``statevad prepare`` (often another machine's) is tried first, then the bundled
+    NanoDet. A different model is refused rather than used: its boxes would not be the kind of boxes the
+    network was trained on, and nothing downstream would notice. Model files without a recorded checksum
+    (older ones) keep the old rule: the recorded path if it exists, else the bundled detector.
+    """
+    from statevad.prepare import sha256_file
+
+    candidates = [p for p in ([Path(recorded)] if recorded else []) + [bundled_detector()] if p.is_file()]
+    if sha256 is None:
+        return candidates[0] if candidates else bundled_detector()
+    for path in candidates:
+        if sha256_file(path) == sha256:
+            return path
+    raise UserError(f"the model was prepared with the detector {recorded or '(unnamed)'} (sha256 "
+                    f"{sha256[:12]}...), which is not at that path on this machine, and the bundled "
+                    f"detector {bundled_detector()} is a different model: copy that detector file to "
+                    f"{recorded}, or score with --boxes motion")
+
+
+def _box_fn(cfg: Any, spec: str | None, detector_sha256: str | None = None) -> tuple[BoxFn, str]:
     """The box callable and a description; ``spec`` may name a source or a reference .npz file."""
     from statevad.boxes import BoxExtractor
 
@@ -579,14 +601,15 @@ def _box_fn(cfg: Any, spec: str | None) -> tuple[BoxFn, str]:
         return ref, f"reference boxes from {spec}"
     import dataclasses
 
-    if not cfg.detector_path or not Path(cfg.detector_path).is_file():
-        cfg = dataclasses.replace(cfg, detector_path=str(bundled_detector()))
+    if (spec or cfg.source).lower() != "motion":  # every other source uses the detector when there is one
+        cfg = dataclasses.replace(cfg, detector_path=str(detector_file(cfg.detector_path, detector_sha256)))
     ext = BoxExtractor(cfg, spec)
     return ext, f"{ext.source} ({ext.reason})"
 
 
-def stage_settings(preset: Any, work_manifest: dict[str, Any] | None) -> tuple[Any, Any, str | None]:
-    """Box config, flow config and box source the model was *trained* with.
+def stage_settings(preset: Any, work_manifest: dict[str, Any] | None
+                   ) -> tuple[Any, Any, str | None, str | None]:
+    """Box config, flow config, box source and detector checksum the model was *trained* with.
 
     Scoring must build cubes the way the training cubes were built, so the options recorded by
     ``statevad prepare`` (carried in the checkpoint) win over the preset. Reference boxes exist only for
@@ -594,7 +617,7 @@ def stage_settings(preset: Any, work_manifest: dict[str, Any] | None) -> tuple[A
     """
     from statevad.config import BoxConfig, FlowConfig
 
-    box, flow, source = preset.box, preset.flow, None
+    box, flow, source, sha = preset.box, preset.flow, None, None
     opts = (work_manifest or {}).get("options") if isinstance(work_manifest, dict) else None
     if isinstance(opts, dict):
         try:
@@ -603,9 +626,10 @@ def stage_settings(preset: Any, work_manifest: dict[str, Any] | None) -> tuple[A
         except TypeError:  # written by another version: keep the preset's settings
             box, flow = preset.box, preset.flow
         source = opts.get("box_source")
+        sha = opts.get("detector_sha256") if isinstance(opts.get("detector_sha256"), str) else None
     if source == "reference":
         source = "auto"
-    return box, flow, source
+    return box, flow, source, sha
 
 
 def _reference_boxes(path: Path) -> list[np.ndarray]:
@@ -665,8 +689,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         threshold = auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion)
         terms = "|w_raw| + |w_flow|" + (" + |w_motion|" if sc.w_motion else "")
         rule = f"auto: {AUTO_Z:g} x ({terms}) training-z units"
-    box_cfg, flow_cfg, box_source = stage_settings(preset, ckpt.work_manifest)
-    box_fn, box_desc = _box_fn(box_cfg, opts.boxes or box_source)
+    box_cfg, flow_cfg, box_source, detector_sha = stage_settings(preset, ckpt.work_manifest)
+    box_fn, box_desc = _box_fn(box_cfg, opts.boxes or box_source, detector_sha)
     flow_est = FlowEstimator(flow_cfg)
     if sc.w_motion:
         from statevad.scoring import motion_zscore
