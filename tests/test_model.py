@@ -20,6 +20,7 @@ from statevad.model import (
     export_original,
     import_original,
     inference_copy,
+    upsample_conv,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -183,7 +184,12 @@ def test_parameter_gradients_match_literal_in_train_mode() -> None:
     og = dict(oracle.named_parameters())
     pairs = [("raw.transformer.layers.1.ffn.weight", "encoder.encoder.1.feedforward.conv0.0.weight"),
              ("flow.encoder.inc.conv1.weight", "feature_embedding_of.inc.conv.conv.0.weight"),
-             ("raw.transformer.pos.weight", "encoder.positionnet.positional_embedding.weight")]
+             ("raw.transformer.pos.weight", "encoder.positionnet.positional_embedding.weight"),
+             # the decoder's transposed conv and the conv after it run composed (upsample_conv)
+             ("raw.decoder.up2.up.weight", "prediction.up2.up.weight"),
+             ("flow.decoder.up3.up.bias", "prediction_of.up3.up.bias"),
+             ("raw.decoder.up3.conv.conv1.weight", "prediction.up3.conv.conv.0.weight"),
+             ("flow.decoder.up2.conv.conv1.weight", "prediction_of.up2.conv.conv.0.weight")]
     for ours, orig in pairs:
         assert _rel(grads[ours], og[orig].grad) <= 1e-4, ours
     lb = grads["raw.transformer.layers.0.logit_bias"]
@@ -232,3 +238,46 @@ def test_bf16_autocast_is_close() -> None:
     assert _rel(low.float(), ref) < 0.05
     with autocast_context("cpu", False):
         assert model(x)[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6, 2), (2, 4, 3, 1, 1), (1, 6, 2, 3, 7)],
+                         ids=["4x6", "1x1", "3x7"])
+def test_upsample_conv_is_the_composition(shape: tuple[int, int, int, int, int]) -> None:
+    """One transposed conv with the composed kernel, border and bias terms = ConvTranspose2d then Conv2d, to
+    float64 rounding on every input shape (the border corrections matter most on tiny maps), with or without
+    biases, and with exact gradients for the input and all four weights."""
+    n, cin, cout, h, w = shape
+    torch.manual_seed(0)
+    for bias in (True, False):
+        up = torch.nn.ConvTranspose2d(cin, cin, 3, stride=2, padding=1, output_padding=1, bias=bias).double()
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=bias).double()
+        x = torch.randn(n, cin, h, w, dtype=torch.float64, requires_grad=True)
+        ref = conv(up(x))
+        got = upsample_conv(x, up, conv)
+        assert got.shape == ref.shape == (n, cout, 2 * h, 2 * w)
+        assert _rel(got, ref) <= 1e-13
+        params = [x, *up.parameters(), *conv.parameters()]
+        g = torch.randn_like(ref)
+        grads = zip(torch.autograd.grad(got, params, g), torch.autograd.grad(ref, params, g), strict=True)
+        assert all(_rel(a, b) <= 1e-13 for a, b in grads)
+    small = (x[:1, :2].detach().requires_grad_(True),)
+    up2 = torch.nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1).double()
+    conv2 = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    assert torch.autograd.gradcheck(lambda t: upsample_conv(t, up2, conv2), small)
+
+
+def test_upsample_conv_under_bf16_and_other_layers() -> None:
+    """Under bf16 autocast the kernel is composed in float32 and the convolution runs in bf16; layers with
+    other hyper-parameters are run as they are (conv(up(x)))."""
+    torch.manual_seed(0)
+    up = torch.nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1)
+    conv = torch.nn.Conv2d(8, 4, 3, padding=1)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = conv(up(x))
+        with autocast_context("cpu", True):
+            low = upsample_conv(x, up, conv)
+    assert low.dtype == torch.bfloat16 and _rel(low.float(), ref) < 0.02
+    other = torch.nn.Conv2d(8, 4, 5, padding=2)
+    with torch.no_grad():
+        assert torch.equal(upsample_conv(x, up, other), other(up(x)))
