@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     out += [f"* `{name}`: `{d['command']}`" for name, d in results]
     out += ["", "### Scoring ablations (micro AUROC, same trained model per row group)", ""]
     out += ablation_table(results)
-    for wanted in [Path(f).name for f in args.detail] if args.detail else [results[-1][0]]:
-        index = next((i for i, r in enumerate(results) if r[0] == wanted), len(results) - 1)
+    names = [r[0] for r in results]
+    missing = [f for f in args.detail or [] if Path(f).name not in names]
+    if missing:
+        p.error(f"--detail {' '.join(missing)}: not among the results files given; name one of them")
+    for wanted in [Path(f).name for f in args.detail] if args.detail else [names[-1]]:
+        index = names.index(wanted)
         name, d = results[index]
         eps = args.detail_eps or f"{d['settings']['epsilon']:g}"
         out += ["", f"### Per clip (AUROC) and baselines: `{name}`", "", *clip_table(name, d, eps)]

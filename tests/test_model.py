@@ -281,3 +281,25 @@ def test_upsample_conv_under_bf16_and_other_layers() -> None:
     other = torch.nn.Conv2d(8, 4, 5, padding=2)
     with torch.no_grad():
         assert torch.equal(upsample_conv(x, up, other), other(up(x)))
+
+
+def test_upsample_conv_keeps_composed_terms_only_for_frozen_weights() -> None:
+    """Frozen weights (scoring's inference copy): the composed terms are computed once and reused until a
+    weight changes in place or the map size changes. Weights that require gradients (training): never kept."""
+    torch.manual_seed(0)
+    up = torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1).double()
+    conv = torch.nn.Conv2d(4, 3, 3, padding=1).double()
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    cache: dict = {}
+    upsample_conv(x, up, conv, cache)
+    assert not cache
+    for p in (*up.parameters(), *conv.parameters()):
+        p.requires_grad_(False)
+    first = upsample_conv(x, up, conv, cache)
+    kept = cache["terms"]
+    assert _rel(first, conv(up(x))) <= 1e-13
+    assert torch.equal(upsample_conv(x, up, conv, cache), first) and cache["terms"] is kept
+    conv.weight.mul_(2)  # an in-place change (as load_state_dict makes) must not be served stale terms
+    assert _rel(upsample_conv(x, up, conv, cache), conv(up(x))) <= 1e-13
+    small = x[:, :, :3, :3]
+    assert _rel(upsample_conv(small, up, conv, cache), conv(up(small))) <= 1e-13

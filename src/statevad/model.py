@@ -164,9 +164,10 @@ class Up(nn.Module):
         super().__init__()
         self.up = nn.ConvTranspose2d(cin, cin, 3, stride=2, padding=1, output_padding=1)
         self.conv = DoubleConv(cin, cout)
+        self._composed: dict[str, Any] = {}  # upsample_conv's cache for frozen weights; not state
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv.tail(upsample_conv(x, self.up, self.conv.conv1))
+        return self.conv.tail(upsample_conv(x, self.up, self.conv.conv1, self._composed))
 
 
 class _AddBorders(torch.autograd.Function):
@@ -197,7 +198,8 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def upsample_conv(x: Tensor, up: nn.ConvTranspose2d, conv: nn.Conv2d) -> Tensor:
+def upsample_conv(x: Tensor, up: nn.ConvTranspose2d, conv: nn.Conv2d,
+                  cache: dict[str, Any] | None = None) -> Tensor:
     """``conv(up(x))`` for the decoder's ConvTranspose2d(k3, s2, p1, op1) and the 3x3 (pad 1) conv after it,
     computed as one transposed convolution with their composed 5x5 kernel.
 
@@ -207,30 +209,34 @@ def upsample_conv(x: Tensor, up: nn.ConvTranspose2d, conv: nn.Conv2d) -> Tensor:
     needs 25 per input pixel = 6.25 per output pixel, at the conv's output width, and one weight gradient
     instead of two. It is the same function up to float rounding (checked against the literal network):
 
-    * kernel: ``u[c, p] = sum_o wt[c, o] (full correlation) wc[p, o]``, a conv of the zero-padded ``wt`` with
-      ``wc``, recomputed every call (so gradients reach ``wt`` and ``wc``; ~1 ms);
+    * kernel: ``u[c, p] = sum_o wt[c, o] (full correlation) wc[p, o]``, itself a small transposed conv;
     * bias: the conv of the transposed conv's (constant) bias map is constant away from the border; that
       constant is the transposed conv's bias, and the border rows/columns get the difference;
     * border: the conv's zero padding excludes the intermediate row and column -1, which the transposed conv
       would produce from input row/column 0 (its kernel's first row/column) and the composition includes;
       their contribution to output row/column 0 is computed separately (thin convolutions) and subtracted.
+
+    The composed terms are recomputed at every call while the weights require gradients (training), and kept
+    in ``cache`` (checked against the weights' identity and version) while they do not (scoring's frozen
+    copy), where recomputing them would cost a small batch as much as its cubes.
     """
-    wt, wc = up.weight, conv.weight
     if (up.stride, up.padding, up.output_padding, up.kernel_size, up.groups, up.dilation) != (
             (2, 2), (1, 1), (1, 1), (3, 3), 1, (1, 1)) or (
             conv.stride, conv.padding, conv.kernel_size, conv.groups, conv.dilation) != (
             (1, 1), (1, 1), (3, 3), 1, (1, 1)):
         return conv(up(x))
+    wt, wc = up.weight, conv.weight
     _, _, h, w = x.shape
-    bt = up.bias if up.bias is not None else wt.new_zeros(wt.shape[1])
-    bc = conv.bias if conv.bias is not None else wc.new_zeros(wc.shape[0])
-    with _autocast_off(x.device.type):  # the weights are composed in full precision
-        full = torch.promote_types(wt.dtype, torch.float32)
-        wt32, wc32, bt32, bc32 = (t.to(full) for t in (wt, wc, bt, bc))
-        u = F.conv2d(F.pad(wt32, (2, 2, 2, 2)), wc32)  # (cin, cout, 5, 5), a ConvTranspose2d weight
-        inner = bc32 + wc32.sum((2, 3)) @ bt32
-        bias_map = bt32.view(1, -1, 1, 1).expand(1, -1, 2 * h, 2 * w)
-        d = F.conv2d(bias_map, wc32, bc32, padding=1) - inner.view(1, -1, 1, 1)  # zero inside the border
+    tensors = [t for t in (wt, up.bias, wc, conv.bias) if t is not None]
+    if cache is None or any(t.requires_grad for t in tensors):
+        u, inner, d = _composed_terms(up, conv, h, w)
+    else:
+        key = (h, w, x.device, *((id(t), t._version, t.data_ptr(), t.dtype) for t in tensors))
+        if cache.get("key") != key:
+            cache.clear()
+            with torch.no_grad():
+                cache.update(key=key, terms=_composed_terms(up, conv, h, w))
+        u, inner, d = cache["terms"]
     out = F.conv_transpose2d(x, u, inner, stride=2, padding=2, output_padding=1)
     # intermediate row -1 (columns -1 .. 2w), and its conv with the kernel's first row -> output row 0
     row = F.conv_transpose2d(x[:, :, :1], wt[:, :, :1], None, stride=(1, 2))
@@ -241,6 +247,24 @@ def upsample_conv(x: Tensor, up: nn.ConvTranspose2d, conv: nn.Conv2d) -> Tensor:
     side = (0, 0, 1, 1)  # the corners' bias difference is in the top and bottom rows
     return _AddBorders.apply(out, d[:, :, :1] - row, d[:, :, -1:], F.pad(d[:, :, 1:-1, :1], side) - col,
                              F.pad(d[:, :, 1:-1, -1:], side))
+
+
+def _composed_terms(up: nn.ConvTranspose2d, conv: nn.Conv2d, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(composed 5x5 transposed-conv weight, its bias, the bias difference on the (2h, 2w) output's border),
+    in full precision even under autocast."""
+    wt, wc = up.weight, conv.weight
+    bt = up.bias if up.bias is not None else wt.new_zeros(wt.shape[1])
+    bc = conv.bias if conv.bias is not None else wc.new_zeros(wc.shape[0])
+    with _autocast_off(wt.device.type):
+        full = torch.promote_types(wt.dtype, torch.float32)
+        wt, wc, bt, bc = (t.to(full) for t in (wt, wc, bt, bc))
+        # u[c, p, q] = sum_{o, k - m = q - 2} wt[c, o, k] wc[p, o, m]: wt's 3x3 maps as a batch, transposed-
+        # convolved with the flipped wc (81 products per (c, p, o) and no zero padding)
+        u = F.conv_transpose2d(wt, wc.flip(2, 3).transpose(0, 1))  # (cin, cout, 5, 5)
+        inner = bc + wc.sum((2, 3)) @ bt
+        bias_map = bt.view(1, -1, 1, 1).expand(1, -1, 2 * h, 2 * w)
+        d = F.conv2d(bias_map, wc, bc, padding=1) - inner.view(1, -1, 1, 1)  # zero inside the border
+    return u, inner, d
 
 
 class Decoder(nn.Module):
