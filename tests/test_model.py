@@ -295,6 +295,9 @@ def test_upsample_conv_keeps_composed_terms_only_for_frozen_weights() -> None:
     assert not cache
     for p in (*up.parameters(), *conv.parameters()):
         p.requires_grad_(False)
+    with torch.inference_mode():
+        upsample_conv(x, up, conv, cache)
+    assert not cache  # inference tensors could not serve a later input-gradient pass
     first = upsample_conv(x, up, conv, cache)
     kept = cache["terms"]
     assert _rel(first, conv(up(x))) <= 1e-13
@@ -303,3 +306,7 @@ def test_upsample_conv_keeps_composed_terms_only_for_frozen_weights() -> None:
     assert _rel(upsample_conv(x, up, conv, cache), conv(up(x))) <= 1e-13
     small = x[:, :, :3, :3]
     assert _rel(upsample_conv(small, up, conv, cache), conv(up(small))) <= 1e-13
+    xg = small.clone().requires_grad_(True)  # scoring's input gradient through kept terms
+    (gx,) = torch.autograd.grad(upsample_conv(xg, up, conv, cache).square().sum(), xg)
+    (gr,) = torch.autograd.grad(conv(up(xg)).square().sum(), xg)
+    assert _rel(gx, gr) <= 1e-13

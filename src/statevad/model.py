@@ -228,7 +228,8 @@ def upsample_conv(x: Tensor, up: nn.ConvTranspose2d, conv: nn.Conv2d,
     wt, wc = up.weight, conv.weight
     _, _, h, w = x.shape
     tensors = [t for t in (wt, up.bias, wc, conv.bias) if t is not None]
-    if cache is None or any(t.requires_grad for t in tensors):
+    if cache is None or torch.is_inference_mode_enabled() or any(t.requires_grad for t in tensors):
+        # (terms made under inference_mode could not be saved for a later backward, so they are not kept)
         u, inner, d = _composed_terms(up, conv, h, w)
     else:
         key = (h, w, x.device, *((id(t), t._version, t.data_ptr(), t.dtype) for t in tensors))
