@@ -571,7 +571,9 @@ def detector_file(recorded: str | None, sha256: str | None) -> Path:
     """
     from statevad.prepare import sha256_file
 
-    candidates = [p for p in ([Path(recorded)] if recorded else []) + [bundled_detector()] if p.is_file()]
+    paths = ([Path(recorded)] if recorded else []) + [bundled_detector()]
+    found = [p.resolve() for p in paths if p.is_file()]
+    candidates = list(dict.fromkeys(found))  # the recorded path is often the bundled file: hash it once
     if sha256 is None:
         return candidates[0] if candidates else bundled_detector()
     for path in candidates:
