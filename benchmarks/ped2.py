@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "prepare time is 0 when the work dir was already complete (reused caches); see seconds",
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    from statevad.errors import atomic_write_json, atomic_write_with
+    from statevad.files import atomic_write_json, atomic_write_with
 
     atomic_write_json(out_json, result)
     arrays = {k.replace("=", "_"): v for k, v in {**frame_arrays, **base_scores}.items()}

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
-    from statevad.errors import atomic_write_json
+    from statevad.files import atomic_write_json
     from statevad.metrics import clip_bounds, evaluate
     from statevad.prepare import open_split
     from statevad.scoring import MOTION_KEYS, cube_motion, frame_scores, fuse, score_split

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from statevad.boxes import default_detector_path
     from statevad.config import get_preset
     from statevad.datasets import load_dataset
-    from statevad.errors import atomic_write_json
+    from statevad.files import atomic_write_json
 
     ds = load_dataset(args.root)
     out_path = Path(args.out)

@@ -27,7 +27,7 @@ import torch
 
 from statevad import stream
 from statevad.config import MODEL_SIZES, get_preset, with_model_size
-from statevad.errors import atomic_write_json
+from statevad.files import atomic_write_json
 from statevad.model import STATE
 from statevad.training import save_checkpoint
 

@@ -35,8 +35,9 @@ from literal_state import ConvTransformer_recon_correct  # noqa: E402
 
 from statevad.allocator import keep_freed_memory  # noqa: E402
 from statevad.config import MODEL_SIZES, ModelConfig  # noqa: E402
-from statevad.errors import atomic_write_json  # noqa: E402
-from statevad.model import STATE, autocast_context, import_original, inference_copy  # noqa: E402
+from statevad.files import atomic_write_json  # noqa: E402
+from statevad.model import STATE, import_original, inference_copy  # noqa: E402
+from statevad.tensors import autocast_context  # noqa: E402
 
 Fwd = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

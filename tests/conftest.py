@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
-# Before anything imports cv2: keep FFmpeg's own log lines out of stderr, as statevad.io does for the CLI.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-
-from statevad.synthetic import make_scene  # noqa: E402
+from statevad.synthetic import make_scene
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """In-process training on one thread: two threads on this shared 2-core machine oversubscribe, and a
+    fixed thread count is what makes CPU training bit-reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

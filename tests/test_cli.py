@@ -1,14 +1,15 @@
 import subprocess
 import sys
 
+import pytest
+
 from statevad.cli import main
 
 
 def test_help_lists_subcommands(capsys):
-    try:
+    with pytest.raises(SystemExit) as exc:
         main(["--help"])
-    except SystemExit as exc:
-        assert exc.code == 0
+    assert exc.value.code == 0
     out = capsys.readouterr().out
     for name in ("prepare", "train", "test", "score", "demo", "info"):
         assert name in out
@@ -23,8 +24,9 @@ def test_console_entry_point_runs():
 def test_set_overrides_any_preset_field_with_its_type():
     import pytest
 
-    from statevad.config import apply_sets, get_preset
+    from statevad.config import get_preset
     from statevad.errors import UserError
+    from statevad.settings import apply_sets
 
     base = get_preset("ped2")
     p = apply_sets(base, ["box.score_thr=0.3", "box.detector_tiles=2", "box.motion_wrap=true",

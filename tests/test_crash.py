@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import make_work
+from helpers import make_work
 
-from statevad import prepare as prep
+from statevad import preparation as prep
+from statevad.checkpoint import resume_path
 from statevad.cli import main
 from statevad.synthetic import make_scene
-from statevad.training import resume_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCV_FFMPEG_LOGLEVEL": "-8"}
 TRAIN = ["--model-size", "tiny", "--batch-size", "4", "--lr", "3e-3", "--seed", "1", "--device", "cpu",
@@ -64,13 +66,6 @@ def _visible_files_are_whole(work: Path) -> None:
             torch.load(f, weights_only=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process training on one thread: two threads on this shared 2-core machine oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 
 from statevad import demo
-from statevad.visualize import label_intervals
-
-pytest.importorskip("statevad.synthetic", reason="statevad.synthetic (the synthetic scene) is not available")
-pytest.importorskip("statevad.datasets", reason="statevad.datasets is not available")
+from statevad.events import label_intervals
 
 
 def test_bundled_sample_is_complete():

@@ -7,19 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import make_work
+from helpers import make_work
 
 from statevad.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = ["--model-size", "tiny", "--epochs", "2", "--batch-size", "6", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _sha(path: Path) -> str:

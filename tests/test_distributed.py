@@ -26,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import make_work
+from helpers import make_work
 
 from statevad.cli import main
 from statevad.distributed import DistContext, env_world
 from statevad.errors import UserError
-from statevad.prepare import parse_shard, shard_clips
+from statevad.preparation import parse_shard, shard_clips
 from statevad.synthetic import make_scene
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 16 training cubes, global batch 5: batches of 5, 5, 5, 1 -> rank shares 3/2 and 1/0 (an empty share).
 ARGS = ["--model-size", "tiny", "--epochs", "2", "--batch-size", "5", "--lr", "3e-3", "--seed", "3",
@@ -92,12 +94,6 @@ def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None
     assert not ctx.is_main and ctx.active and not DistContext().active
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_shard_partition_and_parsing() -> None:

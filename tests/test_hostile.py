@@ -12,17 +12,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import make_work
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_training import make_work
 
-from statevad import prepare as prep
+from statevad import preparation as prep
 from statevad.boxes import load_reference_boxes
+from statevad.checkpoint import state_dict_sha256
 from statevad.cli import main
 from statevad.cubes import ClipTooShort, elastic_window
 from statevad.io import natural_key
 from statevad.synthetic import make_scene
-from statevad.training import state_dict_sha256
+from statevad.workdir import open_split
 
 PREP = ["--boxes", "motion", "--split", "train", "--quiet"]
 
@@ -123,7 +124,7 @@ def test_one_frame_and_short_clips_are_skipped_with_a_warning(n_frames: int, sce
     assert "warning: train clip short skipped (too short)" in err and "Traceback" not in err
     entry = json.loads((work / "manifest.json").read_text())["splits"]["train"]
     assert list(entry["skipped_clips"].values()) == [entry["skipped_clips"]["2"]]  # clip 2 = short.avi
-    assert prep.open_split(work, "train", verify=True).clip.max() == 1
+    assert open_split(work, "train", verify=True).clip.max() == 1
 
 
 def test_non_ascii_and_space_paths(scene: Path, tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ def test_non_ascii_and_space_paths(scene: Path, tmp_path: Path) -> None:
     work = tmp_path / "travail à faire" / "w d"
     assert main(["prepare", "--root", str(root), "--work", str(work), "--boxes", "motion", "--quiet"]) == 0
     for split in ("train", "test"):
-        d = prep.open_split(work, split, verify=True)
+        d = open_split(work, split, verify=True)
         assert len(d) > 0 and d.n_frames == sum(c["n_frames"] for c in d.clips)
     assert "scène 1 ü" in json.loads((work / "manifest.json").read_text())["dataset"]["root"]
 
@@ -272,9 +273,9 @@ def test_manifest_paths_cannot_escape_the_work_dir(tmp_path: Path) -> None:
     m["splits"]["../../outside"] = m["splits"]["train"]
     (work / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="not a prepared work directory"):
-        prep.open_split(work, "train")
+        open_split(work, "train")
     with pytest.raises(UserError, match="unknown split"):
-        prep.open_split(work, "../../outside")
+        open_split(work, "../../outside")
     clips_dir = (work / "train" / "clips").resolve()
     for name in ("../../evil", "/etc/passwd", "..", "a/../../b", "Testing/01", "\\..\\x"):
         c = prep.cache_name(name)

@@ -8,19 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from statevad.checkpoint import MODEL_FORMAT, load_checkpoint, load_original_checkpoint, save_model_only
 from statevad.cli import main
 from statevad.config import ModelConfig
 from statevad.errors import UserError
-from statevad.model import (
-    MODEL_FORMAT,
-    STATE,
-    export_original,
-    import_original,
-    infer_config,
-    load_model_only,
-    load_original_checkpoint,
-    save_model_only,
-)
+from statevad.model import STATE, export_original, import_original, infer_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from literal_state import ConvTransformer_recon_correct  # noqa: E402
@@ -90,15 +82,15 @@ def test_cli_import_original(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["import-original", str(ckpt), "--out", str(out)]) == 0
     obj = torch.load(out, weights_only=True)
     assert obj["format"] == MODEL_FORMAT and obj["model_config"]["n_layers"] == 2
-    _same(load_model_only(out), load_original_checkpoint(ckpt))
+    _same(load_checkpoint(out)[0], load_original_checkpoint(ckpt))
     assert main(["import-original", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
 
 
 def test_save_model_only_is_weights_only_loadable(tmp_path: Path) -> None:
     model = STATE(TINY)
-    save_model_only(tmp_path / "m.pt", model, model.cfg)
-    _same(model, load_model_only(tmp_path / "m.pt"))
+    save_model_only(tmp_path / "m.pt", model)
+    _same(model, load_checkpoint(tmp_path / "m.pt")[0])
     assert not list(tmp_path.glob(".*tmp*"))
 
 

@@ -15,13 +15,14 @@ from statevad.errors import UserError
 from statevad.model import (
     STATE,
     BatchNorm2d,
-    autocast_context,
     count_parameters,
     export_original,
     import_original,
     inference_copy,
     upsample_conv,
 )
+from statevad.model.kernels import ComposedTerms
+from statevad.tensors import autocast_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from literal_state import ConvTransformer_recon_correct  # noqa: E402
@@ -283,30 +284,61 @@ def test_upsample_conv_under_bf16_and_other_layers() -> None:
         assert torch.equal(upsample_conv(x, up, other), other(up(x)))
 
 
-def test_upsample_conv_keeps_composed_terms_only_for_frozen_weights() -> None:
-    """Frozen weights (scoring's inference copy): the composed terms are computed once and reused until a
-    weight changes in place or the map size changes. Weights that require gradients (training): never kept."""
+def test_upsample_conv_serves_frozen_terms_only_to_frozen_weights() -> None:
+    """Frozen weights (scoring's inference copy): the composed kernel and bias are made once by ComposedTerms,
+    the border terms once per map size, outside inference mode, so that they serve inference-mode forwards and
+    later input-gradient passes alike. Weights that require gradients (training): never served them."""
     torch.manual_seed(0)
     up = torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1).double()
     conv = torch.nn.Conv2d(4, 3, 3, padding=1).double()
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
-    cache: dict = {}
-    upsample_conv(x, up, conv, cache)
-    assert not cache
+    stale = ComposedTerms(up, conv)
+    with torch.no_grad():
+        conv.weight.mul_(2)  # training moves the weights: terms made earlier must not be used
+    xg = x.clone().requires_grad_(True)
+    got = upsample_conv(xg, up, conv, stale)
+    assert _rel(got, conv(up(x))) <= 1e-13
+    params = [xg, *up.parameters(), *conv.parameters()]
+    g = torch.randn_like(got)
+    ref = conv(up(xg))
+    grads = zip(torch.autograd.grad(got, params, g), torch.autograd.grad(ref, params, g), strict=True)
+    assert all(_rel(a, b) <= 1e-13 for a, b in grads)  # gradients reach the weights
     for p in (*up.parameters(), *conv.parameters()):
         p.requires_grad_(False)
     with torch.inference_mode():
-        upsample_conv(x, up, conv, cache)
-    assert not cache  # inference tensors could not serve a later input-gradient pass
-    first = upsample_conv(x, up, conv, cache)
-    kept = cache["terms"]
+        frozen = ComposedTerms(up, conv)  # made under inference_mode, still ordinary tensors
+        first = upsample_conv(x, up, conv, frozen)
+    assert not frozen.u.is_inference() and not frozen.inner.is_inference()
     assert _rel(first, conv(up(x))) <= 1e-13
-    assert torch.equal(upsample_conv(x, up, conv, cache), first) and cache["terms"] is kept
-    conv.weight.mul_(2)  # an in-place change (as load_state_dict makes) must not be served stale terms
-    assert _rel(upsample_conv(x, up, conv, cache), conv(up(x))) <= 1e-13
+    kept = frozen.border(up, conv, 5, 6)
+    assert not kept.is_inference()  # made on first use, inside inference_mode
+    assert torch.equal(upsample_conv(x, up, conv, frozen), first) and frozen.border(up, conv, 5, 6) is kept
     small = x[:, :, :3, :3]
-    assert _rel(upsample_conv(small, up, conv, cache), conv(up(small))) <= 1e-13
-    xg = small.clone().requires_grad_(True)  # scoring's input gradient through kept terms
-    (gx,) = torch.autograd.grad(upsample_conv(xg, up, conv, cache).square().sum(), xg)
+    assert _rel(upsample_conv(small, up, conv, frozen), conv(up(small))) <= 1e-13
+    assert frozen.border(up, conv, 5, 6) is kept and frozen.border(up, conv, 3, 3).shape[-2:] == (6, 6)
+    xg = small.clone().requires_grad_(True)  # scoring's input gradient through the frozen terms
+    (gx,) = torch.autograd.grad(upsample_conv(xg, up, conv, frozen).square().sum(), xg)
     (gr,) = torch.autograd.grad(conv(up(xg)).square().sum(), xg)
     assert _rel(gx, gr) <= 1e-13
+
+
+def test_inference_copy_freezes_the_decoder_only_in_the_copy() -> None:
+    """inference_copy freezes every Up of the copy; the model it was made from keeps recomputing its terms
+    (training), and a frozen copy cast after freezing remakes its terms from the cast weights."""
+    cfg = ModelConfig(frames=3, widths=(4, 8, 8), n_layers=1, n_heads=2, pos="sine")
+    torch.manual_seed(0)
+    model = STATE(cfg)
+    folded = inference_copy(model)
+    ups = [m for m in folded.modules() if type(m).__name__ == "Up"]
+    assert len(ups) == 4 and all(isinstance(m.frozen, ComposedTerms) for m in ups)
+    assert all(getattr(m, "frozen", None) is None for m in model.modules())
+    folded_keys = [k for k in model.state_dict() if ".bn" not in k]  # the folded BatchNorms are gone
+    assert list(folded.state_dict()) == folded_keys  # and the frozen terms are not state
+    x = torch.rand(2, 3, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        got = folded.double()(x)
+        assert all(m.frozen.u.dtype == torch.float64 for m in ups)
+        for m in ups:
+            m.frozen = None  # recompute the terms at every call, as in training
+        ref = folded(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))

@@ -6,8 +6,6 @@ import pytest
 
 from statevad.cli import main
 
-pytest.importorskip("statevad.synthetic", reason="statevad.synthetic (the synthetic scene) is not available")
-
 
 @pytest.mark.slow
 def test_synthetic_prepare_train_test(synthetic_root, tmp_path, capsys):

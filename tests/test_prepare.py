@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from statevad import prepare as prep
+from statevad import preparation as prep
 from statevad.errors import UserError
+from statevad.workdir import open_split
 
 
 def _frames(n: int, seed: int, h: int = 48, w: int = 64) -> np.ndarray:
@@ -81,14 +82,14 @@ def test_prepare_reference_writes_the_documented_work_dir(fake: FakeDataset, tmp
     assert m["format"] == "statevad-work/1" and m["box_source"] == "reference"
     assert m["splits"]["train"]["n_cubes"] == 19 and m["splits"]["test"]["n_cubes"] == 8
     assert m["splits"]["test"]["skipped_clips"] == {"1": m["splits"]["test"]["skipped_clips"]["1"]}
-    tr = prep.open_split(work, "train", verify=True)
+    tr = open_split(work, "train", verify=True)
     assert tr.raw.shape == (19, 7, 32, 32, 3) and tr.raw.dtype == np.uint8
     assert tr.flow.shape == (19, 7, 32, 32, 2) and tr.flow.dtype == np.float16
     assert tr.frame.tolist() == list(range(19)) and tr.clip.tolist() == [0] * 10 + [1] * 9
     assert tr.box.dtype == np.float32 and tr.labels is None and tr.n_frames == 19
     assert isinstance(tr.raw, np.memmap)
     assert [c["start"] for c in tr.clips] == [0, 10]
-    te = prep.open_split(work, "test")
+    te = open_split(work, "test")
     assert te.labels is not None and te.labels.dtype == np.int8 and te.labels.shape == (12,)
     assert json.loads((work / "manifest.json").read_text())["splits"]["test"]["n_frames"] == 12
 
@@ -163,7 +164,7 @@ def test_failed_clip_leaves_no_partial_outputs(fake: FakeDataset, tmp_path: Path
     assert not (work / "manifest.json").exists()
     assert not list(work.rglob("*.npz")) and not list(work.rglob("*.npy"))
     with pytest.raises(UserError, match="run `statevad prepare"):
-        prep.open_split(work, "train")
+        open_split(work, "train")
 
 
 def test_parallel_jobs_match_serial(fake: FakeDataset, tmp_path: Path) -> None:
@@ -174,17 +175,17 @@ def test_parallel_jobs_match_serial(fake: FakeDataset, tmp_path: Path) -> None:
 
 def test_open_split_errors(fake: FakeDataset, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a prepared work directory"):
-        prep.open_split(tmp_path / "nothing", "train")
+        open_split(tmp_path / "nothing", "train")
     work = tmp_path / "w"
     prep.prepare(fake, work, split="train", box_source="motion", progress=False)
     with pytest.raises(UserError, match="no prepared test split"):
-        prep.open_split(work, "test")
+        open_split(work, "test")
     raw = work / "train" / "raw.npy"
     arr = np.load(raw)
     arr[0, 0, 0, 0, 0] ^= 1
     np.save(raw, arr)
     with pytest.raises(UserError, match="checksum"):
-        prep.open_split(work, "train", verify=True)
+        open_split(work, "train", verify=True)
 
 
 def test_bad_options_are_user_errors(fake: FakeDataset, tmp_path: Path) -> None:
@@ -209,7 +210,7 @@ def test_prepare_on_the_synthetic_scene_via_cli(request: pytest.FixtureRequest, 
     work = tmp_path / "w"
     assert main(["prepare", "--root", str(root), "--work", str(work), "--boxes", "motion", "--quiet"]) == 0
     for split in ("train", "test"):
-        d = prep.open_split(work, split, verify=True)
+        d = open_split(work, split, verify=True)
         assert len(d) > 0 and d.raw.shape[1:] == (7, 32, 32, 3)
         assert d.frame.max() < d.n_frames
     with pytest.raises(SystemExit):  # argparse rejects an unknown box source

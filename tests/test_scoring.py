@@ -7,21 +7,19 @@ from torch import nn
 
 from statevad.config import ModelConfig, ScoreConfig, TrainConfig, with_model_size
 from statevad.errors import UserError
+from statevad.evaluation import load_stats_json
 from statevad.model import STATE
 from statevad.scoring import (
     EMPTY_FRAME_SCORE,
-    cube_motion,
     frame_scores,
     fuse,
-    load_stats_json,
     motion_zscore,
     perturbed_errors,
     score_cubes,
     smooth,
-    to_flow_target,
-    to_model_input,
     zscores,
 )
+from statevad.tensors import cube_motion, to_flow_target, to_model_input
 from statevad.training import make_optimizer, train_step
 
 T, P = 3, 32

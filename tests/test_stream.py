@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 
 from statevad import stream
+from statevad.boxes import bundled_detector
 from statevad.config import CubeConfig
 from statevad.cubes import clip_cubes
+from statevad.errors import UserError
+from statevad.labels import fit_labels, load_labels
+from statevad.scoring import EMPTY_FRAME_SCORE
+from statevad.stream import stages
 
 
 def _frames(n: int, h: int = 24, w: int = 32, seed: int = 0) -> list[np.ndarray]:
@@ -28,7 +33,7 @@ class _Recorder:
         self.raw: list[np.ndarray] = []
         self.flow: list[np.ndarray] = []
 
-    def __call__(self, raw, flow):
+    def __call__(self, raw, flow, speed):
         self.raw.append(raw)
         self.flow.append(flow)
         s = raw.reshape(len(raw), -1).mean(1).astype(np.float64)
@@ -71,7 +76,7 @@ def test_stream_cubes_equal_offline_cubes(n, length, batch):
     np.testing.assert_array_equal(np.concatenate([r.boxes for r in results]), off.box)
     # the frame score is the max over its objects, NO_OBJECT without objects
     for r in results:
-        assert r.score == (r.scores.max() if len(r.scores) else stream.NO_OBJECT)
+        assert r.score == (r.scores.max() if len(r.scores) else EMPTY_FRAME_SCORE)
 
 
 def test_stream_shorter_than_a_cube():
@@ -81,7 +86,7 @@ def test_stream_shorter_than_a_cube():
         res += eng.push(f)
     res += eng.finish()
     assert [r.index for r in res] == [0, 1, 2, 3]
-    assert all(r.score == stream.NO_OBJECT for r in res) and eng.too_short
+    assert all(r.score == EMPTY_FRAME_SCORE for r in res) and eng.too_short
 
 
 def test_stream_rejects_size_change():
@@ -97,16 +102,16 @@ def test_load_labels_formats(tmp_path):
     (tmp_path / "l.json").write_text('{"intervals": [[1, 2]], "n_frames": 3}')
     (tmp_path / "c.json").write_text('{"clips": {"02": [0, 1, 1]}}')
     for name in ("l.npy", "l.txt", "l.json", "c.json"):
-        assert stream.load_labels(tmp_path / name)[0].tolist() == [0, 1, 1]
+        assert load_labels(tmp_path / name)[0].tolist() == [0, 1, 1]
     (tmp_path / "d.json").write_text('{"02": [[1, 2]]}')  # a dataset labels.json: intervals, pad 0
-    lab, pad = stream.load_labels(tmp_path / "d.json")
+    lab, pad = load_labels(tmp_path / "d.json")
     assert lab.tolist() == [0, 1, 1] and pad == 0
-    assert stream._fit_labels(lab, 5, pad).tolist() == [0, 1, 1, 0, 0]
+    assert fit_labels(lab, 5, pad).tolist() == [0, 1, 1, 0, 0]
     (tmp_path / "bad.txt").write_text("0 7")
-    with pytest.raises(stream.UserError):
-        stream.load_labels(tmp_path / "bad.txt")
-    with pytest.raises(stream.UserError):
-        stream.load_labels(tmp_path / "missing.npy")
+    with pytest.raises(UserError):
+        load_labels(tmp_path / "bad.txt")
+    with pytest.raises(UserError):
+        load_labels(tmp_path / "missing.npy")
 
 
 # ---------------------------------------------------------------------------- end to end (CLI)
@@ -127,10 +132,11 @@ def _decode(path):
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A tiny untrained network with plausible statistics: enough to exercise every output quickly."""
-    torch = pytest.importorskip("torch")
+    import torch
+
+    from statevad.checkpoint import save_checkpoint
     from statevad.config import get_preset, with_model_size
     from statevad.model import STATE
-    from statevad.training import save_checkpoint
 
     p = get_preset("generic")
     p.model = with_model_size(p.model, "tiny")
@@ -145,8 +151,8 @@ def untrained_model(tmp_path_factory):
 @pytest.fixture()
 def synthetic_clip(request):
     """(source, labels, n_frames, (H, W)) of the synthetic scene's first test clip."""
-    pytest.importorskip("statevad.io")
-    datasets = pytest.importorskip("statevad.datasets")
+    from statevad import datasets
+
     root = request.getfixturevalue("synthetic_root")
     ds = datasets.load_dataset(root)
     clip = list(ds.clips("test"))[0]
@@ -237,11 +243,12 @@ def test_score_bad_inputs_exit_2(synthetic_clip, untrained_model, tmp_path, caps
 
 def test_score_model_without_motion_statistics(synthetic_clip, tmp_path, capsys):
     """A model file from before the motion term: a clear error, and --w-motion 0 scores it as STATE did."""
-    torch = pytest.importorskip("torch")
+    import torch
+
+    from statevad.checkpoint import save_checkpoint
     from statevad.cli import main
     from statevad.config import get_preset, with_model_size
     from statevad.model import STATE
-    from statevad.training import save_checkpoint
 
     p = get_preset("generic")
     assert p.score.w_motion > 0
@@ -267,24 +274,24 @@ def test_detector_file_is_found_by_content(tmp_path):
 
     from statevad.config import BoxConfig
     from statevad.errors import UserError
-    from statevad.prepare import sha256_file
+    from statevad.files import sha256_file
 
-    bundled = stream.bundled_detector()
+    bundled = bundled_detector()
     if not bundled.is_file():
         pytest.skip(f"no bundled detector at {bundled}")
     sha = sha256_file(bundled)
     gone = str(tmp_path / "elsewhere" / "nanodet.onnx")  # prepared on another machine
-    assert stream.detector_file(gone, sha) == bundled
-    assert stream.detector_file(gone, None) == bundled  # older model files: no checksum recorded
+    assert stages.detector_file(gone, sha) == bundled
+    assert stages.detector_file(gone, None) == bundled  # older model files: no checksum recorded
     copy = tmp_path / "mine.onnx"
     shutil.copyfile(bundled, copy)
-    assert stream.detector_file(str(copy), sha) == copy
-    assert stream.detector_file(str(copy), None) == copy
+    assert stages.detector_file(str(copy), sha) == copy
+    assert stages.detector_file(str(copy), None) == copy
     other = "0" * 64  # a custom detector that is not on this machine
     with pytest.raises(UserError, match="different model.*--boxes motion"):
-        stream.detector_file(gone, other)
+        stages.detector_file(gone, other)
     copy.write_bytes(b"replaced")  # same path, other content: not the model the cubes were made with
     with pytest.raises(UserError, match="copy that detector file"):
-        stream.detector_file(str(copy), other)
-    fn, desc = stream._box_fn(BoxConfig(detector_path=gone), "motion", other)  # no detector needed
+        stages.detector_file(str(copy), other)
+    fn, desc = stages.box_fn(BoxConfig(detector_path=gone), "motion", other)  # no detector needed
     assert desc.startswith("motion")

@@ -4,86 +4,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import T, make_work, tiny_preset
 
 from statevad import training
+from statevad.checkpoint import MODEL_FORMAT, load_checkpoint, resume_path, save_model_only
 from statevad.cli import main
-from statevad.config import get_preset, override, with_model_size
-from statevad.errors import UserError, atomic_save_npy, atomic_write_json
-from statevad.model import save_model_only
-from statevad.prepare import FORMAT, open_split
-from statevad.scoring import per_cube_sse, run_test, to_flow_target, to_model_input
-from statevad.training import (
-    epoch_batches,
-    load_checkpoint,
-    preset_for_work,
-    resume_path,
-    select_cubes,
-    train,
-)
-
-T, P = 3, 32
-
-
-def _split_arrays(n_clips: int, n_frames: int, seed: int, anomalous: bool) -> dict:
-    """Two blobs per frame moving right; in 'anomalous' frames one blob moves fast and is bright."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:P, 0:P] / P
-    raw, flow, frame, clip, box, labels = [], [], [], [], [], []
-    for c in range(n_clips):
-        for f in range(n_frames):
-            g = c * n_frames + f
-            odd = anomalous and f >= n_frames // 2
-            labels.append(int(odd))
-            for k in range(2):
-                fast = odd and k == 0
-                speed, amp = (0.2, 1.0) if fast else (0.03, 0.5)
-                cx, cy = rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.7)
-                cube_r = np.empty((T, P, P, 3), np.uint8)
-                cube_f = np.empty((T, P, P, 2), np.float16)
-                for t in range(T):
-                    img = amp * np.exp(-((xx - cx - speed * t) ** 2 + (yy - cy) ** 2) / 0.01)
-                    cube_r[t] = (255 * img)[..., None].repeat(3, -1).astype(np.uint8)
-                    cube_f[t] = np.stack([img * speed * 40, img * 0], -1)
-                raw.append(cube_r)
-                flow.append(cube_f)
-                frame.append(g)
-                clip.append(c)
-                box.append([10 * k, 0, 10 * k + 20, 30])
-    arrs = {"raw": np.stack(raw), "flow": np.stack(flow), "frame": np.array(frame, np.int64),
-            "clip": np.array(clip, np.int32), "box": np.array(box, np.float32)}
-    clips = [{"name": f"{c:02d}", "n_frames": n_frames, "start": c * n_frames, "scene": None, "source": ""}
-             for c in range(n_clips)]
-    return {"arrays": arrs, "clips": clips, "labels": np.array(labels, np.int8)}
-
-
-def make_work(work: Path) -> Path:
-    """A work directory in the documented layout (docs/ARCHITECTURE.md), without running prepare."""
-    preset = get_preset("ped2")
-    manifest = {"format": FORMAT, "dataset": {"root": "/nowhere/ped2", "layout": "fake", "name": "ped2"},
-                "options": {"preset": "ped2", "box": {}, "flow": {},
-                            "cube": {"length": 1, "patch": P, "motion_thr": 0.0}},
-                "versions": {}, "splits": {}}
-    for split, n_clips, anomalous in (("train", 2, False), ("test", 2, True)):
-        data = _split_arrays(n_clips, 4, seed=len(split), anomalous=anomalous)
-        for k, v in data["arrays"].items():
-            atomic_save_npy(work / split / f"{k}.npy", v)
-        atomic_write_json(work / split / "frames.json", data["clips"])
-        if split == "test":
-            atomic_save_npy(work / split / "labels.npy", data["labels"])
-        manifest["splits"][split] = {
-            "n_frames": n_clips * 4, "n_cubes": len(data["arrays"]["frame"]),
-            "shapes": {k: list(v.shape) for k, v in data["arrays"].items()}}
-    atomic_write_json(work / "manifest.json", manifest)
-    assert preset.name == "ped2"
-    return work
-
-
-def tiny_preset(epochs: int = 2, **train_kw):
-    p = get_preset("ped2")
-    p.model = with_model_size(p.model, "tiny")
-    kw = {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "device": "cpu", **train_kw}
-    p.train = override(p.train, **kw)
-    return p
+from statevad.config import override
+from statevad.errors import UserError
+from statevad.evaluation import run_test
+from statevad.settings import preset_for_work
+from statevad.tensors import per_cube_sse, to_flow_target, to_model_input
+from statevad.training import epoch_batches, select_cubes, train
+from statevad.workdir import FORMAT, open_split
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +53,7 @@ def test_preset_from_manifest(work):
 
 def test_checkpoint_roundtrip_and_statistics(work, trained):
     raw = torch.load(trained, weights_only=True)  # no pickled code needed
-    assert raw["format"] == training.CHECKPOINT_FORMAT and set(raw["stats"]) >= set(
+    assert raw["format"] == MODEL_FORMAT and set(raw["stats"]) >= set(
         ["raw_mean", "raw_std", "flow_mean", "flow_std"])
     assert raw["work_manifest"]["format"] == FORMAT
     model, ck = load_checkpoint(trained)

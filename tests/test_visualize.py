@@ -5,6 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statevad import visualize as viz
+from statevad.errors import UserError
+from statevad.events import Event, events, label_intervals
+from statevad.scoring import EMPTY_FRAME_SCORE
 
 
 def test_events_merge_gap_and_drop_short():
@@ -12,7 +15,7 @@ def test_events_merge_gap_and_drop_short():
     s[5:9] = 5.0  # 4 frames
     s[10:12] = 6.0  # 1-frame gap -> merged with min_gap=2
     s[20] = 9.0  # 1 frame -> dropped with min_len=2
-    ev = viz.events(s, threshold=1.0, fps=10.0, min_gap=2, min_len=2)
+    ev = events(s, threshold=1.0, fps=10.0, min_gap=2, min_len=2)
     assert len(ev) == 1
     e = ev[0]
     assert (e.start, e.end, e.peak_frame, e.peak_score) == (5, 11, 10, 6.0)
@@ -22,7 +25,7 @@ def test_events_merge_gap_and_drop_short():
 
 def test_events_open_at_end_and_nan_below():
     s = np.array([np.nan, 0, 3, 3, np.nan, 3, 4])
-    ev = viz.events(s, threshold=2.0, fps=1.0, min_gap=1, min_len=1)
+    ev = events(s, threshold=2.0, fps=1.0, min_gap=1, min_len=1)
     assert [(e.start, e.end) for e in ev] == [(2, 3), (5, 6)]
 
 
@@ -31,7 +34,7 @@ def test_events_open_at_end_and_nan_below():
        st.integers(1, 4))
 def test_events_properties(scores, gap, mlen):
     s = np.array(scores)
-    ev = viz.events(s, 0.5, 25.0, gap, mlen)
+    ev = events(s, 0.5, 25.0, gap, mlen)
     for a, b in zip(ev, ev[1:], strict=False):
         assert b.start - a.end - 1 >= gap  # separated by at least min_gap below frames
     for e in ev:
@@ -47,8 +50,8 @@ def test_events_properties(scores, gap, mlen):
 
 
 def test_label_intervals():
-    assert viz.label_intervals([0, 1, 1, 0, -1, 1]) == [(1, 2), (5, 5)]
-    assert viz.label_intervals([0, 0]) == []
+    assert label_intervals([0, 1, 1, 0, -1, 1]) == [(1, 2), (5, 5)]
+    assert label_intervals([0, 0]) == []
 
 
 def test_score_color_ramp():
@@ -61,9 +64,9 @@ def test_score_color_ramp():
 
 def test_score_curve_png_decodes(tmp_path):
     s = np.linspace(-2, 4, 50)
-    s[3] = viz.NO_OBJECT
+    s[3] = EMPTY_FRAME_SCORE
     labels = (np.arange(50) > 30).astype(np.uint8)
-    data = viz.save_score_curve(tmp_path / "c.png", s, 1.0, 10.0, labels, viz.events(s, 1.0, 10.0))
+    data = viz.save_score_curve(tmp_path / "c.png", s, 1.0, 10.0, labels, events(s, 1.0, 10.0))
     img = cv2.imread(str(tmp_path / "c.png"))
     assert img is not None and img.shape[2] == 3 and img.shape[1] > img.shape[0]
     assert data == (tmp_path / "c.png").read_bytes()
@@ -72,7 +75,7 @@ def test_score_curve_png_decodes(tmp_path):
 def test_roc_png(tmp_path):
     viz.save_roc(tmp_path / "roc.png", np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
     assert cv2.imread(str(tmp_path / "roc.png")) is not None
-    with pytest.raises(viz.UserError):
+    with pytest.raises(UserError):
         viz.roc_png(np.array([0, 0]), np.array([1.0, 2.0]))
 
 
@@ -116,7 +119,7 @@ def test_strip_red_above_threshold():
 
 
 def test_report_self_contained(tmp_path):
-    ev = [viz.Event(3, 9, 0.3, 1.0, 4.2, 5)]
+    ev = [Event(3, 9, 0.3, 1.0, 4.2, 5)]
     f = np.zeros((60, 80, 3), np.uint8)
     th = {5: viz.thumbnail_jpeg(f, np.array([[1, 1, 20, 20]], np.float32), np.array([4.2]), 2.0)}
     curve = viz.score_curve_png(np.arange(10.0), 2.0)

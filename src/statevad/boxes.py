@@ -40,6 +40,11 @@ _NANODET_CLASSES = 80
 _NANODET_PREFILTER = 0.05
 
 
+def bundled_detector() -> Path:
+    """The NanoDet-m ONNX file shipped inside the package (``statevad/data``)."""
+    return Path(__file__).resolve().parent / "data" / "nanodet-m-416.onnx"
+
+
 def default_detector_path() -> Path:
     """``$STATEVAD_DETECTOR``, else the NanoDet-m bundled with the package (``statevad/data``), else
     ``../shared/models/nanodet-m-416.onnx`` beside the repo or the CWD.
@@ -49,7 +54,7 @@ def default_detector_path() -> Path:
     env = os.environ.get("STATEVAD_DETECTOR")
     if env:
         return Path(env)
-    bundled = Path(__file__).resolve().parent / "data" / "nanodet-m-416.onnx"
+    bundled = bundled_detector()
     rel = Path("..") / "shared" / "models" / "nanodet-m-416.onnx"
     repo = Path(__file__).resolve().parents[2]
     candidates = [bundled, repo / rel, Path.cwd() / rel]

@@ -57,6 +57,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
                    help="optical flow method (default: dis)")
     p.add_argument("--length", type=int, default=None, help="cube half-length l: 2l+1 frames (default 3)")
     p.add_argument("--jobs", type=int, default=1, help="clips processed in parallel (default 1)")
+    p.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings file: [section] tables with the fields of --set (see README, 'Settings'); "
+                   "--set and the flags override it")
     p.add_argument("--motion-wrap", action="store_true", default=None,
                    help="reproduce the original's uint8 wrap-around in the motion-box difference sum")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
@@ -77,14 +80,15 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
 def _run_prepare(args: argparse.Namespace) -> int:
     import json
 
-    from statevad.prepare import parse_shard, prepare, summary
+    from statevad.api import prepare
+    from statevad.preparation import parse_shard, summary
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     with _one_line_warnings("prepare"):
-        manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, box_source=args.boxes,
-                           flow_method=args.flow, length=args.length, jobs=args.jobs, progress=not args.quiet,
-                           detector_path=args.detector, motion_wrap=args.motion_wrap, shard=shard,
-                           merge=args.merge, sets=args.sets)
+        manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, config=args.config,
+                           sets=args.sets, boxes=args.boxes, flow=args.flow, length=args.length,
+                           detector=args.detector, motion_wrap=args.motion_wrap, jobs=args.jobs, shard=shard,
+                           merge=args.merge, progress=not args.quiet)
     print(json.dumps(manifest) if shard is not None else summary(manifest))
     return 0
 
@@ -121,6 +125,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
                    help="override any preset field, e.g. --set model.n_layers=2 --set train.adam_eps=1e-8 "
                    "(sections: model, train; repeatable)")
+    p.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings file: [section] tables with the fields of --set (see README, 'Settings'); "
+                   "--set and the flags override it")
     p.add_argument("--max-cubes", type=int, help="train on a seeded random subsample of N cubes")
     p.add_argument("--seed", type=int, help="seed for weights, sampler and subsample (default 0)")
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
@@ -137,31 +144,24 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
     import time
-    from pathlib import Path
 
-    from statevad.config import apply_sets, override, with_model_size
-    from statevad.distributed import session
-    from statevad.training import preset_for_work, resolve_device, train
+    from statevad.api import train
+    from statevad.distributed import env_world
 
-    preset = preset_for_work(args.work, args.preset)
-    preset = dataclasses.replace(
-        preset,
-        model=with_model_size(preset.model, args.model_size),
-        train=override(preset.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       lr_schedule=args.lr_schedule, max_cubes=args.max_cubes, seed=args.seed,
-                       device=args.device, bf16=args.bf16),
-    )
-    preset = apply_sets(preset, args.sets, ("model", "train"))
     t0 = time.perf_counter()
-    with session(resolve_device(preset.train.device)) as ctx:  # torchrun: one DDP rank
-        out = train(Path(args.work), preset, out=args.out, resume=args.resume, progress=not args.quiet,
-                    ctx=ctx, deterministic=args.deterministic)
-    if ctx.is_main:
-        print(json.dumps({"model": str(out), "preset": preset.name, "epochs": preset.train.epochs,
-                          "ranks": ctx.world, "minutes": round((time.perf_counter() - t0) / 60, 2)}))
+    out = train(args.work, out=args.out, preset=args.preset, model_size=args.model_size, config=args.config,
+                sets=args.sets, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                lr_schedule=args.lr_schedule, max_cubes=args.max_cubes, seed=args.seed, device=args.device,
+                bf16=args.bf16, resume=args.resume, deterministic=args.deterministic, progress=not args.quiet)
+    rank, world, _ = env_world() or (0, 1, 0)
+    if rank == 0:
+        from statevad.checkpoint import load_checkpoint
+
+        _, ckpt = load_checkpoint(out)
+        print(json.dumps({"model": str(out), "preset": ckpt.preset.name, "epochs": ckpt.preset.train.epochs,
+                          "ranks": world, "minutes": round((time.perf_counter() - t0) / 60, 2)}))
     return 0
 
 
@@ -181,6 +181,11 @@ def _add_test(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
     p.add_argument("--stats", help="training statistics for a model file without them (imported weights): "
                                    "'train' computes them on WORK's training cubes, or a JSON file")
+    p.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings file: [section] tables with the fields of --set (see README, 'Settings'); "
+                   "--set and the flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
+                   help="override any scoring field, e.g. --set score.batch_size=512 (section: score)")
     p.add_argument("--clips", help="comma-separated test clip names: score only these (quick check)")
     p.add_argument("--out", help="results folder (default: WORK/results/<model name>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -189,18 +194,15 @@ def _add_test(sub: argparse._SubParsersAction) -> Handler:
 
 def _run_test(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    from statevad.scoring import run_test
+    from statevad.api import evaluate
 
-    work = Path(args.work)
-    overrides = {"epsilon": args.epsilon, "w_raw": args.w_raw, "w_flow": args.w_flow,
-                 "w_motion": args.w_motion,
-                 "smooth_sigma": args.smooth_sigma, "batch_size": args.batch_size, "device": args.device,
-                 "bf16": args.bf16}
-    res = run_test(work, Path(args.model) if args.model else work / "model.pt", out=args.out,
-                   overrides=overrides, stats=args.stats, progress=not args.quiet,
-                   clips=[c for c in args.clips.split(",") if c] if args.clips else None)
+    res = evaluate(args.work, args.model, out=args.out, config=args.config, sets=args.sets,
+                   epsilon=args.epsilon, w_raw=args.w_raw, w_flow=args.w_flow, w_motion=args.w_motion,
+                   smooth_sigma=args.smooth_sigma, batch_size=args.batch_size, device=args.device,
+                   bf16=args.bf16, stats=args.stats,
+                   clips=[c for c in args.clips.split(",") if c] if args.clips else None,
+                   progress=not args.quiet)
     keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc")
     print(json.dumps({k: res[k] for k in keys}))
     return 0
@@ -227,6 +229,11 @@ def _add_score(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster, approximate)")
     p.add_argument("--w-motion", type=float, default=None, help="weight of the z-scored flow speed of each "
                    "object (our addition; 0 = STATE as published; default: the model's preset)")
+    p.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings file: [section] tables with the fields of --set (see README, 'Settings'); "
+                   "--set and the flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
+                   help="override any scoring field, e.g. --set score.epsilon=0.005 (section: score)")
     p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     p.add_argument("--batch-frames", type=int, default=4,
                    help="frames whose cubes go through the network together (default 4)")
@@ -236,15 +243,17 @@ def _add_score(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from statevad.stream import ScoreOptions, format_summary, load_labels, score
+    from statevad.api import score
+    from statevad.labels import load_labels
+    from statevad.stream import format_summary
 
     labels, pad = load_labels(args.labels) if args.labels else (None, -1)
-    opts = ScoreOptions(threshold=args.threshold, labels=labels, labels_pad=pad, max_frames=args.max_frames,
-                        perturb=not args.no_perturb, boxes=args.boxes, device=args.device, bf16=args.bf16,
-                        w_motion=args.w_motion,
-                        video=not args.no_video,
-                        batch_frames=args.batch_frames, fps=args.fps, progress=not args.quiet)
-    res = score(args.input, args.model, args.out, opts)
+    res = score(args.input, args.model, args.out, config=args.config, sets=args.sets,
+                threshold=args.threshold, labels=labels, labels_pad=pad, max_frames=args.max_frames,
+                perturb=not args.no_perturb,
+                boxes=args.boxes, device=args.device, bf16=args.bf16, w_motion=args.w_motion,
+                video=not args.no_video, batch_frames=args.batch_frames, fps=args.fps,
+                progress=not args.quiet)
     print(format_summary(res))
     return 0
 
@@ -286,10 +295,11 @@ def _add_import_original(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _run_import_original(args: argparse.Namespace) -> int:
-    from statevad.model import count_parameters, load_original_checkpoint, save_model_only
+    from statevad.checkpoint import load_original_checkpoint, save_model_only
+    from statevad.model import count_parameters
 
     model = load_original_checkpoint(args.ckpt, frames=args.frames)
-    save_model_only(args.out, model, model.cfg)
+    save_model_only(args.out, model)
     c = model.cfg
     print(f"wrote {args.out}: {c.n_layers} layers, {c.n_heads} heads, widths {list(c.widths)}, pos {c.pos}, "
           f"T {c.frames}, {count_parameters(model):,} parameters")

@@ -207,48 +207,6 @@ def override(cfg: Any, **values: Any) -> Any:
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if v is not None})
 
 
-def apply_sets(preset: Preset, pairs: list[str] | None, sections: tuple[str, ...]) -> Preset:
-    """Apply ``SECTION.FIELD=VALUE`` overrides (e.g. ``box.score_thr=0.3``) to a copy of ``preset``.
-
-    Every preset field is reachable from the command line this way, not only the few with their own flag;
-    values are parsed with the type of the field's current value, so ``box.detector_tiles=2`` is an int.
-    """
-    out = dataclasses.replace(preset)
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or section not in sections:
-            raise UserError(f"--set {pair!r}: expected SECTION.FIELD=VALUE with SECTION in "
-                            f"{', '.join(sections)}")
-        cfg = getattr(out, section)
-        fields = {f.name for f in dataclasses.fields(cfg)}
-        if name not in fields:
-            raise UserError(f"--set {pair!r}: {section} has no field {name!r}; "
-                            f"fields: {', '.join(sorted(fields))}")
-        value = _parse_value(getattr(cfg, name), raw.strip(), pair)
-        setattr(out, section, dataclasses.replace(cfg, **{name: value}))
-    return out
-
-
-def _parse_value(current: Any, raw: str, pair: str) -> Any:
-    try:
-        if isinstance(current, bool):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if isinstance(current, int):
-            return int(raw)
-        if isinstance(current, float):
-            return float(raw)
-    except ValueError:
-        raise UserError(f"--set {pair!r}: {raw!r} is not a valid {type(current).__name__}") from None
-    if current is None and raw.lower() in ("none", ""):
-        return None
-    if isinstance(current, tuple):
-        return tuple(type(current[0])(v) for v in raw.split(",")) if current else tuple(raw.split(","))
-    return raw
-
-
 def with_model_size(model: ModelConfig, size: str | None) -> ModelConfig:
     if size is None:
         return model

@@ -90,6 +90,19 @@ def motion_energy(flow_cubes: np.ndarray) -> np.ndarray:
     return (f.astype(np.float64) ** 2).sum(axis=(2, 3, 4)).mean(axis=1)
 
 
+def target_cubes(win_frames: np.ndarray, win_flows: np.ndarray, boxes: np.ndarray, cfg: CubeConfig
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The cubes of one target frame that pass the motion filter (spec 4.4): raw uint8, flow float16 (the
+    filter sees the float32 values before the cast), the boxes kept, and how many were dropped.
+
+    ``statevad prepare`` (:func:`clip_cubes`) and the streaming scorer both cube through here, which is
+    what makes a scored file give exactly the cubes of a prepared one.
+    """
+    raw, fl = frame_cubes(win_frames, win_flows, boxes, cfg.patch)
+    keep = motion_energy(fl) > cfg.motion_thr
+    return raw[keep], fl[keep].astype(np.float16), boxes[keep], int((~keep).sum())
+
+
 @dataclass
 class CubeSet:
     """Cubes of one clip: raw uint8, flow float16, clip-local target frame, the box, and filter count."""
@@ -127,13 +140,12 @@ def clip_cubes(frames: np.ndarray, flows: np.ndarray, boxes_per_frame: Sequence[
         if len(b) == 0:
             continue
         win = elastic_window(t, n, cfg.length)
-        raw, fl = frame_cubes(frames[win[0]:win[-1] + 1], flows[win[0]:win[-1] + 1], b, cfg.patch)
-        keep = motion_energy(fl) > cfg.motion_thr
-        dropped += int((~keep).sum())
-        raws.append(raw[keep])
-        fls.append(fl[keep].astype(np.float16))
-        idx.append(np.full(int(keep.sum()), t, np.int64))
-        bxs.append(b[keep])
+        raw, fl, kept, n_dropped = target_cubes(frames[win[0]:win[-1] + 1], flows[win[0]:win[-1] + 1], b, cfg)
+        dropped += n_dropped
+        raws.append(raw)
+        fls.append(fl)
+        idx.append(np.full(len(kept), t, np.int64))
+        bxs.append(kept)
     if not raws:
         out = empty_cubeset(cfg)
         out.n_dropped = dropped

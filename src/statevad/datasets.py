@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from statevad.errors import UserError
+from statevad.events import intervals_to_labels
 from statevad.io import IMAGE_EXTS, VIDEO_EXTS, list_images, natural_key, open_source, read_frames
 
 SPLITS = ("train", "test")
@@ -168,15 +169,10 @@ def _intervals_to_labels(n: int, intervals: list[tuple[int, int]], one_based: bo
                          clip: str) -> np.ndarray:
     """Inclusive intervals to 0/1 labels; an interval outside the clip means the file belongs to other
     videos, so it is an error that quotes the file's own (1- or 0-based) numbers."""
-    labels = np.zeros(n, np.uint8)
-    first = 1 if one_based else 0
-    for a, b in intervals:
-        if a < first or b > n - 1 + first or b < a:
-            raise UserError(f"{origin}: anomalous interval [{a}, {b}] of clip {clip} lies outside its {n} "
-                            f"frames (expected {first} <= start <= end <= {n - 1 + first}, "
-                            f"{first}-based inclusive)")
-        labels[a - first:b - first + 1] = 1
-    return labels
+    try:
+        return intervals_to_labels(intervals, n, first=1 if one_based else 0, where=f" of clip {clip}")
+    except ValueError as exc:
+        raise UserError(f"{origin}: {exc}") from None
 
 
 def _guess_name(root: Path) -> str:

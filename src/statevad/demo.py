@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from statevad import stream
-from statevad.errors import UserError, atomic_write_json
+from statevad.boxes import bundled_detector
+from statevad.errors import UserError
+from statevad.files import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,7 @@ def test_clip(root: Path) -> tuple[str, np.ndarray | None, str]:
 
 def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     """Run the demo into ``out``; print the AUROC, the events and where the report is."""
-    from statevad.config import override, with_model_size
-    from statevad.prepare import prepare
-    from statevad.training import preset_for_work, train
+    from statevad.api import prepare, train
 
     opts = opts or DemoOptions()
     t0 = time.perf_counter()
@@ -134,22 +134,17 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     # 1. boxes, flow, cubes of the training clips
     work = out / "work"
     box_source = settings.box_source
-    detector = None if box_source == "motion" else str(stream.bundled_detector())
+    detector = None if box_source == "motion" else str(bundled_detector())
     _log(opts.progress, "step 1/3: boxes, optical flow and cubes of the training clips")
-    prepare(root, work, split="train", preset="ped2" if real else "generic", box_source=box_source,
-            detector_path=detector, progress=opts.progress)
+    prepare(root, work, split="train", preset="ped2" if real else "generic", boxes=box_source,
+            detector=detector, progress=opts.progress)
 
     # 2. a small network
-    preset = preset_for_work(work)
-    preset = dataclasses.replace(
-        preset,
-        model=with_model_size(preset.model, settings.model_size),
-        train=override(preset.train, epochs=settings.epochs, max_cubes=settings.max_cubes,
-                       batch_size=settings.batch_size, lr=settings.lr, device=opts.device or "auto"),
-    )
     _log(opts.progress, f"step 2/3: training a {settings.model_size} STATE network "
                         f"({settings.epochs} epochs, up to {settings.max_cubes or 'all'} cubes)")
-    model = train(work, preset, out=work / "model.pt", progress=opts.progress)
+    model = train(work, out=work / "model.pt", model_size=settings.model_size, epochs=settings.epochs,
+                  max_cubes=settings.max_cubes, batch_size=settings.batch_size, lr=settings.lr,
+                  device=opts.device or "auto", progress=opts.progress)
 
     # 3. score the held-out clip with `statevad score`'s code path
     spec, labels, name = test_clip(root)

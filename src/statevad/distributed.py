@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from statevad.errors import UserError
-from statevad.model import update_running_stats
+from statevad.model.kernels import update_running_stats
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -169,6 +169,10 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             out = out * self.weight.double().view(shape) + self.bias.double().view(shape)
         return out.to(x.dtype)
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU(self(x)): the norm-slot interface of the network's double convs (``bn.relu(x)``)."""
+        return F.relu(self(x), inplace=True)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:

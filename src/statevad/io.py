@@ -19,22 +19,34 @@ macOS ``._001.tif`` twins) and sub-folders are ignored, any other non-image file
 
 from __future__ import annotations
 
-import os
+import math
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# FFmpeg inside OpenCV prints its own lines ("moov atom not found") for bad files, which would break the
-# one-line error contract; OpenCV reads this level once, when cv2 is first imported. -8 = AV_LOG_QUIET.
-# Set OPENCV_FFMPEG_LOGLEVEL yourself to see FFmpeg's messages again.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2  # statevad/__init__.py has already silenced FFmpeg's own log lines (OPENCV_FFMPEG_LOGLEVEL)
+import numpy as np
 
 from statevad.errors import UserError
+
+# Frame folders and many streams carry no frame rate; times (events, time_s) then assume this one.
+DEFAULT_FPS = 25.0
+
+
+def valid_fps(fps: object) -> float | None:
+    """``fps`` as a float when it is a plausible frame rate (0.5 to 1000 frames/s), else None."""
+    try:
+        value = float(fps)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and 0.5 <= value <= 1000 else None
+
+
+def fps_or_default(fps: object) -> float:
+    """:func:`valid_fps`, or :data:`DEFAULT_FPS` when the rate is unknown or implausible."""
+    return valid_fps(fps) or DEFAULT_FPS
 
 VIDEO_EXTS: frozenset[str] = frozenset(
     {".mp4", ".avi", ".mkv", ".mov", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".flv", ".ts", ".mts",

@@ -58,6 +58,17 @@ def _two_classes(labels: np.ndarray) -> bool:
     return bool(labels.size) and 0 < int(labels.sum()) < labels.size
 
 
+def frame_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """AUROC of ``scores`` over the frames whose label is known (0/1; -1 is left out); None when those
+    frames hold a single class and the AUROC is undefined."""
+    labels = np.asarray(labels)
+    known = labels >= 0
+    y = labels[known].astype(np.int64)
+    if not _two_classes(y):
+        return None
+    return float(roc_auc_score(y, np.asarray(scores, np.float64)[known]))
+
+
 def evaluate(scores: np.ndarray, labels: np.ndarray | None, bounds: ClipBounds) -> dict[str, Any]:
     """Evaluate per-frame anomaly scores (higher = more anomalous) against 0/1 labels.
 

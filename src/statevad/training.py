@@ -1,28 +1,21 @@
-"""Training (spec 6): Adam on MSE(raw) + MSE(flow), training statistics, checkpoints.
+"""Training (spec 6): Adam on MSE(raw) + MSE(flow), then the training statistics of spec 6.4.
 
 The loop is split into pure pieces -- :func:`select_cubes` (which cubes), :func:`epoch_batches` (the seeded
-sampler, already rank-aware), :func:`load_batch` (memory map -> tensors), :func:`train_step` (one optimisation
-step) and :func:`training_stats` (spec 6.4) -- so that a distributed (torchrun / DDP) driver can wrap the
-model and reuse all of them, reducing the loss and the statistics across ranks.
-
-Checkpoints (docs/ARCHITECTURE.md) hold only tensors, numbers, strings, lists and dicts so that they load with
-``torch.load(weights_only=True)``; the sha256 over the weights lets :func:`load_checkpoint` reject a tampered
-or truncated file instead of silently scoring with it.
+sampler, already rank-aware), :func:`statevad.tensors.load_batch` (memory map -> tensors), :func:`train_step`
+(one optimisation step) and :func:`training_stats` (spec 6.4) -- so that a distributed (torchrun / DDP) driver
+can wrap the model and reuse all of them, reducing the loss and the statistics across ranks. The model file
+and the per-epoch resume state are written by :mod:`statevad.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import math
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,103 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from statevad.config import LR_SCHEDULES, ModelConfig, Preset, TrainConfig, override
+from statevad.checkpoint import load_resume, resume_path, save_checkpoint, save_resume
+from statevad.config import LR_SCHEDULES, Preset, TrainConfig, override
 from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, resolve_rank_device
 from statevad.errors import UserError
-from statevad.model import atomic_torch_save, autocast_context, inference_copy
-from statevad.scoring import cube_motion, per_cube_sse, to_flow_target, to_model_input
-
-CHECKPOINT_FORMAT = "statevad-model/1"
-RESUME_FORMAT = "statevad-resume/1"
-
-
-@dataclass
-class Checkpoint:
-    """What a model file carries besides the weights. ``stats`` is None for imported model-only files."""
-
-    path: Path
-    format: str
-    preset: Preset
-    stats: dict[str, float] | None
-    work_manifest: dict[str, Any] | None
-    sha256: str
+from statevad.files import remove_stale_temps
+from statevad.model import build_model, inference_copy
+from statevad.tensors import autocast_context, cube_motion, load_batch, per_cube_sse, resolve_device
+from statevad.workdir import SplitData, open_split
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable explicit device is a user error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r} is not a device name: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def read_work_manifest(work: Path) -> dict[str, Any]:
-    """``work/manifest.json`` as a dict; a missing work directory is a user error."""
-    if not (work / "manifest.json").is_file():
-        raise UserError(f"{work} is not a prepared work directory (no manifest.json): "
-                        f"run `statevad prepare --root DATASET --work {work}` first")
-    try:
-        data = json.loads((work / "manifest.json").read_text())
-    except ValueError as exc:
-        raise UserError(f"{work}/manifest.json is not valid JSON: re-run `statevad prepare`") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{work}/manifest.json is not a statevad work manifest: re-run `statevad prepare`")
-    return data
-
-
-def preset_for_work(work: str | Path, name: str | None = None) -> Preset:
-    """The preset to train with: ``name`` if given, else the one prepare recorded in the work manifest (or
-    the dataset name it detected, else ``generic``), with the box / flow / cube options prepare used."""
-    from statevad.config import PRESETS, get_preset
-
-    if name:
-        return get_preset(name)
-    manifest = read_work_manifest(Path(work))
-    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
-    recorded = options.get("preset")
-    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
-    guess = str(recorded or dataset.get("name") or "").lower()
-    preset = get_preset(guess if guess in PRESETS else "generic")
-    try:  # keep the box / flow / cube options prepare actually used
-        recorded_parts = {k: options[k] for k in ("box", "flow", "cube") if isinstance(options.get(k), dict)}
-        return Preset.from_dict({**preset.to_dict(), **recorded_parts})
-    except TypeError:
-        return preset
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    from statevad.model import STATE
-
-    return STATE(cfg)
-
-
-def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """Digest of names, dtypes, shapes and bytes of every tensor, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-
-
-def _open_train_split(work: Path) -> Any:
-    from statevad.prepare import open_split
-
-    return open_split(work, "train")
-
-
 def fit_preset_to_cubes(preset: Preset, n_frames: int) -> Preset:
     """The network's T must equal the cube length of the work directory; the work directory wins."""
     if n_frames % 2 != 1:
@@ -164,12 +71,6 @@ def epoch_batches(indices: np.ndarray, batch_size: int, *, seed: int, epoch: int
         share = np.array_split(perm[start:start + batch_size], world)[rank]
         out.append(np.sort(share))
     return out
-
-
-def load_batch(raw: np.ndarray, flow: np.ndarray, idx: np.ndarray,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather cubes ``idx`` (sorted) with one fancy-index read per array, convert on the fly (spec 4.5)."""
-    return to_model_input(np.asarray(raw[idx]), device), to_flow_target(np.asarray(flow[idx]), device)
 
 
 # ------------------------------------------------------------------------------------ optimisation
@@ -281,167 +182,6 @@ def _share_bounds(n: int, ctx: DistContext) -> tuple[int, int]:
     return lo, lo + sizes[ctx.rank]
 
 
-# ------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: dict[str, float] | None,
-                    work_manifest: dict[str, Any] | None, history: list[float] | None = None) -> Path:
-    """Write the final model file atomically (format: docs/ARCHITECTURE.md).
-
-    ``history`` (mean training loss per epoch) is the loss curve: it lets a distributed or resumed run
-    be compared with an uninterrupted 1-process run.
-    """
-    from statevad import __version__
-
-    sd = _cpu_state_dict(model)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "state_dict": sd,
-        "preset": preset.to_dict(),
-        "model_config": dataclasses.asdict(preset.model),  # what model.load_model_only reads
-        "stats": stats,
-        "work_manifest": work_manifest,
-        "sha256": state_dict_sha256(sd),
-        "versions": {"statevad": str(__version__), "torch": str(torch.__version__)},
-        "history": {"epoch_loss": [float(v) for v in (history or [])]},
-    }
-    path = Path(path)
-    atomic_torch_save(payload, path)
-    return path
-
-
-def _torch_load(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: train one with `statevad train` or pass --model")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise UserError(f"{what} {path} is not a statevad model file (or is corrupted): "
-                        f"{type(exc).__name__}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{what} {path} is not a statevad model file")
-    return data
-
-
-def _preset_of(data: dict[str, Any], path: Path) -> Preset:
-    """The preset of a full checkpoint, or one rebuilt around the model config of a model-only file."""
-    try:
-        if isinstance(data.get("preset"), dict):
-            return Preset.from_dict(data["preset"])
-        model_cfg = data.get("model") or data.get("config") or data.get("model_config")
-        if isinstance(model_cfg, dict):
-            return Preset(name="imported", model=Preset.from_dict({"name": "", "model": model_cfg}).model)
-    except (TypeError, KeyError) as exc:
-        raise UserError(f"model file {path} has an unreadable configuration ({exc}): "
-                        "it was written by another statevad version") from exc
-    raise UserError(f"model file {path} carries no model configuration: not a statevad model file")
-
-
-def _check_finite(sd: dict[str, torch.Tensor], stats: Any, path: Path) -> None:
-    """NaN/inf weights or statistics would turn every score into NaN (a silently meaningless AUROC)."""
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise UserError(f"model file {path} has NaN/inf weights ({bad[0]}{' ...' if len(bad) > 1 else ''}): "
-                        "the training diverged or the file was modified; retrain it")
-    if isinstance(stats, dict):
-        for k in ("raw_mean", "raw_std", "flow_mean", "flow_std"):
-            v = stats.get(k)
-            if not isinstance(v, int | float) or not np.isfinite(v):
-                raise UserError(f"model file {path} has an invalid training statistic {k}={v!r}; retrain it")
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Load a model file (full checkpoint or model-only import) without unpickling code; eval mode.
-
-    The weights are verified against the stored sha256, so a tampered or foreign file is refused.
-    """
-    path = Path(path)
-    data = _torch_load(path, "model file")
-    fmt = str(data.get("format", ""))
-    if not fmt.startswith("statevad-") or not isinstance(data.get("state_dict"), dict):
-        raise UserError(f"model file {path} has format {fmt or 'unknown'!r}, not a statevad model "
-                        f"({CHECKPOINT_FORMAT}); convert original weights with `statevad import-original`")
-    if fmt.startswith("statevad-resume"):
-        raise UserError(f"{path} is a training-resume state, not a model: use the final model file")
-    if fmt != CHECKPOINT_FORMAT:
-        raise UserError(f"model file {path} has format {fmt!r}: it was written by another statevad version "
-                        f"(this one reads {CHECKPOINT_FORMAT!r}); retrain or use the matching version")
-    sd = data["state_dict"]
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"model file {path} holds non-tensor weights: not a statevad model file")
-    digest = state_dict_sha256(sd)
-    if "preset" in data and "sha256" not in data:
-        raise UserError(f"model file {path} lacks its checksum: it was modified; retrain or re-copy it")
-    if data.get("sha256") is not None and data["sha256"] != digest:
-        raise UserError(f"model file {path} fails its checksum (weights were modified or the file is "
-                        "corrupted): retrain or re-copy it")
-    _check_finite(sd, data.get("stats"), path)
-    preset = _preset_of(data, path)
-    model = build_model(preset.model)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise UserError(f"model file {path} does not fit the STATE network it describes: "
-                        f"{str(exc).splitlines()[0]}") from exc
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model.to(dev).eval()
-    stats = data.get("stats")
-    ckpt = Checkpoint(path=path, format=fmt, preset=preset,
-                      stats={k: float(v) for k, v in stats.items()} if isinstance(stats, dict) else None,
-                      work_manifest=data.get("work_manifest"), sha256=digest)
-    return model, ckpt
-
-
-def resume_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".resume.pt")
-
-
-def _save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                 preset: Preset, indices_sha: str, history: list[float]) -> None:
-    sd = _cpu_state_dict(model)
-    payload = {
-        "format": RESUME_FORMAT,
-        "epoch": epoch,  # number of finished epochs
-        "state_dict": sd,
-        "sha256": state_dict_sha256(sd),  # a corrupted resume state is refused, not trained on
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "preset": preset.to_dict(),
-        "cubes_sha256": indices_sha,
-        "history": [float(v) for v in history],
-    }
-    atomic_torch_save(payload, path)
-
-
-def _resume_signature(preset: Preset) -> dict[str, Any]:
-    """What must match for a resumed run to continue the same training (epochs may grow)."""
-    d = preset.to_dict()
-    free = ("device", "workers") if preset.train.lr_schedule == "cosine" else ("epochs", "device", "workers")
-    train = {k: v for k, v in d["train"].items() if k not in free}  # a cosine curve depends on the epochs
-    return {"model": d["model"], "train": train}
-
-
-def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, preset: Preset,
-                 indices_sha: str) -> tuple[int, list[float]]:
-    """Restore model, optimizer and RNG; returns (finished epochs, loss history)."""
-    fix = "delete it or run without --resume"
-    data = _torch_load(path, "resume state")
-    if data.get("format") != RESUME_FORMAT or not isinstance(data.get("state_dict"), dict):
-        raise UserError(f"{path} is not a statevad resume state; {fix}")
-    if data.get("sha256") != state_dict_sha256(data["state_dict"]):
-        raise UserError(f"resume state {path} fails its checksum (corrupted or modified); {fix}")
-    try:
-        same = (_resume_signature(Preset.from_dict(data["preset"])) == _resume_signature(preset)
-                and data.get("cubes_sha256") == indices_sha)
-    except (TypeError, KeyError):
-        same = False
-    if not same:
-        raise UserError(f"resume state {path} was written with other training settings or cubes; "
-                        "use the same flags, or drop --resume to start over")
-    model.load_state_dict(data["state_dict"])
-    optimizer.load_state_dict(data["optimizer"])
-    torch.set_rng_state(data["torch_rng"])
-    return int(data["epoch"]), [float(v) for v in data.get("history", [])]
-
-
 # ------------------------------------------------------------------------------------------- driver
 @contextmanager
 def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
@@ -467,14 +207,6 @@ def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Delete temporary siblings left by a killed writer of ``path`` (``atomic_path`` names them
-    ``.<stem>.<random>.tmp<suffix>``); they are never read, this only reclaims their space."""
-    stem = path.name.split(".")[0]
-    for tmp in path.parent.glob(f".{stem}.*.tmp{path.suffix}"):
-        tmp.unlink(missing_ok=True)
-
-
 def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, resume: bool = False,
           progress: bool = True, ctx: DistContext = SINGLE, deterministic: bool = False) -> Path:
     """Train STATE on ``work``'s training cubes; write the checkpoint (default ``work/model.pt``).
@@ -486,7 +218,7 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
     """
     work = Path(work)
     out = Path(out) if out is not None else work / "model.pt"
-    data = _open_train_split(work)
+    data = open_split(work, "train")
     raw = data.raw
     if len(raw) < 2:
         raise UserError(f"{work} has {len(raw)} training cube(s): training needs at least 2; "
@@ -500,7 +232,7 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
         return _train(work, data, preset, device, out, resume, progress and ctx.is_main, ctx)
 
 
-def _train(work: Path, data: Any, preset: Preset, device: torch.device, out: Path, resume: bool,
+def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, out: Path, resume: bool,
            progress: bool, ctx: DistContext) -> Path:
     cfg = preset.train
     raw, flow = data.raw, data.flow
@@ -515,12 +247,12 @@ def _train(work: Path, data: Any, preset: Preset, device: torch.device, out: Pat
     start, history = 0, []
     rpath = resume_path(out)
     if ctx.is_main:
-        remove_stale_temps(out)
+        remove_stale_temps(out.parent, out.name.split(".")[0])
     if ctx.broadcast_int(int(resume and rpath.exists())):
         if not rpath.exists():
             raise UserError(f"rank {ctx.rank} cannot see the resume state {rpath}: put --out on storage "
                             "that every node shares")
-        start, history = _load_resume(rpath, net, optimizer, preset, indices_sha)
+        start, history = load_resume(rpath, net, optimizer, preset, indices_sha)
         if ctx.is_main:
             print(f"statevad train: resuming after epoch {start} from {rpath}", file=sys.stderr)
     model = _wrap_ddp(net, device, ctx)
@@ -547,7 +279,7 @@ def _train(work: Path, data: Any, preset: Preset, device: torch.device, out: Pat
                 bar.update(1)
             history.append(total / count)
             if ctx.is_main:
-                _save_resume(rpath, net, optimizer, epoch + 1, preset, indices_sha, history)
+                save_resume(rpath, net, optimizer, epoch + 1, preset, indices_sha, history)
 
     stats = training_stats(net, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
                            progress=progress, ctx=ctx)

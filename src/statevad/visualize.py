@@ -1,13 +1,10 @@
 """What a person looks at: score curves, ROC curves, the annotated video and a one-page HTML report.
 
-Everything here works on plain arrays (frame scores, boxes, per-object scores) so that it serves both the
-offline ``statevad test`` path and the streaming ``statevad score`` path. The streaming path needs
-events and peak-frame thumbnails *while* frames go by (it never keeps the video in memory), so event
-detection is an online state machine (:class:`EventTracker`); the offline :func:`events` simply runs that
-same machine over an array, which guarantees both paths agree.
+Everything here works on plain arrays (frame scores, boxes, per-object scores, :class:`statevad.events.Event`)
+so that it serves both the offline ``statevad test`` path and the streaming ``statevad score`` path.
 
 Conventions: frames are BGR uint8 (H, W, 3); boxes float32 (n, 4) x1, y1, x2, y2; scores are fused
-z-scores (spec 7.2) and a frame with no object has the score ``NO_OBJECT`` (-1e5, spec 7.3) or NaN.
+z-scores (spec 7.2) and a frame with no object has the score ``EMPTY_FRAME_SCORE`` (-1e5, spec 7.3) or NaN.
 """
 
 from __future__ import annotations
@@ -17,130 +14,18 @@ import html
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from statevad.errors import UserError, atomic_path, atomic_write_text
-
-NO_OBJECT = -1e5  # frame score of a frame without objects (spec 7.3)
-
-# ------------------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Event:
-    """One anomalous interval: frames ``start..end`` inclusive, times in seconds from the first frame."""
-
-    start: int
-    end: int
-    start_s: float
-    end_s: float
-    peak_score: float
-    peak_frame: int
-
-    @property
-    def n_frames(self) -> int:
-        return self.end - self.start + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["n_frames"] = self.n_frames
-        return d
-
-
-@dataclass
-class _Open:
-    start: int
-    last_above: int
-    peak_score: float
-    peak_frame: int
-
-
-@dataclass
-class EventTracker:
-    """Online event detection: feed frame scores in order, get each event as soon as it is final.
-
-    A frame is *above* when its score is strictly greater than ``threshold`` (NaN counts as below).
-    Runs of above frames separated by fewer than ``min_gap`` below frames are merged, because a
-    detector that flickers around the threshold for one or two frames describes a single incident;
-    merged runs shorter than ``min_len`` frames are dropped as noise. An event is final once
-    ``min_gap`` below frames have followed it (or at :meth:`finish`), so the delay is bounded.
-    """
-
-    threshold: float
-    fps: float = 25.0
-    min_gap: int = 1
-    min_len: int = 1
-    _open: _Open | None = field(default=None, init=False, repr=False)
-    _next: int = field(default=0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.min_gap < 1 or self.min_len < 1:
-            raise ValueError("min_gap and min_len must be >= 1")
-        if not self.fps > 0:
-            self.fps = 25.0
-
-    @property
-    def open_peak_frame(self) -> int | None:
-        """Peak frame of the event being built (for peak thumbnails in streaming), else None."""
-        return None if self._open is None else self._open.peak_frame
-
-    def update(self, score: float) -> list[Event]:
-        """Consume the next frame's score; return the events that became final (0 or 1)."""
-        t = self._next
-        self._next += 1
-        above = bool(score > self.threshold)  # NaN > x is False
-        out: list[Event] = []
-        if above:
-            if self._open is None:
-                self._open = _Open(t, t, float(score), t)
-            else:
-                self._open.last_above = t
-                if score > self._open.peak_score:
-                    self._open.peak_score, self._open.peak_frame = float(score), t
-        elif self._open is not None and t - self._open.last_above >= self.min_gap:
-            out.extend(self._close())
-        return out
-
-    def finish(self) -> list[Event]:
-        """End of the stream: close the event in progress, if any."""
-        return self._close() if self._open is not None else []
-
-    def _close(self) -> list[Event]:
-        o, self._open = self._open, None
-        assert o is not None
-        if o.last_above - o.start + 1 < self.min_len:
-            return []
-        return [Event(o.start, o.last_above, o.start / self.fps, (o.last_above + 1) / self.fps,
-                      o.peak_score, o.peak_frame)]
-
-
-def events(scores: Sequence[float] | np.ndarray, threshold: float, fps: float = 25.0,
-           min_gap: int = 1, min_len: int = 1) -> list[Event]:
-    """Anomalous intervals of a frame-score series (see :class:`EventTracker` for the rules)."""
-    tracker = EventTracker(threshold, fps, min_gap, min_len)
-    found: list[Event] = []
-    for s in np.asarray(scores, dtype=np.float64).ravel():
-        found.extend(tracker.update(float(s)))
-    found.extend(tracker.finish())
-    return found
-
-
-def label_intervals(labels: Sequence[int] | np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive ``(start, end)`` frame runs where ``labels == 1`` (unknown ``-1`` counts as normal)."""
-    lab = np.asarray(labels).ravel() == 1
-    if not lab.any():
-        return []
-    d = np.diff(np.concatenate([[0], lab.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
-    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
-
+from statevad.errors import UserError
+from statevad.events import Event, label_intervals
+from statevad.files import atomic_path, atomic_write_text, temp_sibling
+from statevad.io import DEFAULT_FPS, fps_or_default
+from statevad.scoring import EMPTY_FRAME_SCORE
 
 # ------------------------------------------------------------------------------------------ colours
 
@@ -216,7 +101,7 @@ def draw_strip(frame: np.ndarray, history: np.ndarray, threshold: float, lo: flo
     x_off = w - len(hist)
     pts = []
     for i, v in enumerate(hist):
-        if not math.isfinite(v) or v <= NO_OBJECT / 2:
+        if not math.isfinite(v) or v <= EMPTY_FRAME_SCORE / 2:
             continue
         x = x_off + i
         y = y_of(v)
@@ -256,12 +141,9 @@ class AnnotatedVideoWriter:
         self.threshold = float(threshold)
         self.lo, self.hi = strip_range if strip_range is not None else default_strip_range(threshold)
         self.n_frames = 0
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.dest.stem}.", suffix=f".tmp{self.dest.suffix}",
-                                   dir=self.dest.parent)
+        fd, self._tmp = temp_sibling(self.dest)
         os.close(fd)
-        self._tmp = Path(tmp)
-        chmod_default(self._tmp)
-        fps = float(fps) if fps and fps > 0 else 25.0
+        fps = fps_or_default(fps)
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
         if not self._writer.isOpened():
             self._tmp.unlink(missing_ok=True)
@@ -298,13 +180,6 @@ class AnnotatedVideoWriter:
             self.abort()
 
 
-def chmod_default(path: Path) -> None:
-    """Give a ``mkstemp`` file (always 0600) the mode plain ``open`` gives: outputs are meant to be shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def default_strip_range(threshold: float) -> tuple[float, float]:
     """Vertical range of the score strip: the threshold sits at two thirds of the height."""
     span = max(abs(threshold), 1.0) * 1.5
@@ -332,18 +207,18 @@ def _plt() -> Any:
     return plt
 
 
-def score_curve_png(scores: np.ndarray, threshold: float | None, fps: float = 25.0,
+def score_curve_png(scores: np.ndarray, threshold: float | None, fps: float = DEFAULT_FPS,
                     labels: np.ndarray | None = None, found: Sequence[Event] = (),
                     title: str = "frame anomaly score") -> bytes:
     """PNG bytes of the frame score over time: threshold line, labelled anomalies shaded.
 
-    Frames without objects (``NO_OBJECT``) or unscored (NaN) are gaps in the line, not -1e5 spikes,
+    Frames without objects (``EMPTY_FRAME_SCORE``) or unscored (NaN) are gaps in the line, not -1e5 spikes,
     so the y axis stays readable. Detected events are marked by a bar under the curve.
     """
     plt = _plt()
     s = np.asarray(scores, dtype=np.float64).copy()
-    s[~np.isfinite(s) | (s <= NO_OBJECT / 2)] = np.nan
-    fps = fps if fps and fps > 0 else 25.0
+    s[~np.isfinite(s) | (s <= EMPTY_FRAME_SCORE / 2)] = np.nan
+    fps = fps_or_default(fps)
     t = np.arange(len(s)) / fps
     fig, ax = plt.subplots(figsize=(10, 3.2))
     if labels is not None:
@@ -373,7 +248,7 @@ def score_curve_png(scores: np.ndarray, threshold: float | None, fps: float = 25
 
 
 def save_score_curve(dest: str | os.PathLike[str], scores: np.ndarray, threshold: float | None,
-                     fps: float = 25.0, labels: np.ndarray | None = None, found: Sequence[Event] = (),
+                     fps: float = DEFAULT_FPS, labels: np.ndarray | None = None, found: Sequence[Event] = (),
                      title: str = "frame anomaly score") -> bytes:
     """Write :func:`score_curve_png` to ``dest`` atomically; return the bytes (for the report)."""
     data = score_curve_png(scores, threshold, fps, labels, found, title)

@@ -36,13 +36,20 @@ import cv2
 import numpy as np
 
 import statevad
-from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, apply_sets, get_preset, override
-from statevad.errors import UserError, atomic_path, atomic_save_npy, atomic_write_json, atomic_write_with
+from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, get_preset, override
+from statevad.errors import UserError
+from statevad.files import (
+    atomic_path,
+    atomic_save_npy,
+    atomic_write_json,
+    atomic_write_with,
+    remove_stale_temps,
+    sha256_file,
+)
+from statevad.settings import resolve
+from statevad.workdir import ARRAYS, FORMAT, SPLITS, read_manifest
 
-FORMAT = "statevad-work/1"
 CACHE_FORMAT = "statevad-clip/2"  # /2: arrays carry a sha256
-SPLITS = ("train", "test")
-_ARRAYS = ("raw", "flow", "frame", "clip", "box")
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -78,18 +85,17 @@ def options_identity(options: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def resolve_options(preset: Preset, *, box_source: str | None = None, flow_method: str | None = None,
                     length: int | None = None, detector_path: str | None = None,
-                    motion_wrap: bool | None = None, sets: list[str] | None = None) -> PrepareOptions:
-    """Preset + flags -> concrete options; checks the detector file early (one clear error, not N workers).
-
-    ``sets`` are ``box.FIELD=VALUE`` / ``flow.FIELD=VALUE`` / ``cube.FIELD=VALUE`` overrides of the preset,
-    applied before the dedicated flags (which win)."""
-    preset = apply_sets(preset, sets, ("box", "flow", "cube"))
+                    motion_wrap: bool | None = None, sets: list[str] | None = None,
+                    config: str | os.PathLike[str] | None = None) -> PrepareOptions:
+    """Preset + config file + ``--set`` + flags (:func:`statevad.settings.resolve`) -> concrete options;
+    checks the detector file early (one clear error, not N workers)."""
     from statevad.boxes import Detector, default_detector_path, resolve_source
     from statevad.flow import FlowEstimator
 
-    box = override(preset.box, source=box_source, detector_path=detector_path, motion_wrap=motion_wrap)
-    flow = override(preset.flow, method=flow_method)
-    cube = override(preset.cube, length=length)
+    preset = resolve(preset, "prepare", config=config, sets=sets, flags={
+        "box": {"source": box_source, "detector_path": detector_path, "motion_wrap": motion_wrap},
+        "flow": {"method": flow_method}, "cube": {"length": length}})
+    box, flow, cube = preset.box, preset.flow, preset.cube
     if cube.length < 1:
         raise UserError(f"--length must be >= 1, got {cube.length}")
     resolved = resolve_source(box)
@@ -116,14 +122,6 @@ def versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- fingerprints
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _source_identity(source: Any) -> dict[str, Any]:
     """Path, size and mtime of a clip's video file or frame folder: cheap staleness check."""
     p = Path(str(source))
@@ -269,11 +267,14 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
             preset: str | None = None, box_source: str | None = None, flow_method: str | None = None,
             length: int | None = None, jobs: int = 1, progress: bool = True, detector_path: str | None = None,
             motion_wrap: bool | None = None, shard: tuple[int, int] | None = None,
-            merge: bool = False, sets: list[str] | None = None) -> dict[str, Any]:
+            merge: bool = False, sets: list[str] | None = None,
+            config: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write (or complete) the work directory and return its manifest.
 
-    ``shard=(i, n)`` only fills the clip caches of shard ``i`` of ``n`` and returns a shard report (no
-    manifest); ``merge=True`` computes nothing and builds the arrays + manifest from complete caches.
+    Settings: the preset (``preset``, else the dataset's) ← ``config`` (a TOML file) ← ``sets``
+    (``SECTION.FIELD=VALUE``) ← the keyword flags (see :mod:`statevad.settings`). ``shard=(i, n)`` only
+    fills the clip caches of shard ``i`` of ``n`` and returns a shard report (no manifest); ``merge=True``
+    computes nothing and builds the arrays + manifest from complete caches.
     """
     splits = _parse_split(split)
     if jobs < 1:
@@ -290,10 +291,11 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
         ds = load_dataset(root)
     preset_obj = get_preset(preset or getattr(ds, "name", None) or "generic")
     options = resolve_options(preset_obj, box_source=box_source, flow_method=flow_method, length=length,
-                              detector_path=detector_path, motion_wrap=motion_wrap, sets=sets)
+                              detector_path=detector_path, motion_wrap=motion_wrap, sets=sets,
+                              config=config)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    old = _read_manifest(work)
+    old = read_manifest(work)
     manifest = _new_manifest(ds, options)
     if (old and options_identity(old.get("options")) == options_identity(manifest["options"])
             and old.get("versions") == manifest["versions"]):
@@ -309,7 +311,9 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
         if shard is not None:
             report["splits"][sp] = _prepare_shard(ds, sp, clips, options, work, jobs, progress, shard)
             continue
-        _remove_stale_temps(work / sp)
+        # Not done by shard runs, which may share the work directory with shards writing right now.
+        remove_stale_temps(work / sp)
+        remove_stale_temps(work / sp / "clips")
         manifest["splits"][sp] = _prepare_split(ds, sp, clips, options, work, jobs, progress,
                                                 (old or {}).get("splits", {}).get(sp), merge_only=merge)
         atomic_write_json(work / "manifest.json", manifest)
@@ -329,19 +333,6 @@ def shard_clips(n_clips: int, shard: tuple[int, int]) -> list[int]:
     interleaved so that long and short clips spread over the shards)."""
     i, n = shard
     return [k for k in range(n_clips) if k % n == i]
-
-
-def _remove_stale_temps(split_dir: Path) -> None:
-    """Delete temporary files a killed writer left (``atomic_path``: ``.<stem>.<random>.tmp<suffix>``).
-
-    They are never read as outputs; this only reclaims space. Not done by shard runs, which may share the
-    work directory with other shards that are writing right now.
-    """
-    for d in (split_dir, split_dir / "clips"):
-        if d.is_dir():
-            for tmp in d.glob(".*.tmp*"):
-                if tmp.is_file():
-                    tmp.unlink(missing_ok=True)
 
 
 def _clip_plan(ds: Any, split: str, clips: list[Any], options: PrepareOptions,
@@ -524,7 +515,7 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
                     arrs["box"][sl] = z["box"]
                 arrs["clip"][sl] = i
                 pos += lengths[i]
-        checksums = {k: sha256_file(out_dir / f"{k}.npy") for k in _ARRAYS}
+        checksums = {k: sha256_file(out_dir / f"{k}.npy") for k in ARRAYS}
     return {
         "clips": len(clips),
         "n_frames": int(sum(c.n_frames for c in clips)),
@@ -539,7 +530,7 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
 
 def _arrays_match(out_dir: Path, shapes: dict[str, tuple], dtypes: dict[str, Any]) -> bool:
     try:
-        for k in _ARRAYS:
+        for k in ARRAYS:
             a = np.load(out_dir / f"{k}.npy", mmap_mode="r")
             if a.shape != shapes[k] or a.dtype != dtypes[k]:
                 return False
@@ -557,7 +548,7 @@ class _atomic_arrays:
 
     def __enter__(self) -> dict[str, np.ndarray]:
         arrs = {}
-        for k in _ARRAYS:
+        for k in ARRAYS:
             ctx = atomic_path(self.out_dir / f"{k}.npy")
             tmp = ctx.__enter__()
             self._ctx.append(ctx)
@@ -587,81 +578,9 @@ def _write_frames_labels(ds: Any, split: str, clips: list[Any], work: Path) -> N
         atomic_save_npy(work / split / "labels.npy", arr)
 
 
-def _read_manifest(work: Path) -> dict[str, Any] | None:
-    """The work manifest, or None when absent, foreign or unsafe.
-
-    Nothing read from the manifest becomes a path except the split names, and those must be one of
-    ``SPLITS``: a crafted manifest cannot point the reader outside the work directory.
-    """
-    try:
-        m = json.loads((work / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        return None
-    splits = m.get("splits")
-    if not isinstance(splits, dict) or not set(splits) <= set(SPLITS):
-        return None
-    if not all(isinstance(e, dict) for e in splits.values()):
-        return None
-    return m
-
-
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(f"statevad prepare: {msg}", file=sys.stderr)
-
-
-# ------------------------------------------------------------------------------------------ reader side
-@dataclass
-class SplitData:
-    """A prepared split, arrays memory-mapped read-only (training/scoring index them lazily)."""
-
-    raw: np.ndarray  # (N, T, P, P, 3) uint8
-    flow: np.ndarray  # (N, T, P, P, 2) float16
-    frame: np.ndarray  # (N,) int64, global frame index in the split
-    clip: np.ndarray  # (N,) int32
-    box: np.ndarray  # (N, 4) float32
-    clips: list[dict[str, Any]]
-    labels: np.ndarray | None  # (n_frames,) int8, test only
-    n_frames: int
-    manifest: dict[str, Any]
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-
-def open_split(work: str | os.PathLike[str], split: str, *, verify: bool = False) -> SplitData:
-    """Memory-map a prepared split; ``verify=True`` also checks the sha256 of every array."""
-    work = Path(work)
-    hint = f"run `statevad prepare --root DATASET --work {work}`"
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}: choose train or test")
-    manifest = _read_manifest(work)
-    if manifest is None:
-        raise UserError(f"{work} is not a prepared work directory (no valid manifest.json): {hint}")
-    entry = manifest.get("splits", {}).get(split)
-    if entry is None:
-        raise UserError(f"{work} has no prepared {split} split: {hint} --split {split}")
-    d = work / split
-    arrs = {}
-    try:
-        for k in _ARRAYS:
-            arrs[k] = np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False)
-        clips = json.loads((d / "frames.json").read_text())
-        labels = np.load(d / "labels.npy", allow_pickle=False) if split == "test" else None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{work}/{split} is incomplete ({exc}): {hint}") from None
-    for k in _ARRAYS:
-        if list(arrs[k].shape) != entry["shapes"][k]:
-            raise UserError(f"{d / (k + '.npy')} has shape {arrs[k].shape}, manifest says "
-                            f"{entry['shapes'][k]}: {hint}")
-    if verify:
-        for k in _ARRAYS:
-            if sha256_file(d / f"{k}.npy") != entry["checksums"][k]:
-                raise UserError(f"{d / (k + '.npy')} does not match its checksum in manifest.json: {hint}")
-    return SplitData(arrs["raw"], arrs["flow"], arrs["frame"], arrs["clip"], arrs["box"], clips, labels,
-                     int(entry["n_frames"]), manifest)
 
 
 def summary(manifest: dict[str, Any]) -> str:

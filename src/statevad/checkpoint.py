@@ -1,0 +1,266 @@
+"""The model-file format (docs/ARCHITECTURE.md): save/load, checksums, finite checks, resume states.
+
+Every file here is a ``torch.save`` of a dict that holds only tensors, numbers, strings, lists and dicts, so
+it loads with ``torch.load(weights_only=True)`` and nothing is ever unpickled. A sha256 over the weights lets
+:func:`load_checkpoint` refuse a tampered or truncated file instead of silently scoring with it.
+
+Three kinds of file, one loader (:func:`read_torch_file`):
+
+* a model file (``statevad train``): weights, preset, training statistics, the work manifest, history;
+* a model-only file (``statevad import-original``): weights and the network configuration;
+* a training-resume state, written after every epoch and removed when training finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from statevad.config import Preset
+from statevad.errors import UserError
+from statevad.files import atomic_write_bytes
+from statevad.model import STATE, build_model, import_original, infer_config, unwrap_original
+from statevad.scoring import STAT_KEYS
+from statevad.tensors import resolve_device
+
+MODEL_FORMAT = "statevad-model/1"
+RESUME_FORMAT = "statevad-resume/1"
+
+
+@dataclass
+class Checkpoint:
+    """What a model file carries besides the weights. ``stats`` is None for imported model-only files."""
+
+    path: Path
+    format: str
+    preset: Preset
+    stats: dict[str, float] | None
+    work_manifest: dict[str, Any] | None
+    sha256: str
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Digest of names, dtypes, shapes and bytes of every tensor, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+
+def atomic_torch_save(payload: Mapping[str, Any], path: str | Path) -> None:
+    """``torch.save`` through memory, then temp + rename.
+
+    Saving to a file names the zip's inner folder after the file -- here a random temporary name --
+    so equal payloads gave different bytes; a buffer always uses ``archive/``: equal runs, equal files.
+    """
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_torch_file(path: str | Path, what: str, kind: str, fix: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; a missing or unreadable file is one :class:`UserError`
+    naming ``what`` was expected, the ``kind`` of file it should have been and the ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist (no such file): {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise UserError(f"{what} {path} is not {kind} (or is corrupted: {type(exc).__name__}"
+                        f"{': ' + detail if detail else ''}); {fix}") from None
+
+
+def _read_dict(path: Path, what: str) -> dict[str, Any]:
+    data = read_torch_file(path, what, "a statevad model file",
+                           "train one with `statevad train` or pass --model")
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} is not a statevad model file")
+    return data
+
+
+# ------------------------------------------------------------------------------------- model files
+def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: dict[str, float] | None,
+                    work_manifest: dict[str, Any] | None, history: list[float] | None = None) -> Path:
+    """Write the final model file atomically (format: docs/ARCHITECTURE.md).
+
+    ``history`` (mean training loss per epoch) is the loss curve: it lets a distributed or resumed run
+    be compared with an uninterrupted 1-process run.
+    """
+    from statevad import __version__
+
+    sd = cpu_state_dict(model)
+    payload = {
+        "format": MODEL_FORMAT,
+        "state_dict": sd,
+        "preset": preset.to_dict(),
+        "model_config": dataclasses.asdict(preset.model),  # what a model-only reader needs
+        "stats": stats,
+        "work_manifest": work_manifest,
+        "sha256": state_dict_sha256(sd),
+        "versions": {"statevad": str(__version__), "torch": str(torch.__version__)},
+        "history": {"epoch_loss": [float(v) for v in (history or [])]},
+    }
+    path = Path(path)
+    atomic_torch_save(payload, path)
+    return path
+
+
+def save_model_only(path: str | Path, model: STATE) -> None:
+    """Weights + network configuration only (``statevad import-original``), atomically.
+
+    :func:`load_checkpoint` reads it; the training statistics that scoring needs come from a training run
+    (``statevad test --stats``).
+    """
+    atomic_torch_save({"format": MODEL_FORMAT, "state_dict": cpu_state_dict(model),
+                       "model_config": dataclasses.asdict(model.cfg)}, path)
+
+
+def _preset_of(data: dict[str, Any], path: Path) -> Preset:
+    """The preset of a full checkpoint, or one rebuilt around the model config of a model-only file."""
+    try:
+        if isinstance(data.get("preset"), dict):
+            return Preset.from_dict(data["preset"])
+        model_cfg = data.get("model") or data.get("config") or data.get("model_config")
+        if isinstance(model_cfg, dict):
+            return Preset(name="imported", model=Preset.from_dict({"name": "", "model": model_cfg}).model)
+    except (TypeError, KeyError) as exc:
+        raise UserError(f"model file {path} has an unreadable configuration ({exc}): "
+                        "it was written by another statevad version") from exc
+    raise UserError(f"model file {path} carries no model configuration: not a statevad model file")
+
+
+def _check_finite(sd: dict[str, torch.Tensor], stats: Any, path: Path) -> None:
+    """NaN/inf weights or statistics would turn every score into NaN (a silently meaningless AUROC)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"model file {path} has NaN/inf weights ({bad[0]}{' ...' if len(bad) > 1 else ''}): "
+                        "the training diverged or the file was modified; retrain it")
+    if isinstance(stats, dict):
+        for k in STAT_KEYS:
+            v = stats.get(k)
+            if not isinstance(v, int | float) or not np.isfinite(v):
+                raise UserError(f"model file {path} has an invalid training statistic {k}={v!r}; retrain it")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Load a model file (full checkpoint or model-only import) without unpickling code; eval mode.
+
+    The weights are verified against the stored sha256, so a tampered or foreign file is refused.
+    """
+    path = Path(path)
+    data = _read_dict(path, "model file")
+    fmt = str(data.get("format", ""))
+    if not fmt.startswith("statevad-") or not isinstance(data.get("state_dict"), dict):
+        raise UserError(f"model file {path} has format {fmt or 'unknown'!r}, not a statevad model "
+                        f"({MODEL_FORMAT}); convert original weights with `statevad import-original`")
+    if fmt.startswith("statevad-resume"):
+        raise UserError(f"{path} is a training-resume state, not a model: use the final model file")
+    if fmt != MODEL_FORMAT:
+        raise UserError(f"model file {path} has format {fmt!r}: it was written by another statevad version "
+                        f"(this one reads {MODEL_FORMAT!r}); retrain or use the matching version")
+    sd = data["state_dict"]
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"model file {path} holds non-tensor weights: not a statevad model file")
+    digest = state_dict_sha256(sd)
+    if "preset" in data and "sha256" not in data:
+        raise UserError(f"model file {path} lacks its checksum: it was modified; retrain or re-copy it")
+    if data.get("sha256") is not None and data["sha256"] != digest:
+        raise UserError(f"model file {path} fails its checksum (weights were modified or the file is "
+                        "corrupted): retrain or re-copy it")
+    _check_finite(sd, data.get("stats"), path)
+    preset = _preset_of(data, path)
+    model = build_model(preset.model)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"model file {path} does not fit the STATE network it describes: "
+                        f"{str(exc).splitlines()[0]}") from exc
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model.to(dev).eval()
+    stats = data.get("stats")
+    ckpt = Checkpoint(path=path, format=fmt, preset=preset,
+                      stats={k: float(v) for k, v in stats.items()} if isinstance(stats, dict) else None,
+                      work_manifest=data.get("work_manifest"), sha256=digest)
+    return model, ckpt
+
+
+def load_original_checkpoint(path: str | Path, frames: int = 7) -> STATE:
+    """Read a checkpoint of the original STATE code without executing pickled code and convert it
+    (:func:`statevad.model.import_original`)."""
+    obj = read_torch_file(path, "checkpoint", "a tensor-only torch checkpoint",
+                          "give a checkpoint of the original STATE code, re-saved as a plain state_dict "
+                          "if it holds other objects")
+    sd = unwrap_original(obj, str(path))
+    return import_original(sd, infer_config(sd, frames=frames, source=str(path)), source=str(path))
+
+
+# ------------------------------------------------------------------------------------ resume states
+def resume_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".resume.pt")
+
+
+def save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                preset: Preset, indices_sha: str, history: list[float]) -> None:
+    sd = cpu_state_dict(model)
+    payload = {
+        "format": RESUME_FORMAT,
+        "epoch": epoch,  # number of finished epochs
+        "state_dict": sd,
+        "sha256": state_dict_sha256(sd),  # a corrupted resume state is refused, not trained on
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "preset": preset.to_dict(),
+        "cubes_sha256": indices_sha,
+        "history": [float(v) for v in history],
+    }
+    atomic_torch_save(payload, path)
+
+
+def _resume_signature(preset: Preset) -> dict[str, Any]:
+    """What must match for a resumed run to continue the same training (epochs may grow)."""
+    d = preset.to_dict()
+    free = ("device", "workers") if preset.train.lr_schedule == "cosine" else ("epochs", "device", "workers")
+    train = {k: v for k, v in d["train"].items() if k not in free}  # a cosine curve depends on the epochs
+    return {"model": d["model"], "train": train}
+
+
+def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, preset: Preset,
+                indices_sha: str) -> tuple[int, list[float]]:
+    """Restore model, optimizer and RNG; returns (finished epochs, loss history)."""
+    fix = "delete it or run without --resume"
+    data = read_torch_file(path, "resume state", "a statevad resume state", fix)
+    if (not isinstance(data, dict) or data.get("format") != RESUME_FORMAT
+            or not isinstance(data.get("state_dict"), dict)):
+        raise UserError(f"{path} is not a statevad resume state; {fix}")
+    if data.get("sha256") != state_dict_sha256(data["state_dict"]):
+        raise UserError(f"resume state {path} fails its checksum (corrupted or modified); {fix}")
+    try:
+        same = (_resume_signature(Preset.from_dict(data["preset"])) == _resume_signature(preset)
+                and data.get("cubes_sha256") == indices_sha)
+    except (TypeError, KeyError):
+        same = False
+    if not same:
+        raise UserError(f"resume state {path} was written with other training settings or cubes; "
+                        "use the same flags, or drop --resume to start over")
+    model.load_state_dict(data["state_dict"])
+    optimizer.load_state_dict(data["optimizer"])
+    torch.set_rng_state(data["torch_rng"])
+    return int(data["epoch"]), [float(v) for v in data.get("history", [])]

@@ -1,0 +1,154 @@
+"""``statevad test``: score a work directory's test split with a trained model and evaluate it (spec 7).
+
+The driver above scoring and training: it opens the prepared split (:mod:`statevad.workdir`), the model file
+(:mod:`statevad.checkpoint`), scores every cube (:mod:`statevad.scoring`), evaluates the frame scores
+(:mod:`statevad.metrics`) and writes ``scores.csv``, ``objects.csv``, ``roc.png`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from statevad.checkpoint import load_checkpoint
+from statevad.errors import UserError
+from statevad.files import atomic_path, atomic_write_json
+from statevad.metrics import clip_bounds, evaluate
+from statevad.scoring import (
+    MOTION_KEYS,
+    STAT_KEYS,
+    combine,
+    frame_scores,
+    motion_zscore,
+    score_split,
+    smooth,
+    zscores,
+)
+from statevad.settings import resolve
+from statevad.tensors import cube_motion, resolve_device
+from statevad.training import select_cubes, training_stats
+from statevad.visualize import save_roc
+from statevad.workdir import SplitData, open_split, select_clips
+
+
+def load_stats_json(path: str | Path) -> dict[str, float]:
+    """Training statistics from a JSON file with raw_mean, raw_std, flow_mean, flow_std (and optionally
+    motion_mean, motion_std for the motion term)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return {k: float(data[k]) for k in (*STAT_KEYS, *(k for k in MOTION_KEYS if k in data))}
+    except FileNotFoundError as exc:
+        raise UserError(f"--stats {path} does not exist") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--stats {path} must be a JSON object with {', '.join(STAT_KEYS)}") from exc
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def write_frame_csv(path: Path, scores: np.ndarray, labels: np.ndarray | None,
+                    bounds: list[tuple[str, int, int]]) -> None:
+    """scores.csv: one row per frame -- clip name, frame index within the clip, score, label (-1 unknown)."""
+    def rows() -> Iterator[list[Any]]:
+        for name, start, stop in bounds:
+            for g in range(start, stop):
+                yield [name, g - start, _fmt(scores[g]), int(labels[g]) if labels is not None else -1]
+
+    _write_csv(path, ["clip", "frame", "score", "label"], rows())
+
+
+def write_object_csv(path: Path, split_data: SplitData, bounds: list[tuple[str, int, int]],
+                     cols: dict[str, np.ndarray]) -> None:
+    """objects.csv: one row per cube -- clip, frame within the clip, box, errors, z-scores, fused score."""
+    frame = np.asarray(split_data.frame)
+    clip = np.asarray(split_data.clip)
+    box = np.asarray(split_data.box)
+    names = list(cols)
+
+    def rows() -> Iterator[list[Any]]:
+        for i in range(len(frame)):
+            name, start, _ = bounds[int(clip[i])]
+            yield ([name, int(frame[i]) - start] + [f"{b:.2f}" for b in box[i]]
+                   + [_fmt(cols[k][i]) for k in names])
+
+    _write_csv(path, ["clip", "frame", "x1", "y1", "x2", "y2", *names], rows())
+
+
+def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None = None,
+             overrides: dict[str, Any] | None = None, stats: str | None = None,
+             clips: list[str] | None = None, progress: bool = True, config: str | Path | None = None,
+             sets: list[str] | None = None) -> dict[str, Any]:
+    """Score ``work``'s test split with a trained model and evaluate it (spec 7); write the result files.
+
+    Settings: the model's preset ← ``config`` (a TOML file) ← ``sets`` (``score.FIELD=VALUE``) ←
+    ``overrides`` (ScoreConfig fields given as flags; None = not given), see :mod:`statevad.settings`.
+    ``stats``: None (use the checkpoint's), ``"train"`` (compute them on ``work``'s training cubes, for
+    imported weights) or a JSON file. ``clips``: score and evaluate only these test clips (a quick check,
+    not the published protocol). Returns the content of ``metrics.json``.
+    """
+    work, model_path = Path(work), Path(model_path)
+    model, ckpt = load_checkpoint(model_path, device="cpu")
+    cfg = resolve(ckpt.preset, "test", config=config, sets=sets, flags={"score": overrides or {}}).score
+    device = resolve_device(cfg.device)
+    model.to(device)
+    test = select_clips(open_split(work, "test"), clips)
+    if test.raw.shape[1] != ckpt.preset.model.frames:
+        raise UserError(f"{work} has cubes of {test.raw.shape[1]} frames but {model_path} was trained on "
+                        f"{ckpt.preset.model.frames}: prepare with the same --length or use another model")
+    if stats == "train":
+        tr = open_split(work, "train")
+        st = training_stats(model, tr.raw, tr.flow, select_cubes(len(tr.raw), None, 0),
+                            batch_size=cfg.batch_size, bf16=cfg.bf16, progress=progress)
+    elif stats is not None:
+        st = load_stats_json(stats)
+    elif ckpt.stats is not None:
+        st = ckpt.stats
+    else:
+        raise UserError(f"{model_path} carries no training statistics (imported weights): pass --stats train "
+                        "to compute them on the work directory's training cubes, or --stats FILE.json")
+    bounds = clip_bounds(test.clips)
+    t0 = time.perf_counter()
+    e_raw, e_flow = score_split(model, test, cfg, progress=progress)
+    seconds = time.perf_counter() - t0
+    z_raw, z_flow = zscores(e_raw, e_flow, st)
+    motion = cube_motion(test.flow)
+    has_motion_stats = all(k in st for k in MOTION_KEYS) and st["motion_std"] > 0
+    z_motion = motion_zscore(motion, st) if cfg.w_motion or has_motion_stats else None
+    cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion)
+    frames = smooth(frame_scores(test.frame, cube_score, test.n_frames), cfg.smooth_sigma, bounds)
+
+    # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
+    out_dir = Path(out) if out is not None else work / "results" / model_path.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_frame_csv(out_dir / "scores.csv", frames, test.labels, bounds)
+    cols = {"e_raw": e_raw, "e_flow": e_flow, "z_raw": z_raw, "z_flow": z_flow, "motion": motion}
+    if has_motion_stats:
+        cols["z_motion"] = z_motion
+    cols["score"] = cube_score
+    write_object_csv(out_dir / "objects.csv", test, bounds, cols)
+    result = evaluate(frames, test.labels, bounds)
+    save_roc(out_dir / "roc.png", test.labels, frames,
+             title=f"{model_path.stem}: micro AUROC {result['micro_auroc']:.4f}")
+    full = {**result, "clips": clips or "all", "model": str(model_path), "model_sha256": ckpt.sha256,
+            "work": str(work),
+            "score": dataclasses.asdict(cfg), "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
+            "scoring_seconds": round(seconds, 3),
+            "cubes_per_second": round(len(e_raw) / seconds, 2) if seconds > 0 else None}
+    atomic_write_json(out_dir / "metrics.json", full)
+    return full

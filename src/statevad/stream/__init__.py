@@ -1,0 +1,12 @@
+"""``statevad score``: streaming scoring of a video, frame folder or live source.
+
+* :mod:`~statevad.stream.engine` — the frame-by-frame engine (window logic, batching; no files, no model);
+* :mod:`~statevad.stream.stages` — the box / flow / network callables built from a model file;
+* :mod:`~statevad.stream.outputs` — the output folder (CSV, JSONL, annotated video, events, report);
+* :mod:`~statevad.stream.driver` — :func:`score`, the command's driver.
+"""
+
+from statevad.stream.driver import ScoreOptions, ScoreResult, format_summary, score
+from statevad.stream.engine import FrameResult, StreamScorer
+
+__all__ = ["FrameResult", "ScoreOptions", "ScoreResult", "StreamScorer", "format_summary", "score"]

@@ -1,0 +1,220 @@
+"""The streaming engine: push frames one by one, get each frame's object scores as soon as they are final.
+
+Frame t's boxes need t+1 (the hard-border triple of spec 3), its flow is t -> t+1 (spec 2), and its cube
+needs the frames and flows of its elastic window (spec 4.1), so frame t is scored once frame t+l+1 has
+arrived (``l`` = cube half-length). At the start of the stream the window is shifted right exactly as spec
+4.1 shifts it at a clip start; when the stream ends the last l+1 frames are flushed with windows shifted
+left, so a finished stream gives the same cubes as ``statevad prepare`` on the same footage. A ring buffer
+holds only the frames and flows still needed (about 2l+2 plus one network batch), so memory stays bounded on
+an hour-long input.
+
+The engine knows nothing about files or models: it takes three callables (boxes, flow, network), which makes
+its window logic testable against :func:`statevad.cubes.clip_cubes` and lets the speed benchmark time each
+stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from statevad.config import CubeConfig
+from statevad.cubes import elastic_window, target_cubes
+from statevad.scoring import EMPTY_FRAME_SCORE
+from statevad.tensors import cube_motion
+
+BoxFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64) -> (e_raw, e_flow, fused) each (N,)
+NetFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+STAGES = ("decode", "boxes", "flow", "cubes", "network", "outputs")
+
+
+@dataclass
+class FrameResult:
+    """Everything known about one scored frame; ``frame`` is the ring-buffer image (do not keep it)."""
+
+    index: int
+    frame: np.ndarray
+    boxes: np.ndarray  # (n, 4) float32, the scored objects
+    e_raw: np.ndarray  # (n,) SSE
+    e_flow: np.ndarray  # (n,) SSE
+    scores: np.ndarray  # (n,) fused z-score
+    n_dropped: int = 0  # boxes dropped by the motion filter (spec 4.4)
+    speed: np.ndarray | None = None  # (n,) mean flow speed of each object's cube, pixels per frame
+
+    @property
+    def score(self) -> float:
+        """Frame score: max over objects, ``EMPTY_FRAME_SCORE`` when there is none (spec 7.3)."""
+        return float(self.scores.max()) if len(self.scores) else EMPTY_FRAME_SCORE
+
+
+@dataclass
+class _Pending:
+    t: int
+    boxes: np.ndarray
+    raw: np.ndarray
+    flow: np.ndarray
+    n_dropped: int
+
+
+class StreamScorer:
+    """Push frames one by one; get :class:`FrameResult` objects, in frame order, as they become final.
+
+    ``length`` is the cube half-length l (cubes have 2l+1 frames). ``batch_frames`` frames' cubes go
+    through the network together (fewer, larger forward/backward passes are much faster on CPU). Stage
+    times (seconds) accumulate in :attr:`timing`.
+    """
+
+    def __init__(self, *, length: int, patch: int, box_fn: BoxFn, flow_fn: FlowFn, net_fn: NetFn,
+                 motion_thr: float = 0.0, batch_frames: int = 4) -> None:
+        if length < 0 or patch < 1 or batch_frames < 1:
+            raise ValueError("length >= 0, patch >= 1 and batch_frames >= 1 are required")
+        self.length, self.patch, self.motion_thr = length, patch, motion_thr
+        self._cube_cfg = CubeConfig(length=length, patch=patch, motion_thr=motion_thr)
+        self.size = 2 * length + 1
+        self.box_fn, self.flow_fn, self.net_fn = box_fn, flow_fn, net_fn
+        self.batch_frames = batch_frames
+        self.timing: dict[str, float] = {s: 0.0 for s in STAGES}
+        self.n_cubes = 0
+        self.too_short = False
+        self._frames: dict[int, np.ndarray] = {}
+        self._flows: dict[int, np.ndarray] = {}
+        self._boxes: dict[int, np.ndarray] = {}
+        self._n = 0  # frames received
+        self._next = 0  # next target frame to cube
+        self._batch: list[_Pending] = []
+        self._shape: tuple[int, ...] | None = None
+        self._finished = False
+
+    @property
+    def n_received(self) -> int:
+        return self._n
+
+    @property
+    def buffered(self) -> int:
+        """Frames held in the ring buffer (bounded: about 2l+2 + batch_frames)."""
+        return len(self._frames)
+
+    def push(self, frame: np.ndarray) -> list[FrameResult]:
+        """Add the next frame; return the frames whose scores became final."""
+        if self._finished:
+            raise RuntimeError("push after finish")
+        if self._shape is None:
+            self._shape = frame.shape
+        elif frame.shape != self._shape:
+            raise ValueError(f"frame {self._n} has shape {frame.shape}, the stream started with "
+                             f"{self._shape}")
+        k = self._n
+        self._frames[k] = frame
+        self._n += 1
+        if k >= 1:
+            self._flow_and_boxes(k - 1, nxt=k)
+        out: list[FrameResult] = []
+        known = self._n - 1  # frames 0..known-1 have their flow and boxes
+        while known >= self.size and self._next + self.length <= known - 1:
+            self._cube(self._next, max(self._next - self.length, 0))
+            if len(self._batch) >= self.batch_frames:
+                out.extend(self._run_batch())
+        self._evict()
+        return out
+
+    def finish(self) -> list[FrameResult]:
+        """End of stream: last frame's flow/boxes with replicated borders, flush the last frames."""
+        if self._finished:
+            return []
+        self._finished = True
+        n = self._n
+        if n == 0:
+            return []
+        self._flow_and_boxes(n - 1, nxt=n - 1)
+        if n >= self.size:
+            for t in range(self._next, n):
+                self._cube(t, int(elastic_window(t, n, self.length)[0]))
+        else:
+            # Shorter than one cube: no window exists (spec 4.1), so these frames carry no objects.
+            self.too_short = True
+            empty = np.zeros((0, 4), np.float32)
+            for t in range(self._next, n):
+                self._batch.append(_Pending(t, empty, _no_raw(self.size, self.patch),
+                                            _no_flow(self.size, self.patch), 0))
+            self._next = n
+        out = self._run_batch()
+        self._frames.clear()
+        self._flows.clear()
+        self._boxes.clear()
+        return out
+
+    # -- internals ------------------------------------------------------------------------------
+    def _flow_and_boxes(self, t: int, nxt: int) -> None:
+        """Flow t -> nxt (the last frame reuses t-1 -> t) and boxes of t from (t-1, t, nxt)."""
+        f_cur = self._frames[t]
+        t0 = time.perf_counter()
+        if nxt == t and t >= 1:
+            self._flows[t] = self._flows[t - 1]
+        else:
+            self._flows[t] = np.asarray(self.flow_fn(f_cur, self._frames[nxt]), np.float32)
+        t1 = time.perf_counter()
+        prev = self._frames[max(t - 1, 0)]
+        self._boxes[t] = np.asarray(self.box_fn(prev, f_cur, self._frames[nxt]), np.float32).reshape(-1, 4)
+        t2 = time.perf_counter()
+        self.timing["flow"] += t1 - t0
+        self.timing["boxes"] += t2 - t1
+
+    def _cube(self, t: int, start: int) -> None:
+        t0 = time.perf_counter()
+        boxes = self._boxes.pop(t)
+        if len(boxes):
+            win = range(start, start + self.size)
+            frames = np.stack([self._frames[i] for i in win])
+            flows = np.stack([self._flows[i] for i in win])
+            raw, fl, kept, n_dropped = target_cubes(frames, flows, boxes, self._cube_cfg)
+            item = _Pending(t, kept, raw, fl, n_dropped)
+        else:
+            item = _Pending(t, boxes, _no_raw(self.size, self.patch), _no_flow(self.size, self.patch), 0)
+        self._batch.append(item)
+        self._next = t + 1
+        self.timing["cubes"] += time.perf_counter() - t0
+
+    def _run_batch(self) -> list[FrameResult]:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return []
+        raw = np.concatenate([p.raw for p in batch])
+        flow = np.concatenate([p.flow for p in batch])
+        speed = cube_motion(flow) if len(flow) else np.zeros(0, np.float64)  # reported, and the motion term's
+        t0 = time.perf_counter()
+        if len(raw):
+            e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow, speed))
+        else:
+            e_raw = e_flow = fused = np.zeros(0, np.float64)
+        self.timing["network"] += time.perf_counter() - t0
+        self.n_cubes += len(raw)
+        out, a = [], 0
+        for p in batch:
+            b = a + len(p.raw)
+            out.append(FrameResult(p.t, self._frames[p.t], p.boxes, e_raw[a:b], e_flow[a:b], fused[a:b],
+                                   p.n_dropped, speed[a:b]))
+            a = b
+        return out
+
+    def _evict(self) -> None:
+        """Drop frames/flows no future window, box triple or pending result can need."""
+        keep_from = min(self._next - self.length, self._n - max(self.size, 3))
+        if self._batch:
+            keep_from = min(keep_from, self._batch[0].t)
+        for store in (self._frames, self._flows):
+            for i in [i for i in store if i < keep_from]:
+                del store[i]
+
+
+def _no_raw(t: int, p: int) -> np.ndarray:
+    return np.zeros((0, t, p, p, 3), np.uint8)
+
+
+def _no_flow(t: int, p: int) -> np.ndarray:
+    return np.zeros((0, t, p, p, 2), np.float16)

@@ -1,0 +1,132 @@
+"""The output folder of ``statevad score``: per-frame results streamed to disk, summary files at the end.
+
+``scores.csv`` and ``objects.jsonl`` are written line by line (:class:`statevad.files.StreamFile`), the
+annotated video frame by frame; events are found online (:class:`statevad.events.EventTracker`) and each
+keeps its peak frame's thumbnail. Every file appears under its real name only when it is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from statevad import visualize as viz
+from statevad.events import Event, EventTracker
+from statevad.files import StreamFile, atomic_write_json
+from statevad.labels import fit_labels
+from statevad.metrics import frame_auroc
+from statevad.stream.engine import FrameResult
+
+CSV_HEADER = ["frame", "time_s", "score", "n_objects", "top_x1", "top_y1", "top_x2", "top_y2", "top_score"]
+
+
+@dataclass
+class Outputs:
+    """Streams per-frame results to the output folder and writes the summary files at the end.
+
+    Memory: one float per frame (for the curve), the strip history (frame width), the open event's
+    thumbnail and at most ``max_thumbnails`` event thumbnails.
+    """
+
+    out: Path
+    threshold: float
+    fps: float
+    min_gap: int
+    min_len: int
+    video: bool = True
+    max_thumbnails: int = 100
+    scores: list[float] = field(default_factory=list)
+    found: list[Event] = field(default_factory=list)
+    thumbs: dict[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._csv = StreamFile(self.out / "scores.csv")
+        self._obj = StreamFile(self.out / "objects.jsonl")
+        self._writer = csv.writer(self._csv.fh)
+        self._writer.writerow(CSV_HEADER)
+        self._tracker = EventTracker(self.threshold, self.fps, self.min_gap, self.min_len)
+        self._video: viz.AnnotatedVideoWriter | None = None
+        self._history: deque[float] = deque()
+        self._open_thumb: tuple[int, bytes] | None = None
+        self.n_objects = 0
+
+    def add(self, r: FrameResult) -> None:
+        """Record one frame: CSV row, JSONL objects, video frame, event tracking, thumbnail."""
+        score = r.score
+        self.scores.append(score)
+        t_s = r.index / self.fps
+        if len(r.scores):
+            i = int(np.argmax(r.scores))
+            top = [f"{v:.1f}" for v in r.boxes[i]] + [f"{r.scores[i]:.4f}"]
+        else:
+            top = ["", "", "", "", ""]
+        self._writer.writerow([r.index, f"{t_s:.3f}", f"{score:.4f}", len(r.scores), *top])
+        speeds = r.speed if r.speed is not None else [None] * len(r.scores)
+        for b, er, ef, sp, s in zip(r.boxes, r.e_raw, r.e_flow, speeds, r.scores, strict=True):
+            row = {"frame": r.index, "time_s": round(t_s, 3), "box": [round(float(v), 1) for v in b],
+                   "e_raw": float(er), "e_flow": float(ef)}
+            if sp is not None:
+                row["speed"] = round(float(sp), 4)
+            self._obj.fh.write(json.dumps({**row, "score": float(s)}) + "\n")
+        self.n_objects += len(r.scores)
+        if self.video:
+            self._write_video(r)
+        for e in self._tracker.update(score):
+            self._event_closed(e)
+        if self._tracker.open_peak_frame == r.index:
+            self._open_thumb = (r.index, viz.thumbnail_jpeg(r.frame, r.boxes, r.scores, self.threshold))
+
+    def _write_video(self, r: FrameResult) -> None:
+        h, w = r.frame.shape[:2]
+        if self._video is None:
+            self._video = viz.AnnotatedVideoWriter(self.out / "annotated.mp4", self.fps, (w, h),
+                                                   self.threshold)
+            self._history = deque(maxlen=w)
+        self._history.append(r.score)
+        self._video.write(r.frame, r.boxes, r.scores, np.fromiter(self._history, np.float64))
+
+    def _event_closed(self, e: Event) -> None:
+        self.found.append(e)
+        if self._open_thumb is not None and self._open_thumb[0] == e.peak_frame:
+            self.thumbs[e.peak_frame] = self._open_thumb[1]
+        self._open_thumb = None
+        if len(self.thumbs) > self.max_thumbnails:  # keep the most anomalous events' pictures
+            peak = {ev.peak_frame: ev.peak_score for ev in self.found}
+            del self.thumbs[min(self.thumbs, key=lambda f: peak.get(f, -math.inf))]
+
+    def close(self, summary: dict[str, Any], labels: np.ndarray | None, title: str,
+              labels_pad: int = -1) -> dict[str, Any]:
+        """Finish every output file; return the events document (also written to events.json)."""
+        for e in self._tracker.finish():
+            self._event_closed(e)
+        self._csv.close()
+        self._obj.close()
+        if self._video is not None:
+            self._video.close()
+        scores = np.asarray(self.scores, np.float64)
+        lab = fit_labels(labels, len(scores), labels_pad)
+        curve = viz.save_score_curve(self.out / "score_curve.png", scores, self.threshold, self.fps, lab,
+                                     self.found, title=title)
+        extra: dict[str, bytes] = {}
+        auroc = frame_auroc(lab, scores) if lab is not None else None
+        if auroc is not None:
+            summary["AUROC (frame, --labels)"] = round(auroc, 4)
+            extra["ROC"] = viz.roc_png(lab, scores, "frame-level ROC")
+        doc = {**summary, "events": [e.to_dict() for e in self.found]}
+        atomic_write_json(self.out / "events.json", doc)
+        viz.write_report(self.out / "report.html", title, summary, curve, self.found, self.thumbs, extra)
+        return doc
+
+    def abort(self) -> None:
+        self._csv.abort()
+        self._obj.abort()
+        if self._video is not None:
+            self._video.abort()

@@ -1,0 +1,107 @@
+"""Checkpoint-to-stage wiring for ``statevad score``: the box, flow and network callables of the engine,
+built from what the model file recorded about its training cubes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from statevad.boxes import BoxExtractor, bundled_detector, load_reference_boxes
+from statevad.config import BoxConfig, FlowConfig, Preset, ScoreConfig
+from statevad.errors import UserError
+from statevad.files import sha256_file
+from statevad.model import inference_copy
+from statevad.scoring import fuse, perturbed_errors
+from statevad.settings import recorded_stages
+from statevad.stream.engine import BoxFn, NetFn
+
+
+def detector_file(recorded: str | None, sha256: str | None) -> Path:
+    """The detector to score with: the model file the training cubes were made with, found by its content.
+
+    The path recorded by ``statevad prepare`` (often another machine's) is tried first, then the bundled
+    NanoDet. A different model is refused rather than used: its boxes would not be the kind of boxes the
+    network was trained on, and nothing downstream would notice. Model files without a recorded checksum
+    (older ones) keep the old rule: the recorded path if it exists, else the bundled detector.
+    """
+    paths = ([Path(recorded)] if recorded else []) + [bundled_detector()]
+    found = [p.resolve() for p in paths if p.is_file()]
+    candidates = list(dict.fromkeys(found))  # the recorded path is often the bundled file: hash it once
+    if sha256 is None:
+        return candidates[0] if candidates else bundled_detector()
+    for path in candidates:
+        if sha256_file(path) == sha256:
+            return path
+    raise UserError(f"the model was prepared with the detector {recorded or '(unnamed)'} (sha256 "
+                    f"{sha256[:12]}...), which is not at that path on this machine, and the bundled "
+                    f"detector {bundled_detector()} is a different model: copy that detector file to "
+                    f"{recorded}, or score with --boxes motion")
+
+
+def box_fn(cfg: BoxConfig, spec: str | None, detector_sha256: str | None = None) -> tuple[BoxFn, str]:
+    """The box callable and a description; ``spec`` may name a source or a reference .npz file."""
+    if spec and (spec.endswith(".npz") or spec.endswith(".npy") or os.sep in spec):
+        per_frame = _reference_boxes(Path(spec))
+        state = {"t": 0}
+
+        def ref(_p: np.ndarray, _c: np.ndarray, _n: np.ndarray) -> np.ndarray:
+            t = state["t"]
+            state["t"] += 1
+            if t >= len(per_frame):
+                raise UserError(f"--boxes {spec} has boxes for {len(per_frame)} frames; the input is longer")
+            return per_frame[t]
+
+        return ref, f"reference boxes from {spec}"
+    if (spec or cfg.source).lower() != "motion":  # every other source uses the detector when there is one
+        cfg = dataclasses.replace(cfg, detector_path=str(detector_file(cfg.detector_path, detector_sha256)))
+    ext = BoxExtractor(cfg, spec)
+    return ext, f"{ext.source} ({ext.reason})"
+
+
+def stage_settings(preset: Preset, work_manifest: dict[str, Any] | None, where: str
+                   ) -> tuple[BoxConfig, FlowConfig, str | None, str | None]:
+    """Box config, flow config, box source and detector checksum the model was *trained* with.
+
+    Scoring must build cubes the way the training cubes were built, so the options recorded by
+    ``statevad prepare`` (carried in the checkpoint) win over the preset. Reference boxes exist only for
+    a benchmark's own frames, so a model trained on them scores new footage with ``auto`` boxes.
+    """
+    recorded = recorded_stages(work_manifest, where)
+    box, flow = recorded.get("box", preset.box), recorded.get("flow", preset.flow)
+    opts = (work_manifest or {}).get("options") if isinstance(work_manifest, dict) else None
+    source = sha = None
+    if isinstance(opts, dict):
+        source = opts.get("box_source")
+        sha = opts.get("detector_sha256") if isinstance(opts.get("detector_sha256"), str) else None
+    if source == "reference":
+        source = "auto"
+    return box, flow, source, sha
+
+
+def _reference_boxes(path: Path) -> list[np.ndarray]:
+    """User-supplied per-frame boxes; the loader refuses pickled files unless the user opted in."""
+    if not path.is_file():
+        raise UserError(f"--boxes {path}: no such file (give a box source name or a reference .npz)")
+    return load_reference_boxes(path, None)
+
+
+def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_batch: int) -> NetFn:
+    """The network stage: perturbed errors of a batch of cubes (``max_batch`` at a time) and their fused
+    score with ``score``'s epsilon and weights, on the BatchNorm-folded copy of ``model``."""
+    model = inference_copy(model)  # BatchNorm folded into the convolutions: same numbers, less work
+
+    def net(raw: np.ndarray, flow: np.ndarray,
+            speed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = [perturbed_errors(model, raw[a:a + max_batch], flow[a:a + max_batch], epsilon=score.epsilon,
+                                  bf16=score.bf16) for a in range(0, len(raw), max_batch)]
+        e_raw = np.concatenate([p[0] for p in parts])
+        e_flow = np.concatenate([p[1] for p in parts])
+        return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion)
+
+    return net
