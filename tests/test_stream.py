@@ -208,7 +208,7 @@ def test_score_lost_stream_leaves_valid_outputs(synthetic_clip, untrained_model,
                     raise OSError("connection lost")
                 yield f
 
-    monkeypatch.setattr(stream, "_open_source", lambda spec: Dying())
+    monkeypatch.setattr(stream.driver, "open_source", lambda spec, strict=False: Dying())
     opts = stream.ScoreOptions(boxes="motion", progress=False)
     res = stream.score(src, untrained_model, tmp_path / "o", opts)
     assert res.n_frames == 15 and "lost" in res.end_reason
