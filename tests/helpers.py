@@ -73,3 +73,20 @@ def tiny_preset(epochs: int = 2, **train_kw):
     kw = {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "device": "cpu", **train_kw}
     p.train = override(p.train, **kw)
     return p
+
+
+def tiny_model(path: Path) -> Path:
+    """A tiny untrained STATE network with plausible statistics, saved as a model file: enough to exercise
+    every output of `statevad score` quickly."""
+    import torch
+
+    from statevad.checkpoint import save_checkpoint
+    from statevad.model import STATE
+
+    p = get_preset("generic")
+    p.model = with_model_size(p.model, "tiny")
+    torch.manual_seed(0)
+    save_checkpoint(path, STATE(p.model).eval(), p,
+                    {"raw_mean": 50.0, "raw_std": 20.0, "flow_mean": 500.0, "flow_std": 300.0,
+                     "motion_mean": 1.0, "motion_std": 1.0}, None)
+    return path

@@ -171,6 +171,47 @@ def test_avenue_layout(tmp_path: Path) -> None:
     assert ds.test[0].read().shape == (5, H, W, 3)
 
 
+def test_avenue_partial_download_is_matched_by_clip_number(tmp_path: Path) -> None:
+    """Test videos 08, 17 and 21 only: each gets N_label.mat of its own number, not of its position."""
+    root = tmp_path / "avenue"
+    _video(root / "training_videos" / "01.avi", 4, seed=1)
+    gt = root / "ground_truth_demo" / "testing_label_mask"
+    gt.mkdir(parents=True)
+    lengths = {8: 5, 17: 6, 21: 4}
+    for k in range(1, 22):
+        n = lengths.get(k, 9)  # the other clips' labels (absent videos) have other lengths
+        masks = np.zeros((n, H, W), np.uint8)
+        masks[min(k % n, n - 1), 0, 0] = 1
+        savemat(gt / f"{k}_label.mat", {"volLabel": _cell(list(masks))})
+    for k, n in lengths.items():
+        _video(root / "testing_videos" / f"{k:02d}.avi", n, seed=k)
+    ds = load_dataset(root)
+    assert [c.name for c in ds.test] == ["08", "17", "21"]
+    for c, k in zip(ds.test, lengths, strict=True):
+        expect = np.zeros(lengths[k], np.uint8)
+        expect[k % lengths[k]] = 1
+        np.testing.assert_array_equal(c.labels, expect)
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("\ufeffclip,start,end\na,1,2\n", True),  # a UTF-8 byte-order mark (Excel)
+    ("clip,start,end\na,1\n", False),  # a short row
+    ("clip,start,end\na,1,2,9\n", False),  # a long row
+    ("clip,start,end\na," + "1" * 200_000 + ",2\n", False),  # a field over csv's 128 KB limit
+    ("clip,start,end\na,1e400,2\n", False),
+])
+def test_generic_labels_csv_hostile(tmp_path: Path, text: str, ok: bool) -> None:
+    gen = tmp_path / "gen"
+    _frames(gen / "test" / "a", 4)
+    (gen / "labels.csv").write_bytes(text.encode("utf-8"))
+    if ok:
+        np.testing.assert_array_equal(load_dataset(gen).labels(), [0, 1, 1, 0])
+    else:
+        with pytest.raises(UserError, match=r"labels\.csv") as exc:
+            load_dataset(gen)
+        assert len(str(exc.value)) < 500
+
+
 def test_shanghaitech_layout(tmp_path: Path) -> None:
     root = tmp_path / "shanghaitech"
     _video(root / "training" / "videos" / "01_001.avi", 4)
@@ -324,8 +365,14 @@ def test_interval_files_outside_the_clip(tmp_path: Path, capfd: pytest.CaptureFi
         load_dataset(base)
     _fail_cli(["info", str(base)], capfd, "UCSDped2.m", "Test001")
     m_file.write_text("TestVideoFile{end+1}.gt_frame = [3:4];\nTestVideoFile{end+1}.gt_frame = [1:2];\n")
+    # a partial download (Test001 only of two clips): matched by the clip's number, not refused
+    np.testing.assert_array_equal(load_dataset(base).labels(), [0, 0, 1, 1])
+    (base / "Test" / "Test001").rename(base / "Test" / "Test002")
+    np.testing.assert_array_equal(load_dataset(base).labels(), [1, 1, 0, 0])
+    (base / "Test" / "Test002").rename(base / "Test" / "Test005")  # no entry 5: unnumbered, counts differ
     with pytest.raises(UserError, match=r"UCSDped2\.m.*2 clips but 1 test clips"):
         load_dataset(base)
+    (base / "Test" / "Test005").rename(base / "Test" / "Test001")
     m_file.write_text("TestVideoFile{end+1}.gt_frame = [3:4];\n")
     np.testing.assert_array_equal(load_dataset(base).labels(), [0, 0, 1, 1])
 

@@ -339,3 +339,222 @@ def test_natural_key_is_total_and_listing_order_independent(names: list[str], rn
     shuffled = names[:]
     rnd.shuffle(shuffled)
     assert sorted(shuffled, key=natural_key) == sorted(names, key=natural_key)
+
+
+# ------------------------------------------------------------------------- settings values (hostile)
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-size", "0"], "train.batch_size = 0: must be >= 1"),
+    (["--lr", "nan"], "train.lr = nan: must be a finite number"),
+    (["--lr", "inf"], "train.lr = inf"),
+    (["--lr", "-1"], "train.lr = -1.0: must be > 0"),
+    (["--epochs", "0"], "train.epochs = 0"),
+    (["--max-cubes", "1"], "train.max_cubes = 1"),
+    (["--seed", "-1"], "train.seed = -1"),
+    (["--set", "model.widths=[]"], "model.widths = ()"),
+    (["--set", "model.widths=a,b,c"], "not a comma-separated list"),
+    (["--set", "model.widths=8,16,30"], "widths[2]=30"),
+    (["--set", "model.n_heads=0"], "model.n_heads = 0"),
+    (["--set", "model.pos=spiral"], "model.pos = 'spiral'"),
+    (["--set", "train.adam_eps=0"], "train.adam_eps"),
+    (["--set", "train.lambda_raw=-1"], "train.lambda_raw"),
+])
+def test_bad_train_settings_are_one_line(flags: list[str], needle: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    work = make_work(tmp_path / "work")
+    _fails(["train", "--work", str(work), "--model-size", "tiny", "--device", "cpu", "--quiet", *flags],
+           capsys, needle)
+    assert not (work / "model.pt").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--set", "cube.patch=0"], "cube.patch = 0: must be >= 1"),
+    (["--set", "box.motion_kernel=2"], "box.motion_kernel = 2: must be odd"),
+    (["--set", "box.score_thr=nan"], "box.score_thr = nan: must be a finite number"),
+    (["--set", "box.score_thr=1.5"], "box.score_thr = 1.5: must be <= 1"),
+    (["--set", "box.min_area=-5"], "box.min_area = -5"),
+    (["--set", "box.detector_tiles=0"], "box.detector_tiles = 0"),
+    (["--set", "cube.motion_thr=inf"], "cube.motion_thr = inf"),
+    (["--set", "flow.dis_preset=slow"], "flow.dis_preset = 'slow'"),
+    (["--length", "0"], "cube.length = 0"),
+])
+def test_bad_prepare_settings_are_one_line(flags: list[str], needle: str, scene: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(["prepare", "--root", str(scene), "--work", str(tmp_path / "w"), *PREP, *flags], capsys, needle)
+    assert not (tmp_path / "w" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--smooth-sigma", "-1"], "score.smooth_sigma = -1.0: must be >= 0"),
+    (["--epsilon", "nan"], "score.epsilon = nan"),
+    (["--w-raw", "inf"], "score.w_raw = inf"),
+    (["--batch-size", "0"], "score.batch_size = 0"),
+    (["--set", "score.w_motion=-4"], "score.w_motion = -4.0"),
+])
+def test_bad_test_settings_are_one_line(flags: list[str], needle: str, trained: tuple[Path, Path],
+                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work, model = trained
+    _fails(["test", "--work", str(work), "--model", str(model), "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "r"), *flags], capsys, needle)
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_bad_values_in_a_config_file_are_checked_too(tmp_path: Path) -> None:
+    from statevad.config import get_preset
+    from statevad.errors import UserError
+    from statevad.settings import resolve
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nlr = nan\n")
+    with pytest.raises(UserError, match="train.lr = nan"):
+        resolve(get_preset("ped2"), "train", config=cfg)
+    assert resolve(get_preset("ped2"), "train").train.lr == 1e-3  # every preset passes its own checks
+    for name in ("ped2", "avenue", "shanghaitech", "generic"):
+        get_preset(name).validate()
+
+
+# ------------------------------------------------------------------------------ label files (hostile)
+_LABELS = [
+    ("big.json", "[0, 1e400]", "found inf"),
+    ("str.json", '["a"]', "found 'a'"),
+    ("null.json", "[null]", "found None"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("frac.json", "[0, 0.5, 1]", "found 0.5"),
+    ("bool.json", "[true, false]", "found True"),
+    ("two.json", "[0, 2]", "found 2"),
+    ("short.csv", "0,1\n1\n", "row 2 has 1 field"),
+    ("huge.csv", "0\n" + "1" * 200_000 + "\n", "row 2"),
+    ("frac.txt", "0\n0.5\n", "found 0.5"),
+    ("word.txt", "0\nyes\n", "'yes' is not a label"),
+    ("far.json", '{"intervals": [[0, 3000000000]]}', "ends past the last frame 9999999"),
+    ("n.json", '{"intervals": [[0, 3]], "n_frames": 1e400}', "n_frames = inf"),
+    ("inf_end.json", "[[0, 1e400]]", "bounds must be integers"),
+    ("rev.json", '{"intervals": [[5, 2]], "n_frames": 9}', "[5, 2]"),
+    ("two_clips.json", '{"a": [[0, 1]], "b": [[0, 1]]}', "labels for 2 clips"),
+    ("obj.npy", None, "not of 0/1 labels"),
+    ("nan.npy", None, "NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("name, text, needle", _LABELS)
+def test_hostile_label_files_are_one_line(name: str, text: str | None, needle: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``statevad score --labels`` parses the file first (labels.py): one line, exit 2, nothing written."""
+    path = tmp_path / name
+    if name == "obj.npy":
+        np.save(path, np.array(["0", "1"]))
+    elif name == "nan.npy":
+        np.save(path, np.array([0.0, np.nan]))
+    else:
+        path.write_bytes(text.encode("utf-8"))
+    line = _fails(["score", str(tmp_path / "none.mp4"), "--model", str(tmp_path / "none.pt"), "--out",
+                   str(tmp_path / "out"), "--labels", str(path), "--quiet"], capsys, name, needle)
+    assert len(line) < 400
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_files_that_are_valid_after_all(tmp_path: Path) -> None:
+    from statevad.errors import UserError
+    from statevad.labels import labels_match, load_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeff0\n1\n1\n".encode())  # Excel's UTF-8 byte-order mark
+    assert load_labels(bom)[0].tolist() == [0, 1, 1]
+    ones = tmp_path / "ones.json"
+    ones.write_text("[0, 1.0, -1]")
+    assert load_labels(ones)[0].tolist() == [0, 1, -1]
+    # the input's length, when the caller knows it, bounds intervals and must match per-frame labels
+    iv = tmp_path / "iv.json"
+    iv.write_text('{"intervals": [[2, 8]]}')
+    lab, pad = load_labels(iv)
+    assert pad == 0 and labels_match(lab, pad, 9) is None and "past" in labels_match(lab, pad, 5)
+    with pytest.raises(UserError, match="ends past the last frame 4"):
+        load_labels(iv, n_frames=5)
+    with pytest.raises(UserError, match="3 labels for an input of 4 frames"):
+        load_labels(bom, n_frames=4)
+    assert "3 labels for an input of 4" in labels_match(load_labels(bom)[0], -1, 4)
+
+
+# ------------------------------------------------------------------------ manifests of the wrong type
+def _set_entry(m: dict, path: str, value: object) -> None:
+    *keys, last = path.split(".")
+    for k in keys:
+        m = m[k]
+    m[last] = value
+
+
+@pytest.mark.parametrize("path, value, needle", [
+    ("splits.train.n_frames", "eight", "n_frames = 'eight'"),
+    ("splits.train.shapes", 3, "shapes is missing"),
+    ("splits.train.shapes.raw", ["a"], "shapes is missing"),
+    ("splits.train.checksums", [1], "checksums is not a table"),
+    ("options", [], "not a prepared work directory"),
+    ("splits.train", "x", "not a prepared work directory"),
+    ("options.box", "x", "recorded box settings are a str"),
+    ("options.box", {"score_thr": "high"}, "recorded box settings are invalid"),
+    ("options.box", {"colour": 1}, "do not fit this statevad version"),
+])
+def test_work_manifest_fields_of_the_wrong_type(path: str, value: object, needle: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    work = make_work(tmp_path / "work")
+    m = json.loads((work / "manifest.json").read_text())
+    _set_entry(m, path, value)
+    (work / "manifest.json").write_text(json.dumps(m))
+    _fails(["train", "--work", str(work), "--model-size", "tiny", "--epochs", "1", "--device", "cpu",
+            "--quiet"], capsys, needle)
+    assert not (work / "model.pt").exists()
+
+
+@pytest.mark.parametrize("content, needle", [
+    ([1, 2], "entry 0 is not a clip"),
+    ([{"name": 1, "n_frames": 4, "start": 0}], "entry 0 is not a clip"),
+    ([{"name": "00", "n_frames": "4", "start": 0}], "entry 0 is not a clip"),
+    ([{"name": "00", "n_frames": 4, "start": 0}, {"name": "01", "n_frames": 4, "start": 9}], "starts at"),
+    ([{"name": "00", "n_frames": 4, "start": 0}], "the clips hold 4 frames"),
+    ({"name": "00"}, "is not a list of clips"),
+])
+def test_frames_json_entries_of_the_wrong_type(content: object, needle: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    work = make_work(tmp_path / "work")
+    (work / "train" / "frames.json").write_text(json.dumps(content))
+    _fails(["train", "--work", str(work), "--model-size", "tiny", "--epochs", "1", "--device", "cpu",
+            "--quiet"], capsys, "frames.json", needle)
+
+
+def test_model_file_work_manifest_of_the_wrong_type(trained: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from statevad.checkpoint import content_sha256
+
+    work, model = trained
+    for field, value, needle in (("work_manifest", "x", "field 'work_manifest' is a str"),
+                                 ("stats", [1.0], "field 'stats' is a list"),
+                                 ("work_manifest", {"options": 3}, "work_manifest.options is a int")):
+        data = torch.load(model, weights_only=True)
+        data[field] = value
+        data["content_sha256"] = content_sha256(data)  # consistently re-sealed: the type checks catch it
+        bad = tmp_path / "typed.pt"
+        torch.save(data, bad)
+        _fails(["test", "--work", str(work), "--model", str(bad), "--device", "cpu", "--quiet", "--out",
+                str(tmp_path / "r")], capsys, "typed.pt", needle)
+
+
+# ------------------------------------------------------------------------------------- other files
+@pytest.mark.parametrize("content", [b"", b"\x00" * 10, b"PK\x03\x04 not really a zip"])
+def test_import_original_of_an_empty_or_foreign_file(content: bytes, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "orig.pt"
+    ckpt.write_bytes(content)
+    _fails(["import-original", str(ckpt), "--out", str(tmp_path / "m.pt")], capsys, "orig.pt",
+           "empty" if not content else "not a tensor-only")
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_reference_boxes_with_nan_or_inf_are_refused(value: float, tmp_path: Path) -> None:
+    from statevad.errors import UserError
+
+    boxes = np.array([[1, 2, 10, 20], [3, 4, 5, 6]], np.float32)
+    boxes[1, 2] = value
+    path = tmp_path / "boxes_reference_test.npz"
+    np.savez(path, boxes=boxes, offsets=np.array([0, 1, 2], np.int64))
+    with pytest.raises(UserError, match="frame 1 hold NaN or inf"):
+        load_reference_boxes(path, 2)

@@ -288,9 +288,13 @@ def load_reference_boxes(path: str | os.PathLike[str], n_frames: int | None,
             if offsets[0] != 0 or offsets[-1] != len(boxes) or np.any(np.diff(offsets) < 0):
                 raise ValueError("offsets are not a monotone index into boxes")
             per_frame = [boxes[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-    except (OSError, KeyError, ValueError, IndexError, EOFError) as exc:
-        raise UserError(f"cannot read reference boxes {path}: {exc} "
+    except (OSError, KeyError, ValueError, IndexError, EOFError, TypeError) as exc:
+        raise UserError(f"cannot read reference boxes {path}: {str(exc)[:200]} "
                         "(expected an .npz with 'boxes' (N,4) and 'offsets' (frames+1))") from None
+    for i, b in enumerate(per_frame):
+        if b.size and not np.isfinite(b).all():
+            raise UserError(f"reference boxes {path}: the boxes of frame {i} hold NaN or inf coordinates; "
+                            "the file is corrupted or was written by another program")
     if n_frames is not None and len(per_frame) != n_frames:
         raise UserError(f"reference boxes {path} cover {len(per_frame)} frames but the split has {n_frames}; "
                         "they belong to another dataset or split")

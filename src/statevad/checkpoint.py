@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,54 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _canonical(obj: Any) -> Any:
+    """``obj`` as plain JSON data, every tensor replaced by the digest of its dtype, shape and bytes; dict
+    keys tagged with their type (an optimizer state is keyed by int). Tuples and lists are the same (a round
+    trip through ``torch.load`` may turn one into the other)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        digest = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+        return {"__tensor__": [str(t.dtype), list(t.shape), digest]}
+    if isinstance(obj, Mapping):
+        return {f"{type(k).__name__}:{k}": _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return {"__other__": f"{type(obj).__name__}:{obj!r}"}
+
+
+def content_sha256(payload: Mapping[str, Any]) -> str:
+    """One sha256 over everything a file carries that decides a result: the canonical JSON of every field
+    (preset, statistics, work manifest, history, optimizer state, RNG state, epoch, ...) and the tensors,
+    except the checksum fields themselves."""
+    body = {k: v for k, v in payload.items() if k not in ("sha256", "content_sha256")}
+    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sealed(payload: dict[str, Any]) -> dict[str, Any]:
+    payload["content_sha256"] = content_sha256(payload)
+    return payload
+
+
+def _check_content(data: dict[str, Any], path: Path, what: str, fix: str) -> None:
+    """Refuse a file whose content checksum does not match; files written before it existed (none stored)
+    are checked on their weights only."""
+    stored = data.get("content_sha256")
+    if stored is None:
+        return
+    try:
+        ok = isinstance(stored, str) and stored == content_sha256(data)
+    except (TypeError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise UserError(f"{what} {path} fails its checksum (its settings, statistics or state were modified, "
+                        f"or the file is corrupted): {fix}")
+
+
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
@@ -81,7 +131,11 @@ def read_torch_file(path: str | Path, what: str, kind: str, fix: str) -> Any:
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist (no such file): {fix}")
     try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{what} {path} is empty (0 bytes), not {kind}: {fix}")
         return torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise UserError(f"{what} {path} is not {kind} (or is corrupted: {type(exc).__name__}"
@@ -119,7 +173,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: d
         "history": {"epoch_loss": [float(v) for v in (history or [])]},
     }
     path = Path(path)
-    atomic_torch_save(payload, path)
+    atomic_torch_save(_sealed(payload), path)
     return path
 
 
@@ -129,8 +183,9 @@ def save_model_only(path: str | Path, model: STATE) -> None:
     :func:`load_checkpoint` reads it; the training statistics that scoring needs come from a training run
     (``statevad test --stats``).
     """
-    atomic_torch_save({"format": MODEL_FORMAT, "state_dict": cpu_state_dict(model),
-                       "model_config": dataclasses.asdict(model.cfg)}, path)
+    sd = cpu_state_dict(model)
+    atomic_torch_save(_sealed({"format": MODEL_FORMAT, "state_dict": sd, "sha256": state_dict_sha256(sd),
+                               "model_config": dataclasses.asdict(model.cfg)}), path)
 
 
 def _preset_of(data: dict[str, Any], path: Path) -> Preset:
@@ -160,6 +215,20 @@ def _check_finite(sd: dict[str, torch.Tensor], stats: Any, path: Path) -> None:
                 raise UserError(f"model file {path} has an invalid training statistic {k}={v!r}; retrain it")
 
 
+def _check_fields(data: dict[str, Any], path: Path) -> None:
+    """Fields of the wrong type (a hand-edited or foreign file) are one clear line, not a traceback later."""
+    kinds = {"preset": dict, "model_config": dict, "stats": dict, "work_manifest": dict, "history": dict,
+             "versions": dict}
+    for key, kind in kinds.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise UserError(f"model file {path}: field {key!r} is a {type(data[key]).__name__}, expected "
+                            f"{kind.__name__}; the file was modified or written by another program")
+    wm = data.get("work_manifest")
+    if isinstance(wm, dict) and wm.get("options") is not None and not isinstance(wm["options"], dict):
+        raise UserError(f"model file {path}: work_manifest.options is a {type(wm['options']).__name__}, "
+                        "expected dict; the file was modified or written by another program")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Load a model file (full checkpoint or model-only import) without unpickling code; eval mode.
 
@@ -186,6 +255,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise UserError(f"model file {path} fails its checksum (weights were modified or the file is "
                         "corrupted): retrain or re-copy it")
     _check_finite(sd, data.get("stats"), path)
+    _check_content(data, path, "model file", "retrain or re-copy it")
+    _check_fields(data, path)
     preset = _preset_of(data, path)
     model = build_model(preset.model)
     try:
@@ -231,7 +302,7 @@ def save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         "cubes_sha256": indices_sha,
         "history": [float(v) for v in history],
     }
-    atomic_torch_save(payload, path)
+    atomic_torch_save(_sealed(payload), path)
 
 
 def _resume_signature(preset: Preset) -> dict[str, Any]:
@@ -252,6 +323,10 @@ def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         raise UserError(f"{path} is not a statevad resume state; {fix}")
     if data.get("sha256") != state_dict_sha256(data["state_dict"]):
         raise UserError(f"resume state {path} fails its checksum (corrupted or modified); {fix}")
+    _check_content(data, path, "resume state", fix)
+    epoch = data.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UserError(f"resume state {path} has an invalid epoch {epoch!r}; {fix}")
     try:
         same = (_resume_signature(Preset.from_dict(data["preset"])) == _resume_signature(preset)
                 and data.get("cubes_sha256") == indices_sha)
@@ -260,7 +335,17 @@ def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     if not same:
         raise UserError(f"resume state {path} was written with other training settings or cubes; "
                         "use the same flags, or drop --resume to start over")
-    model.load_state_dict(data["state_dict"])
-    optimizer.load_state_dict(data["optimizer"])
-    torch.set_rng_state(data["torch_rng"])
-    return int(data["epoch"]), [float(v) for v in data.get("history", [])]
+    try:
+        model.load_state_dict(data["state_dict"])
+        optimizer.load_state_dict(data["optimizer"])
+        torch.set_rng_state(data["torch_rng"])
+        history = [float(v) for v in data.get("history", [])]
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"resume state {path} does not fit this training run ({_short(exc)}); "
+                        f"{fix}") from None
+    return epoch, history
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

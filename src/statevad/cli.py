@@ -27,8 +27,9 @@ def _not_implemented(name: str) -> Handler:
 
 # --------------------------------------------------------------------------------------------- info
 def _add_info(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("info", help="describe a dataset root, a video or a frame folder")
-    p.add_argument("path", help="dataset root, video file or frame folder")
+    p = sub.add_parser("info", help="describe a dataset root, a video, a frame folder or a stream URL")
+    p.add_argument("path", help="dataset root, video file, frame folder, or stream URL (opened, one frame "
+                   "decoded: size, fps, frame count if known)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     return _run_info
 
@@ -84,13 +85,28 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from statevad.preparation import parse_shard, summary
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    with _one_line_warnings("prepare"):
+    with _one_line_warnings("prepare"), _disk_errors():
         manifest = prepare(args.root, args.work, split=args.split, preset=args.preset, config=args.config,
                            sets=args.sets, boxes=args.boxes, flow=args.flow, length=args.length,
                            detector=args.detector, motion_wrap=args.motion_wrap, jobs=args.jobs, shard=shard,
                            merge=args.merge, progress=not args.quiet)
     print(json.dumps(manifest) if shard is not None else summary(manifest))
     return 0
+
+
+@contextlib.contextmanager
+def _disk_errors() -> Iterator[None]:
+    """An OSError of a writer or reader (disk full, read-only folder, permission, I/O error) as one line:
+    the file it concerns and why. Every writer publishes through a temporary sibling and a rename, so the
+    failed file is never left under its real name."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise UserError(f"cannot write or read{where}: {why}".replace("\n", " ")) from None
+    except MemoryError:
+        raise UserError("out of memory") from None
 
 
 @contextlib.contextmanager
@@ -151,10 +167,12 @@ def _run_train(args: argparse.Namespace) -> int:
     from statevad.distributed import env_world
 
     t0 = time.perf_counter()
-    out = train(args.work, out=args.out, preset=args.preset, model_size=args.model_size, config=args.config,
-                sets=args.sets, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                lr_schedule=args.lr_schedule, max_cubes=args.max_cubes, seed=args.seed, device=args.device,
-                bf16=args.bf16, resume=args.resume, deterministic=args.deterministic, progress=not args.quiet)
+    with _disk_errors():
+        out = train(args.work, out=args.out, preset=args.preset, model_size=args.model_size,
+                    config=args.config, sets=args.sets, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, lr_schedule=args.lr_schedule, max_cubes=args.max_cubes, seed=args.seed,
+                    device=args.device, bf16=args.bf16, resume=args.resume, deterministic=args.deterministic,
+                    progress=not args.quiet)
     rank, world, _ = env_world() or (0, 1, 0)
     if rank == 0:
         from statevad.checkpoint import load_checkpoint
@@ -197,12 +215,13 @@ def _run_test(args: argparse.Namespace) -> int:
 
     from statevad.api import evaluate
 
-    res = evaluate(args.work, args.model, out=args.out, config=args.config, sets=args.sets,
-                   epsilon=args.epsilon, w_raw=args.w_raw, w_flow=args.w_flow, w_motion=args.w_motion,
-                   smooth_sigma=args.smooth_sigma, batch_size=args.batch_size, device=args.device,
-                   bf16=args.bf16, stats=args.stats,
-                   clips=[c for c in args.clips.split(",") if c] if args.clips else None,
-                   progress=not args.quiet)
+    with _disk_errors():
+        res = evaluate(args.work, args.model, out=args.out, config=args.config, sets=args.sets,
+                       epsilon=args.epsilon, w_raw=args.w_raw, w_flow=args.w_flow, w_motion=args.w_motion,
+                       smooth_sigma=args.smooth_sigma, batch_size=args.batch_size, device=args.device,
+                       bf16=args.bf16, stats=args.stats,
+                       clips=[c for c in args.clips.split(",") if c] if args.clips else None,
+                       progress=not args.quiet)
     keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc")
     print(json.dumps({k: res[k] for k in keys}))
     return 0
@@ -237,7 +256,12 @@ def _add_score(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     p.add_argument("--batch-frames", type=int, default=4,
                    help="frames whose cubes go through the network together (default 4)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate, if the input does not carry one")
+    p.add_argument("--fps", type=float, default=None, help="frame rate, if the input does not carry one "
+                   "(frame folders, MJPEG: 25 is assumed, with a warning)")
+    p.add_argument("--max-objects", type=int, default=None, metavar="N",
+                   help="score at most N objects per frame, those that move most (default 64; 0 = no cap)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --out (a non-empty --out is refused without it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return _run_score
 
@@ -253,9 +277,12 @@ def _run_score(args: argparse.Namespace) -> int:
                 perturb=not args.no_perturb,
                 boxes=args.boxes, device=args.device, bf16=args.bf16, w_motion=args.w_motion,
                 video=not args.no_video, batch_frames=args.batch_frames, fps=args.fps,
-                progress=not args.quiet)
+                progress=not args.quiet, overwrite=args.overwrite,
+                **({} if args.max_objects is None else {"max_objects": args.max_objects}))
     print(format_summary(res))
-    return 0
+    if res.exit_code:  # stopped by SIGINT (130) or SIGTERM (143); the outputs are complete for what was read
+        print(f"statevad score: {res.end_reason}", file=sys.stderr)
+    return res.exit_code
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -298,8 +325,11 @@ def _run_import_original(args: argparse.Namespace) -> int:
     from statevad.checkpoint import load_original_checkpoint, save_model_only
     from statevad.model import count_parameters
 
+    if not 1 <= args.frames <= 1000:
+        raise UserError(f"--frames {args.frames}: expected the cube length 2l+1 of the weights, e.g. 7")
     model = load_original_checkpoint(args.ckpt, frames=args.frames)
-    save_model_only(args.out, model)
+    with _disk_errors():
+        save_model_only(args.out, model)
     c = model.cfg
     print(f"wrote {args.out}: {c.n_layers} layers, {c.n_heads} heads, widths {list(c.widths)}, pos {c.pos}, "
           f"T {c.frames}, {count_parameters(model):,} parameters")

@@ -8,10 +8,73 @@ dataclasses so that they serialise to JSON in manifests and checkpoints and roun
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from statevad.errors import UserError
+
+BOX_SOURCES = ("reference", "detector", "motion", "detector+motion", "auto")  # BoxConfig.source
+FLOW_METHODS = ("dis", "farneback", "deepflow", "rlof")  # FlowConfig.method
+DIS_PRESETS = ("ultrafast", "fast", "medium")  # FlowConfig.dis_preset
+POSITIONS = ("learned", "sine")  # ModelConfig.pos
+MAX_SEED = 2**63 - 1
+PE_SLOTS = 10  # the original's nn.Embedding(10, d): T <= 10 with learned positions
+GN_GROUPS = 4  # GroupNorm(4, D) after every encoder layer, independent of the number of heads
+
+
+# ------------------------------------------------------------------------------------ value checks
+class _Check:
+    """Range checks of one config section; every message names the field: ``train.batch_size = 0: ...``."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.section = type(cfg).__name__.removesuffix("Config").lower()
+
+    def fail(self, name: str, why: str) -> None:
+        raise UserError(f"{self.section}.{name} = {getattr(self.cfg, name)!r}: {why}")
+
+    def integer(self, name: str, lo: int | None = None, hi: int | None = None, *, none: bool = False,
+                odd: bool = False) -> None:
+        v = getattr(self.cfg, name)
+        if v is None and none:
+            return
+        if not isinstance(v, int) or isinstance(v, bool):
+            self.fail(name, "must be an integer")
+        if lo is not None and v < lo:
+            self.fail(name, f"must be >= {lo}")
+        if hi is not None and v > hi:
+            self.fail(name, f"must be <= {hi}")
+        if odd and v % 2 != 1:
+            self.fail(name, "must be odd (an OpenCV kernel size)")
+
+    def number(self, name: str, lo: float | None = None, hi: float | None = None, *,
+               positive: bool = False) -> None:
+        v = getattr(self.cfg, name)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            self.fail(name, "must be a number")
+        if not math.isfinite(v):
+            self.fail(name, "must be a finite number")
+        if lo is not None and v < lo:
+            self.fail(name, f"must be >= {lo:g}")
+        if hi is not None and v > hi:
+            self.fail(name, f"must be <= {hi:g}")
+        if positive and v <= 0:
+            self.fail(name, "must be > 0")
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> None:
+        v = getattr(self.cfg, name)
+        if not isinstance(v, str) or v.lower() not in choices:
+            self.fail(name, f"choose one of {', '.join(choices)}")
+
+    def flag(self, name: str) -> None:
+        if not isinstance(getattr(self.cfg, name), bool):
+            self.fail(name, "must be true or false")
+
+    def text(self, name: str, *, none: bool = False) -> None:
+        v = getattr(self.cfg, name)
+        if not (isinstance(v, str) or (none and v is None)):
+            self.fail(name, "must be a string")
 
 
 @dataclass
@@ -32,6 +95,21 @@ class BoxConfig:
     detector_letterbox: bool = False  # NanoDet input: letterbox (keep aspect) instead of plain resize
     detector_tiles: int = 1  # run the detector on this many overlapping column tiles (small objects)
 
+    def validate(self) -> None:
+        c = _Check(self)
+        c.choice("source", BOX_SOURCES)
+        c.text("detector_path", none=True)
+        for name in ("score_thr", "cover_thr", "nms_iou"):
+            c.number(name, 0.0, 1.0)
+        c.integer("min_area", 0)
+        c.integer("motion_area_thr", 0)
+        c.integer("motion_binary_thr", 0, 510)  # a threshold on the sum of two uint8 differences
+        c.integer("motion_extend", 0, 10_000)
+        c.integer("motion_kernel", 1, 255, odd=True)  # cv2.GaussianBlur needs an odd size
+        c.flag("motion_wrap")
+        c.flag("detector_letterbox")
+        c.integer("detector_tiles", 1, 64)
+
 
 @dataclass
 class FlowConfig:
@@ -39,6 +117,11 @@ class FlowConfig:
 
     method: str = "dis"
     dis_preset: str = "medium"  # ultrafast | fast | medium
+
+    def validate(self) -> None:
+        c = _Check(self)
+        c.choice("method", FLOW_METHODS)
+        c.choice("dis_preset", DIS_PRESETS)
 
 
 @dataclass
@@ -53,6 +136,12 @@ class CubeConfig:
     def frames(self) -> int:
         return 2 * self.length + 1
 
+    def validate(self) -> None:
+        c = _Check(self)
+        c.integer("length", 1, 1000)
+        c.integer("patch", 1, 4096)
+        c.number("motion_thr", 0.0)
+
 
 @dataclass
 class ModelConfig:
@@ -63,6 +152,29 @@ class ModelConfig:
     n_layers: int = 3
     n_heads: int = 4
     pos: str = "learned"  # learned | sine
+
+    def validate(self) -> None:
+        """Value ranges and the network's own rules (divisibility, positions): what STATE can represent."""
+        c = _Check(self)
+        c.integer("frames", 1)
+        if (not isinstance(self.widths, tuple | list) or len(self.widths) != 3
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.widths)):
+            c.fail("widths", "give three positive channel counts, e.g. 32,64,128")
+        c.integer("n_layers", 1, 1000)
+        c.integer("n_heads", 1)
+        if self.pos not in POSITIONS:  # the network compares the exact string
+            c.fail("pos", f"choose one of {', '.join(POSITIONS)}")
+        if self.widths[2] % self.n_heads:
+            raise UserError(f"model widths[2]={self.widths[2]} is not divisible by n_heads={self.n_heads}")
+        if self.widths[2] % GN_GROUPS:
+            raise UserError(
+                f"model widths[2]={self.widths[2]} must be divisible by {GN_GROUPS} (GroupNorm groups)")
+        if self.pos == "learned" and self.frames > PE_SLOTS:
+            raise UserError(
+                f"model frames={self.frames}: learned positions allow 1..{PE_SLOTS} frames (cube length "
+                "<= 4); use pos='sine' for longer cubes")
+        if self.pos == "sine" and (self.widths[2] // self.n_heads) % 2:
+            raise UserError("sine positions need an even head depth widths[2] / n_heads")
 
 
 LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule
@@ -85,6 +197,21 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
 
+    def validate(self) -> None:
+        c = _Check(self)
+        c.integer("epochs", 1)
+        c.integer("batch_size", 1)
+        c.number("lr", positive=True)
+        c.choice("lr_schedule", LR_SCHEDULES)
+        c.number("adam_eps", positive=True)
+        c.number("lambda_raw", 0.0)
+        c.number("lambda_flow", 0.0)
+        c.integer("max_cubes", 2, none=True)
+        c.integer("seed", 0, MAX_SEED)
+        c.flag("bf16")
+        c.text("device")
+        c.integer("workers", 0)
+
 
 @dataclass
 class ScoreConfig:
@@ -100,6 +227,16 @@ class ScoreConfig:
     bf16: bool = False
     device: str = "auto"
 
+    def validate(self) -> None:
+        c = _Check(self)
+        c.number("epsilon", 0.0)
+        for name in ("w_raw", "w_flow", "w_motion"):
+            c.number(name, 0.0)
+        c.number("smooth_sigma", 0.0)
+        c.integer("batch_size", 1)
+        c.flag("bf16")
+        c.text("device")
+
 
 @dataclass
 class Preset:
@@ -113,6 +250,12 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self, sections: tuple[str, ...] = ("box", "flow", "cube", "model", "train",
+                                                    "score")) -> None:
+        """Check the value ranges of ``sections`` (a one-line :class:`UserError` naming the field)."""
+        for name in sections:
+            getattr(self, name).validate()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preset:

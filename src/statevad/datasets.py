@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from statevad.events import intervals_to_labels
 from statevad.io import IMAGE_EXTS, VIDEO_EXTS, list_images, natural_key, open_source, read_frames
 
 SPLITS = ("train", "test")
+T = TypeVar("T")
 
 
 @dataclass
@@ -175,6 +177,28 @@ def _intervals_to_labels(n: int, intervals: list[tuple[int, int]], one_based: bo
         raise UserError(f"{origin}: {exc}") from None
 
 
+def _clip_number(name: str) -> int | None:
+    """The number a layout gives a clip (``08`` -> 8, ``Test003`` -> 3; ``01_0014`` -> None, not one)."""
+    m = re.fullmatch(r"[A-Za-z_-]*0*(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def _per_clip(test: list[Clip], items: list[T], origin: Path | str) -> list[tuple[Clip, T]]:
+    """Pair test clips with a label file's per-clip entries (entry k-1 belongs to clip number k).
+
+    By the clip's number whenever every clip has a distinct one in range, so that a partial download (e.g.
+    test videos 08 and 17-21 only) gets its own labels; by position only for unnumbered clips, and then the
+    counts must match."""
+    numbers = [_clip_number(c.name) for c in test]
+    if (all(n is not None for n in numbers) and len(set(numbers)) == len(numbers)
+            and all(1 <= n <= len(items) for n in numbers)):  # type: ignore[operator]
+        return [(c, items[n - 1]) for c, n in zip(test, numbers, strict=True)]  # type: ignore[operator]
+    if len(items) != len(test):
+        raise UserError(f"{origin}: intervals for {len(items)} clips but {len(test)} test clips, and the "
+                        "clip names do not number them")
+    return list(zip(test, items, strict=True))
+
+
 def _guess_name(root: Path) -> str:
     """Preset from the root folder's own name only: a parent such as ``~/avenue_work/my_footage`` must not
     turn the user's footage into Avenue."""
@@ -255,9 +279,7 @@ def _load_ucsd(root: Path) -> Dataset:
     m_files = sorted(base.glob("Test/UCSDped*.m")) + sorted(base.glob("UCSDped*.m"))
     if m_files:
         intervals = _parse_ucsd_m(m_files[0])
-        if len(intervals) != len(test):
-            raise UserError(f"{m_files[0]}: intervals for {len(intervals)} clips but {len(test)} test clips")
-        for c, iv in zip(test, intervals, strict=True):
+        for c, iv in _per_clip(test, intervals, m_files[0]):
             labels = _intervals_to_labels(c.n_frames, iv, True, m_files[0], c.name)
             c.labels = _check_labels(c, labels, m_files[0])
     for c in test:
@@ -311,9 +333,7 @@ def _load_frames_layout(root: Path) -> Dataset:
     mask_dir = root / "testing" / "test_frame_mask"
     if mats:
         intervals = _mat_intervals(mats[0])
-        if len(intervals) != len(test):
-            raise UserError(f"{mats[0]}: intervals for {len(intervals)} clips but {len(test)} test clips")
-        for c, iv in zip(test, intervals, strict=True):
+        for c, iv in _per_clip(test, intervals, mats[0]):
             c.labels = _check_labels(c, _intervals_to_labels(c.n_frames, iv, True, mats[0], c.name), mats[0])
     elif mask_dir.is_dir():
         _labels_from_npy(test, mask_dir)
@@ -332,8 +352,10 @@ def _load_avenue(root: Path) -> Dataset:
     train = _make_clips("train", [(p.stem, p, "0") for p in _videos(root / "training_videos")])
     test = _make_clips("test", [(p.stem, p, "0") for p in _videos(root / "testing_videos")])
     gt_dir = root / "ground_truth_demo" / "testing_label_mask"
+    numbers = [_clip_number(c.name) for c in test]
+    by_number = all(n is not None for n in numbers) and len(set(numbers)) == len(numbers)
     for k, c in enumerate(test, start=1):
-        f = gt_dir / f"{k}_label.mat"
+        f = gt_dir / f"{numbers[k - 1] if by_number else k}_label.mat"  # 08.avi <-> 8_label.mat
         if f.exists():
             masks = _vol_label(f)
             c.labels = _check_labels(c, masks.reshape(len(masks), -1).any(axis=1), f)
@@ -387,17 +409,22 @@ def _generic_sources(folder: Path) -> list[tuple[str, Path, str]]:
 def _read_generic_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
     try:
         if path.suffix == ".json":
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8-sig"))
             if not isinstance(raw, dict):
                 raise ValueError("top level must be an object {clip: [[first, last], ...]}")
             return {str(k): [(int(a), int(b)) for a, b in v] for k, v in raw.items()}
         out: dict[str, list[tuple[int, int]]] = {}
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is accepted
+            reader = csv.DictReader(fh)
+            for row in reader:
+                if None in row or any(row.get(k) is None for k in ("clip", "start", "end")):
+                    raise ValueError(f"row {reader.line_num} does not have the 3 fields clip,start,end")
                 out.setdefault(row["clip"].strip(), []).append((int(row["start"]), int(row["end"])))
         return out
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: malformed labels file ({exc}); expected labels.json "
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a labels file") from None
+    except (ValueError, KeyError, TypeError, csv.Error, UnicodeDecodeError, OverflowError) as exc:
+        raise UserError(f"{path}: malformed labels file ({str(exc)[:200]}); expected labels.json "
                         '{"clip": [[first, last], ...]} or labels.csv with header clip,start,end') from None
 
 
@@ -527,8 +554,19 @@ def _has_images(folder: Path) -> bool:
 
 
 def describe(path: str | Path, as_json: bool = False) -> int:
-    """``statevad info``: a dataset root, or a single video / frame folder."""
-    path = Path(path)
+    """``statevad info``: a dataset root, a single video / frame folder, or a stream URL."""
+    from statevad.io import file_url_path, is_url, probe_stream
+
+    local = file_url_path(str(path)) if not isinstance(path, Path) else None
+    if local is None and not isinstance(path, Path) and is_url(str(path)):
+        info = probe_stream(str(path))
+        if as_json:
+            print(json.dumps(info))
+        else:
+            print(f"stream: {path}\nframes: {info['frames'] or 'unknown (live)'}\n"
+                  f"resolution: {info['resolution']}\nfps: {info['fps'] or 'unknown'}")
+        return 0
+    path = local if local is not None else Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     is_dataset = path.is_dir() and any(test(path) for _, test, _, _ in LAYOUTS)

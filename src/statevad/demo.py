@@ -151,7 +151,7 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     _log(opts.progress, f"step 3/3: scoring held-out clip {name} ({spec}) frame by frame")
     res = stream.score(spec, model, out / "report", stream.ScoreOptions(
         labels=labels, device=opts.device, max_frames=settings.max_test_frames, progress=opts.progress,
-        title=f"statevad demo: {sample}, held-out clip {name}"))
+        overwrite=True, title=f"statevad demo: {sample}, held-out clip {name}"))
     minutes = (time.perf_counter() - t0) / 60
     print(stream.format_summary(res))
     if res.auroc is not None:

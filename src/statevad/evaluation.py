@@ -33,7 +33,7 @@ from statevad.scoring import (
 )
 from statevad.settings import resolve
 from statevad.tensors import cube_motion, resolve_device
-from statevad.training import select_cubes, training_stats
+from statevad.training import check_writable, select_cubes, training_stats
 from statevad.visualize import save_roc
 from statevad.workdir import SplitData, open_split, select_clips
 
@@ -90,6 +90,36 @@ def write_object_csv(path: Path, split_data: SplitData, bounds: list[tuple[str, 
     _write_csv(path, ["clip", "frame", "x1", "y1", "x2", "y2", *names], rows())
 
 
+def check_options(work: Path, manifest: dict[str, Any], model_manifest: dict[str, Any] | None,
+                  model_path: Path) -> None:
+    """The work directory's cubes must come from the box / flow / cube options the model was trained on
+    (``statevad score`` rebuilds its stages from the model's recorded options; ``test`` reads prepared cubes,
+    so it compares them): a model scored on other cubes gives a meaningless AUROC."""
+    from statevad.preparation import options_identity
+
+    if not isinstance(model_manifest, dict) or not isinstance(model_manifest.get("options"), dict):
+        return  # imported weights or an older model file: nothing recorded to compare
+    ours = options_identity(manifest.get("options")) or {}
+    theirs = options_identity(model_manifest["options"]) or {}
+    diff = []
+    for section in ("box", "flow", "cube"):
+        a, b = ours.get(section), theirs.get(section)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                diff.append(f"{section} (work {a!r}, model {b!r})")
+            continue
+        for name in sorted(set(a) | set(b)):
+            if a.get(name) != b.get(name):
+                diff.append(f"{section}.{name} (work {a.get(name)!r}, model {b.get(name)!r})")
+    for key in ("box_source", "detector_sha256"):
+        if ours.get(key) != theirs.get(key):
+            diff.append(f"{key} (work {ours.get(key)!r}, model {theirs.get(key)!r})")
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; +{len(diff) - 6} more" if len(diff) > 6 else "")
+        raise UserError(f"{work} was prepared with other options than {model_path} was trained on: {shown}; "
+                        "prepare the work directory with the model's settings or use a matching model")
+
+
 def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None = None,
              overrides: dict[str, Any] | None = None, stats: str | None = None,
              clips: list[str] | None = None, progress: bool = True, config: str | Path | None = None,
@@ -107,12 +137,16 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     cfg = resolve(ckpt.preset, "test", config=config, sets=sets, flags={"score": overrides or {}}).score
     device = resolve_device(cfg.device)
     model.to(device)
-    test = select_clips(open_split(work, "test"), clips)
+    out_dir = Path(out) if out is not None else work / "results" / model_path.stem
+    check_writable(out_dir / "metrics.json", "--out")  # before scoring, not after it
+    full_test = open_split(work, "test", verify=True)
+    check_options(work, full_test.manifest, ckpt.work_manifest, model_path)
+    test = select_clips(full_test, clips)
     if test.raw.shape[1] != ckpt.preset.model.frames:
         raise UserError(f"{work} has cubes of {test.raw.shape[1]} frames but {model_path} was trained on "
                         f"{ckpt.preset.model.frames}: prepare with the same --length or use another model")
     if stats == "train":
-        tr = open_split(work, "train")
+        tr = open_split(work, "train", verify=True)
         st = training_stats(model, tr.raw, tr.flow, select_cubes(len(tr.raw), None, 0),
                             batch_size=cfg.batch_size, bf16=cfg.bf16, progress=progress)
     elif stats is not None:
@@ -134,8 +168,6 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     frames = smooth(frame_scores(test.frame, cube_score, test.n_frames), cfg.smooth_sigma, bounds)
 
     # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
-    out_dir = Path(out) if out is not None else work / "results" / model_path.stem
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_frame_csv(out_dir / "scores.csv", frames, test.labels, bounds)
     cols = {"e_raw": e_raw, "e_flow": e_flow, "z_raw": z_raw, "z_flow": z_flow, "motion": motion}
     if has_motion_stats:

@@ -87,22 +87,62 @@ def atomic_write_with(dest: str | os.PathLike[str], writer: Callable[[Path], Non
         writer(tmp)
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the JSON text :func:`atomic_write_json` writes (numpy numbers and paths allowed)."""
+    return json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n"
+
+
+def write_temp(dest: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a synced temporary sibling of ``dest`` and return its path (not yet renamed).
+
+    For writers that publish several files together: write every temp first, then ``os.replace`` them all,
+    so a failure (a full disk) leaves none of them under a real name. The temp is removed if writing fails.
+    """
+    dest = Path(dest)
+    fd, tmp = temp_sibling(dest)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 class StreamFile:
-    """A text file written line by line to a temporary sibling and renamed into place on :meth:`close`."""
+    """A text file written line by line to a temporary sibling and renamed into place on :meth:`close`.
+
+    :meth:`close` is :meth:`sync` (flush, fsync, close the temp: this is where a full disk shows) followed by
+    :meth:`publish` (the rename), so that a writer of several files can sync them all before renaming any.
+    """
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         fd, self.tmp = temp_sibling(dest)
         self.fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="")
 
-    def close(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
+    def sync(self) -> None:
+        if not self.fh.closed:
+            try:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+            finally:
+                self.fh.close()
+
+    def publish(self) -> None:
         os.replace(self.tmp, self.dest)
 
+    def close(self) -> None:
+        self.sync()
+        self.publish()
+
     def abort(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError:  # the buffered rest could not be written (full disk): the temp is dropped anyway
+            pass
         self.tmp.unlink(missing_ok=True)
 
 

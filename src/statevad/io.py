@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,26 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
 
 def is_url(spec: str) -> bool:
     return spec.lower().startswith(URL_SCHEMES)
+
+
+def file_url_path(spec: str) -> Path | None:
+    """The local path of a ``file://`` URL (``file:///a/b%20c.mp4`` -> ``/a/b c.mp4``), None for other specs.
+
+    Only local files are accepted: ``file://localhost/...`` and ``file:///...``; another host is an error.
+    """
+    if not spec.lower().startswith("file:"):
+        return None
+    from urllib.parse import unquote, urlparse
+
+    url = urlparse(spec)
+    if url.netloc not in ("", "localhost"):
+        raise UserError(f"{spec}: a file:// URL must name a file on this machine (file:///path/to/video.mp4)")
+    return Path(unquote(url.path))
+
+
+# A read that fails after waiting this long is a stalled stream, not its end (FFmpeg gives up on a silent
+# network stream after its own read timeout, about 30 s).
+STALL_S = 5.0
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -270,13 +291,19 @@ class LiveSource(FrameSource):
         self.name = f"camera{spec}" if isinstance(spec, int) else str(spec)
         self.strict = strict
         self.n_frames = None
+        self.end_reason: str | None = None  # set when the stream stalled rather than ended
         with _quiet_opencv():
             self._cap: cv2.VideoCapture | None = cv2.VideoCapture(spec)
         if not self._cap.isOpened():
             self._cap.release()
             self._cap = None
-            what = f"camera index {spec}" if isinstance(spec, int) else f"stream {spec}"
-            raise UserError(f"cannot open {what}; check that the device or URL is reachable")
+            if isinstance(spec, int):
+                raise UserError(f"cannot open camera index {spec}; check that the device is connected "
+                                "and free")
+            raise UserError(f"cannot open stream {spec}: FFmpeg could not connect to it or could not "
+                            "decode what it sent (unreachable address, wrong URL, or a format it cannot "
+                            "stream, such as an MP4 whose index is at the end:"
+                            " remux it with -movflags +faststart)")
         fps = float(self._cap.get(cv2.CAP_PROP_FPS))
         h, w = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.fps = fps if 0 < fps < 1000 else None
@@ -286,9 +313,14 @@ class LiveSource(FrameSource):
     def __iter__(self) -> Iterator[np.ndarray]:
         i = 0
         while self._cap is not None:
+            t0 = time.monotonic()
             ok, frame = self._cap.read()
             if not ok or frame is None:
-                if i == 0 or not self.strict:
+                waited = time.monotonic() - t0
+                if waited >= STALL_S:
+                    self.end_reason = f"input stalled (no frame for {waited:.0f} s)"
+                    _warn(f"{self.name}: no frame for {waited:.0f} s after {i} frames: the stream stalled")
+                elif i == 0 or not self.strict:
                     _warn(f"{self.name}: stream ended or was lost after {i} frames")
                 break
             frame = to_bgr(frame)
@@ -315,6 +347,9 @@ def open_source(spec: str | int | Path, *, strict: bool = True) -> FrameSource:
         return LiveSource(spec, strict=strict)
     text = str(spec)
     if not isinstance(spec, Path):
+        local = file_url_path(text)
+        if local is not None:
+            return open_source(local, strict=strict)
         if text.strip().isdigit() and not Path(text).exists():
             return LiveSource(int(text), strict=strict)
         if is_url(text):
@@ -328,6 +363,27 @@ def open_source(spec: str | int | Path, *, strict: bool = True) -> FrameSource:
     if path.suffix.lower() in IMAGE_EXTS:
         raise UserError(f"{path}: a single image is not a frame source; give the folder holding the frames")
     return VideoFileSource(path, strict=strict)
+
+
+def probe_stream(spec: str) -> dict[str, object]:
+    """``statevad info`` of a stream URL: open it, decode one frame; size, fps and frame count if known."""
+    src = LiveSource(spec, strict=False)
+    try:
+        cap = src._cap
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap is not None else 0
+        frame = None
+        if cap is not None:
+            with _quiet_opencv():
+                ok, frame = cap.read()
+            frame = frame if ok else None
+        if frame is None:
+            raise UserError(f"stream {spec} opened but no frame could be decoded from it (for an MP4 "
+                            "file over HTTP the index must come first: remux it with -movflags +faststart)")
+        h, w = frame.shape[:2]
+    finally:
+        src.close()
+    return {"source": spec, "kind": "stream", "frames": count if count > 0 else None,
+            "resolution": f"{w}x{h}", "fps": src.fps}
 
 
 def read_frames(spec: str | int | Path, *, strict: bool = True, max_frames: int | None = None) -> np.ndarray:

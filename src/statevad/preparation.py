@@ -15,8 +15,10 @@ fails it, or does not load, is recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -294,12 +296,65 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
                               detector_path=detector_path, motion_wrap=motion_wrap, sets=sets,
                               config=config)
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the work directory {work}: {exc.strerror or exc}") from None
+    # Shard runs share the directory with each other by design (they only write their own clip caches,
+    # never merge, clean or write the manifest); every other run holds it exclusively.
+    with contextlib.nullcontext() if shard is not None else work_lock(work):
+        return _prepare_locked(ds, root, work, splits, options, jobs, progress, shard, merge)
+
+
+def work_lock(work: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive, non-blocking ``flock`` on ``WORK/.lock`` for the duration of an unsharded prepare: a
+    second run fails at once naming the first one's pid, instead of both writing the same files."""
+    import fcntl
+
+    @contextlib.contextmanager
+    def held() -> Any:
+        path = work / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(f"work directory {work} is in use by another `statevad prepare` (pid {pid}); "
+                                "wait for it to finish or use another --work") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock; the file stays (removing it would race a waiting run)
+
+    return held()
+
+
+def _prepare_locked(ds: Any, root: Any, work: Path, splits: tuple[str, ...], options: PrepareOptions,
+                    jobs: int, progress: bool, shard: tuple[int, int] | None, merge: bool) -> dict[str, Any]:
     old = read_manifest(work)
     manifest = _new_manifest(ds, options)
-    if (old and options_identity(old.get("options")) == options_identity(manifest["options"])
+    others = {k: v for k, v in ((old or {}).get("splits") or {}).items() if k not in splits}
+    if shard is not None:
+        pass  # a shard writes no manifest: nothing is kept or dropped
+    elif (old and options_identity(old.get("options")) == options_identity(manifest["options"])
             and old.get("versions") == manifest["versions"]):
-        manifest["splits"].update({k: v for k, v in old.get("splits", {}).items() if k not in splits})
+        manifest["splits"].update(others)
+        kept = {k: v for k, v in (old.get("dropped_splits") or {}).items() if k not in splits}
+        if kept:
+            manifest["dropped_splits"] = kept
+    elif others:
+        names = " and ".join(sorted(others))
+        why = ("its box/flow/cube options differ" if options_identity(old.get("options"))
+               != options_identity(manifest["options"]) else "it was prepared with other library versions")
+        manifest["dropped_splits"] = {k: f"`statevad prepare --split {'/'.join(splits)}` ran with other "
+                                         f"settings ({why}); prepare it again" for k in others}
+        warnings.warn(f"the {names} split of {work} was dropped from the manifest because {why} from this "
+                      f"run's; prepare it again with these settings", stacklevel=3)
     _log(progress, f"boxes: {options.box_source} ({options.box_source_reason}); flow: {options.flow.method}; "
                    f"cube length {options.cube.frames}; preset {options.preset}")
     report: dict[str, Any] = {"format": FORMAT + "#shard", "shard": list(shard or ()), "splits": {}}
@@ -315,7 +370,7 @@ def prepare(root: str | os.PathLike[str] | Any, work: str | os.PathLike[str], *,
         remove_stale_temps(work / sp)
         remove_stale_temps(work / sp / "clips")
         manifest["splits"][sp] = _prepare_split(ds, sp, clips, options, work, jobs, progress,
-                                                (old or {}).get("splits", {}).get(sp), merge_only=merge)
+                                                ((old or {}).get("splits") or {}).get(sp), merge_only=merge)
         atomic_write_json(work / "manifest.json", manifest)
     return report if shard is not None else manifest
 
@@ -498,7 +553,8 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
     shapes = {"raw": (n, t, pt, pt, 3), "flow": (n, t, pt, pt, 2), "frame": (n,), "clip": (n,), "box": (n, 4)}
     dtypes = {"raw": np.uint8, "flow": np.float16, "frame": np.int64, "clip": np.int32, "box": np.float32}
     if (old_entry and old_entry.get("clip_fingerprints") == fps and old_entry.get("n_cubes") == n
-            and _arrays_match(out_dir, shapes, dtypes)):
+            and _arrays_match(out_dir, shapes, dtypes)
+            and _checksums_match(out_dir, old_entry.get("checksums"))):
         checksums = old_entry["checksums"]
     else:
         with _atomic_arrays(out_dir, shapes, dtypes) as arrs:
@@ -528,6 +584,17 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
     }
 
 
+def _checksums_match(out_dir: Path, checksums: Any) -> bool:
+    """The merged arrays still have the sha256 the manifest recorded (a flipped byte means: merge again from
+    the clip caches, which carry their own checksums)."""
+    if not isinstance(checksums, dict):
+        return False
+    try:
+        return all(sha256_file(out_dir / f"{k}.npy") == checksums.get(k) for k in ARRAYS)
+    except OSError:
+        return False
+
+
 def _arrays_match(out_dir: Path, shapes: dict[str, tuple], dtypes: dict[str, Any]) -> bool:
     try:
         for k in ARRAYS:
@@ -547,13 +614,19 @@ class _atomic_arrays:
         self._ctx: list[Any] = []
 
     def __enter__(self) -> dict[str, np.ndarray]:
-        arrs = {}
-        for k in ARRAYS:
-            ctx = atomic_path(self.out_dir / f"{k}.npy")
-            tmp = ctx.__enter__()
-            self._ctx.append(ctx)
-            arrs[k] = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtypes[k], shape=self.shapes[k])
+        arrs: dict[str, np.ndarray] = {}
         self._arrs = arrs
+        try:
+            for k in ARRAYS:
+                ctx = atomic_path(self.out_dir / f"{k}.npy")
+                tmp = ctx.__enter__()
+                self._ctx.append(ctx)
+                arrs[k] = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtypes[k],
+                                                    shape=self.shapes[k])
+                _allocate(tmp)
+        except BaseException as exc:  # a full disk while opening: remove the temporaries made so far
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return arrs
 
     def __exit__(self, *exc: Any) -> None:
@@ -563,6 +636,21 @@ class _atomic_arrays:
         self._arrs.clear()
         for ctx in reversed(self._ctx):
             ctx.__exit__(*exc)
+
+
+def _allocate(path: Path) -> None:
+    """Reserve a memory-mapped file's blocks now: a full disk is then one OSError here, not a SIGBUS (a crash
+    without a message) at the first page written. File systems without fallocate are left as they are."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _write_frames_labels(ds: Any, split: str, clips: list[Any], work: Path) -> None:

@@ -49,7 +49,14 @@ def resolve(base: Preset, command: str, *, config: str | Path | None = None, set
         if section not in sections:
             raise ValueError(f"flags of section {section!r} do not belong to `statevad {command}`")
         preset = dataclasses.replace(preset, **{section: override(getattr(preset, section), **values)})
+    validate(preset, sections)
     return preset
+
+
+def validate(preset: Preset, sections: tuple[str, ...] = SECTIONS) -> None:
+    """The value checks of every resolution (:meth:`statevad.config.Preset.validate`; for the model section
+    also the network's own rules): one clear line each."""
+    preset.validate(sections)
 
 
 def _replace(preset: Preset, section: str, values: dict[str, Any]) -> Preset:
@@ -151,7 +158,13 @@ def _parse_value(current: Any, raw: str, pair: str) -> Any:
     if current is None and raw.lower() in ("none", ""):
         return None
     if isinstance(current, tuple):
-        return tuple(type(current[0])(v) for v in raw.split(",")) if current else tuple(raw.split(","))
+        items = [v.strip() for v in raw.strip().removeprefix("[").removesuffix("]").split(",") if v.strip()]
+        kind = type(current[0]) if current else str
+        try:
+            return tuple(kind(v) for v in items)
+        except ValueError:
+            raise UserError(f"--set {pair!r}: {raw!r} is not a comma-separated list of "
+                            f"{kind.__name__}") from None
     return raw
 
 
@@ -170,9 +183,16 @@ def recorded_stages(manifest: dict[str, Any] | None, where: str) -> dict[str, An
         if isinstance(options.get(key), dict):
             try:
                 out[key] = cls(**options[key])
+                out[key].validate()
             except TypeError as exc:
                 raise UserError(f"{where}: the recorded {key} settings do not fit this statevad version "
                                 f"({exc}); re-run `statevad prepare` with this version") from None
+            except UserError as exc:
+                raise UserError(f"{where}: the recorded {key} settings are invalid ({exc}); re-run "
+                                "`statevad prepare`") from None
+        elif options.get(key) is not None:
+            raise UserError(f"{where}: the recorded {key} settings are a {type(options[key]).__name__}, not "
+                            "a table; re-run `statevad prepare`")
     return out
 
 

@@ -183,6 +183,22 @@ def _share_bounds(n: int, ctx: DistContext) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------- driver
+def check_writable(dest: Path, flag: str) -> None:
+    """``dest``'s folder exists (created if needed) and takes a new file: a read-only or full output
+    location is one clear line before the work, not an error after it."""
+    from statevad.files import temp_sibling
+
+    try:
+        fd, tmp = temp_sibling(dest)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {dest}: cannot write into {dest.parent} ({exc.strerror or exc})") from None
+
+
 @contextmanager
 def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
     """``torch.use_deterministic_algorithms`` + cuDNN flags for the duration of a run (then restored).
@@ -218,7 +234,9 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
     """
     work = Path(work)
     out = Path(out) if out is not None else work / "model.pt"
-    data = open_split(work, "train")
+    data = open_split(work, "train", verify=True)
+    if ctx.is_main:
+        check_writable(out, "--out")  # before any training: not after an epoch's work
     raw = data.raw
     if len(raw) < 2:
         raise UserError(f"{work} has {len(raw)} training cube(s): training needs at least 2; "

@@ -10,6 +10,7 @@ z-scores (spec 7.2) and a frame with no object has the score ``EMPTY_FRAME_SCORE
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import io
 import math
@@ -23,7 +24,7 @@ import numpy as np
 
 from statevad.errors import UserError
 from statevad.events import Event, label_intervals
-from statevad.files import atomic_path, atomic_write_text, temp_sibling
+from statevad.files import atomic_path, atomic_write_text, fsync_file, temp_sibling
 from statevad.io import DEFAULT_FPS, fps_or_default
 from statevad.scoring import EMPTY_FRAME_SCORE
 
@@ -158,12 +159,39 @@ class AnnotatedVideoWriter:
         self._writer.write(out)
         self.n_frames += 1
 
-    def close(self) -> Path:
-        """Finish the file and rename it into place."""
+    def finish(self) -> Path:
+        """Finish the temporary file and check that it reads back; return its path (not yet renamed).
+
+        ``cv2.VideoWriter`` reports no write error: on a full disk it leaves an MP4 without its index (moov
+        atom), which no player opens. So the file is reopened and its frame count compared with the frames
+        written; a file that fails is deleted and :class:`OSError` raised.
+        """
         self._writer.release()
-        if self._tmp.exists():
-            os.replace(self._tmp, self.dest)
+        ok, count = False, -1
+        if self._tmp.exists() and self._tmp.stat().st_size > 0:
+            cap = cv2.VideoCapture(str(self._tmp))
+            try:
+                ok = cap.isOpened()
+                count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else -1
+            finally:
+                cap.release()
+        if not ok or count != self.n_frames:
+            self._tmp.unlink(missing_ok=True)
+            got = f"{count} of {self.n_frames} frames" if ok else "no readable file"
+            raise OSError(errno.EIO, f"the annotated video did not read back ({got}; disk full?)",
+                          str(self.dest))
+        fsync_file(self._tmp)
+        return self._tmp
+
+    def publish(self) -> Path:
+        """Rename the finished file (:meth:`finish`) into place."""
+        os.replace(self._tmp, self.dest)
         return self.dest
+
+    def close(self) -> Path:
+        """Finish the file, check it and rename it into place."""
+        self.finish()
+        return self.publish()
 
     def abort(self) -> None:
         """Drop the partial file (used when an unexpected error aborts the run)."""

@@ -34,12 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from statevad.config import ModelConfig
-from statevad.errors import UserError
+from statevad.config import GN_GROUPS, PE_SLOTS, ModelConfig
 from statevad.model.kernels import BatchNorm2d, ComposedTerms, composable, upsample_conv
 
-PE_SLOTS = 10  # the original's nn.Embedding(10, d): T <= 10 with learned positions
-GN_GROUPS = 4  # GroupNorm(4, D) after every encoder layer, independent of the number of heads
 LEAK = 0.2
 
 
@@ -233,25 +230,9 @@ class Branch(nn.Module):
 
 # ---------------------------------------------------------------------------------------- network
 def validate_config(cfg: ModelConfig) -> None:
-    """Reject configurations the network cannot represent, naming the field to change."""
-    if len(cfg.widths) != 3 or min(cfg.widths) < 1:
-        raise UserError(f"model widths {cfg.widths}: give three positive channel counts, e.g. 32 64 128")
-    if cfg.n_heads < 1 or cfg.widths[2] % cfg.n_heads:
-        raise UserError(f"model widths[2]={cfg.widths[2]} is not divisible by n_heads={cfg.n_heads}")
-    if cfg.widths[2] % GN_GROUPS:
-        raise UserError(
-            f"model widths[2]={cfg.widths[2]} must be divisible by {GN_GROUPS} (GroupNorm groups)")
-    if cfg.n_layers < 1:
-        raise UserError(f"model n_layers={cfg.n_layers}: need at least 1 layer")
-    if cfg.pos not in ("learned", "sine"):
-        raise UserError(f"model pos={cfg.pos!r}: choose 'learned' or 'sine'")
-    if cfg.frames < 1 or (cfg.pos == "learned" and cfg.frames > PE_SLOTS):
-        raise UserError(
-            f"model frames={cfg.frames}: learned positions allow 1..{PE_SLOTS} frames (cube length <= 4); "
-            "use pos='sine' for longer cubes"
-        )
-    if cfg.pos == "sine" and (cfg.widths[2] // cfg.n_heads) % 2:
-        raise UserError("sine positions need an even head depth widths[2] / n_heads")
+    """Reject configurations the network cannot represent, naming the field to change
+    (:meth:`statevad.config.ModelConfig.validate`)."""
+    cfg.validate()
 
 
 class STATE(nn.Module):

@@ -8,8 +8,13 @@ input: only one float per frame (the frame score, for the curve) and a capped se
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,14 +27,20 @@ from tqdm import tqdm
 from statevad.checkpoint import load_checkpoint
 from statevad.errors import UserError
 from statevad.events import Event
+from statevad.files import remove_stale_temps
 from statevad.flow import FlowEstimator
-from statevad.io import fps_or_default, open_source
+from statevad.io import fps_or_default, is_url, open_source, valid_fps
+from statevad.labels import labels_match
 from statevad.scoring import AUTO_Z, auto_threshold, motion_zscore
 from statevad.settings import resolve
-from statevad.stream.engine import FrameResult, StreamScorer
-from statevad.stream.outputs import Outputs
+from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
+from statevad.stream.outputs import OUTPUT_FILES, Outputs
 from statevad.stream.stages import box_fn, net_fn, stage_settings
 from statevad.tensors import resolve_device
+
+# Objects scored per frame at most: a busy scene can give a thousand boxes a frame (each one a cube through
+# the network); past this many, the boxes that move most are kept (StreamScorer's max_objects).
+DEFAULT_MAX_OBJECTS = 64
 
 
 @dataclass
@@ -52,6 +63,8 @@ class ScoreOptions:
     fps: float | None = None  # override the source's frame rate
     progress: bool = True
     title: str | None = None
+    max_objects: int | None = DEFAULT_MAX_OBJECTS  # objects scored per frame at most (None or 0: no cap)
+    overwrite: bool = False  # replace an earlier run's outputs in ``out`` (else a non-empty out is refused)
 
 
 @dataclass
@@ -68,6 +81,8 @@ class ScoreResult:
     auroc: float | None = None
     cpu_s: float = 0.0  # process CPU time (all threads): comparable across loaded and idle machines
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    exit_code: int = 0  # 130 after a SIGINT (Ctrl-C), 143 after a SIGTERM: outputs complete all the same
+    n_capped: int = 0  # frames whose objects were capped to max_objects
 
 
 def _source_len(src: Any) -> int | None:
@@ -91,6 +106,9 @@ def _frames(src: Any, end: dict[str, str]) -> Iterator[np.ndarray]:
         try:
             f = next(it)
         except StopIteration:
+            reason = getattr(src, "end_reason", None)  # e.g. "input stalled (no frame for 30 s)"
+            if reason:
+                end["reason"] = str(reason)
             return
         except (OSError, RuntimeError, ValueError, UserError, cv2.error) as exc:
             end["reason"] = f"input lost ({type(exc).__name__}: {exc})"
@@ -99,6 +117,122 @@ def _frames(src: Any, end: dict[str, str]) -> Iterator[np.ndarray]:
         if f.ndim == 2:
             f = np.repeat(f[:, :, None], 3, axis=2)
         yield np.ascontiguousarray(f, dtype=np.uint8)
+
+
+def _warn(msg: str) -> None:
+    print(f"statevad score: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_options(opts: ScoreOptions) -> None:
+    def positive_int(value: object, flag: str, zero_ok: bool = False) -> None:
+        if value is None:
+            return
+        low = 0 if zero_ok else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise UserError(f"{flag} must be an integer >= {0 if zero_ok else 1}, got {value!r}")
+
+    positive_int(opts.max_frames, "--max-frames")
+    positive_int(opts.batch_frames, "--batch-frames")
+    positive_int(opts.max_objects, "--max-objects", zero_ok=True)
+    if opts.threshold is not None:
+        try:
+            thr = float(opts.threshold)
+        except (TypeError, ValueError):
+            thr = math.nan
+        if not math.isfinite(thr):
+            raise UserError(f"--threshold must be a finite number (a fused z-score), got {opts.threshold!r}")
+    if opts.fps is not None:
+        try:
+            fps = float(opts.fps)
+        except (TypeError, ValueError):
+            fps = math.nan
+        if not (math.isfinite(fps) and fps > 0):
+            raise UserError(f"--fps must be a finite frame rate > 0 (frames per second), got {opts.fps!r}")
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless ``overwrite``; then delete exactly this command's files.
+
+    Temporary files left by killed runs (dead writers) are removed first: they are never outputs.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the outputs")
+    if not out.is_dir():
+        return
+    remove_stale_temps(out)
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"--out {out} is not empty: give a new or empty folder, or add --overwrite to "
+                        f"replace its {', '.join(OUTPUT_FILES)}")
+    for name in OUTPUT_FILES:
+        p = out / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+
+
+class _Signals:
+    """SIGINT/SIGTERM during a run: the first one stops reading (the frames already read are finished and
+    every output written); the second stops at once (outputs for the frames already scored). Signals that
+    arrive while one frame's results are being written wait until that frame is complete (``guard``)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None  # the signal that asked to stop
+        self.hard = False
+        self._guarded = 0
+        self._pending = False
+        self.done = False  # reading and scoring are over: a signal no longer interrupts the writing
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False  # signal handlers exist only in the main thread: KeyboardInterrupt as before
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return True
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.first is None:
+            self.first = signum
+            return
+        self.hard = True
+        if self.done:
+            return
+        if self._guarded:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        self._guarded += 1
+        try:
+            yield
+        finally:
+            self._guarded -= 1
+            if not self._guarded and self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.first is None else 128 + int(self.first)
+
+    @property
+    def name(self) -> str:
+        return "Ctrl-C" if self.first == signal.SIGINT else "SIGTERM"
+
+
+def _disk_error(exc: OSError, out: Path) -> UserError:
+    what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    where = exc.filename or out
+    return UserError(f"cannot write the outputs in {out} ({what}: {where}); nothing was published: free some "
+                     "space or give another --out")
 
 
 def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -110,13 +244,9 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     (``score.FIELD=VALUE``) ← the settings in ``opts`` (see :mod:`statevad.settings`).
     """
     opts = opts or ScoreOptions()
-    if opts.max_frames is not None and opts.max_frames < 1:
-        raise UserError(f"--max-frames must be >= 1, got {opts.max_frames}")
-    if opts.batch_frames < 1:
-        raise UserError(f"--batch-frames must be >= 1, got {opts.batch_frames}")
+    _check_options(opts)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: give a folder for the outputs")
+    prepare_out(out, opts.overwrite)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     model, ckpt = load_checkpoint(model_path, "cpu")
     if not ckpt.stats:
@@ -140,55 +270,106 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     if sc.w_motion:
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
     net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size))
+    cap = opts.max_objects or None
     engine = StreamScorer(length=preset.cube.length, patch=preset.cube.patch, box_fn=boxes, flow_fn=flow_est,
-                          net_fn=net, motion_thr=preset.cube.motion_thr, batch_frames=opts.batch_frames)
+                          net_fn=net, motion_thr=preset.cube.motion_thr, batch_frames=opts.batch_frames,
+                          max_objects=cap)
 
     src = open_source(input_spec, strict=False)
-    fps = opts.fps or fps_or_default(getattr(src, "fps", None))
+    if opts.fps:
+        fps = float(opts.fps)
+    else:
+        fps = fps_or_default(getattr(src, "fps", None))
+        if valid_fps(getattr(src, "fps", None)) is None:
+            _warn(f"{input_spec} carries no frame rate: times and events assume {fps:g} frames/s; give --fps "
+                  "to set the real one")
     total = _source_len(src)
+    if opts.labels is not None and total:  # a file's length is known before scoring: check the labels now
+        why = labels_match(np.asarray(opts.labels), opts.labels_pad, total)
+        if why:
+            _close_source(src)
+            raise UserError(f"--labels do not belong to {input_spec}: {why}; give the labels of this input")
     if opts.max_frames:
         total = min(total, opts.max_frames) if total else opts.max_frames
     sink = Outputs(out, threshold, fps, max(1, round(opts.min_gap_s * fps)),
                    max(1, round(opts.min_len_s * fps)), video=opts.video)
     end = {"reason": "end of input"}
+    sig = _Signals()
     bar = tqdm(total=total, desc="scoring", unit="frame", disable=not opts.progress, file=sys.stderr,
                dynamic_ncols=True)
+    installed = sig.install()
+    failure: UserError | None = None
     try:
         with bar:
-            _run(engine, sink, _frames(src, end), opts.max_frames, end, bar)
+            try:
+                _run(engine, sink, _frames(src, end), opts.max_frames, end, bar, sig, cap)
+            except (StageError, UserError) as exc:  # a stage refused its input (a NaN box, boxes run out)
+                failure = UserError(f"{input_spec}: scoring stopped at frame {engine.n_received}: {exc}")
+                end["reason"] = f"error ({exc})"
+        sig.done = True  # from here on a signal no longer interrupts: every output gets written
+        if engine.n_received == 0:
+            raise UserError(_nothing_read(input_spec))
+        t0 = time.perf_counter()
+        summary = {
+            "input": str(input_spec), "model": str(model_path), "frames scored": len(sink.scores),
+            "objects scored": sink.n_objects, "fps (input)": round(fps, 3),
+            "threshold": round(threshold, 4), "threshold rule": rule,
+            "perturbation epsilon": sc.epsilon, "w_raw": sc.w_raw, "w_flow": sc.w_flow,
+            "w_motion": sc.w_motion, "boxes": box_desc,
+            "flow": flow_cfg.method, "cube length": preset.cube.frames, "ended": end["reason"],
+        }
+        if engine.n_capped:
+            summary["max objects per frame"] = cap
+            summary["frames with objects capped"] = engine.n_capped
+        if engine.too_short:
+            summary["note"] = f"input shorter than one cube ({preset.cube.frames} frames): nothing was scored"
+        keep_video = not (sig.hard or failure is not None)
+        if sink.video and not keep_video:
+            summary["annotated video"] = "not written (the run was stopped before its end)"
+        title = opts.title or f"statevad score: {Path(str(input_spec)).name}"
+        doc = sink.close(summary, opts.labels, title, opts.labels_pad, video=keep_video)
+    except OSError as exc:
+        sink.abort()
+        raise _disk_error(exc, out) from None
     except BaseException:
         sink.abort()
-        _close_source(src)
         raise
-    _close_source(src)
-    if engine.n_received == 0:
-        sink.abort()
-        raise UserError(f"no frame could be read from {input_spec}: check the path, camera index or URL")
-    t0 = time.perf_counter()
-    summary = {
-        "input": str(input_spec), "model": str(model_path), "frames scored": len(sink.scores),
-        "objects scored": sink.n_objects, "fps (input)": round(fps, 3),
-        "threshold": round(threshold, 4), "threshold rule": rule,
-        "perturbation epsilon": sc.epsilon, "w_raw": sc.w_raw, "w_flow": sc.w_flow, "w_motion": sc.w_motion,
-        "boxes": box_desc,
-        "flow": flow_cfg.method, "cube length": preset.cube.frames, "ended": end["reason"],
-    }
-    if engine.too_short:
-        summary["note"] = f"input shorter than one cube ({preset.cube.frames} frames): nothing was scored"
-    doc = sink.close(summary, opts.labels, opts.title or f"statevad score: {Path(str(input_spec)).name}",
-                     opts.labels_pad)
+    finally:
+        if installed:
+            sig.restore()
+        _close_source(src)
+    if failure is not None:
+        raise UserError(f"{failure}; the outputs in {out} hold the {len(sink.scores)} frames scored "
+                        "before it")
     engine.timing["outputs"] += time.perf_counter() - t0
     wall = time.perf_counter() - wall0
     return ScoreResult(out, len(sink.scores), sink.n_objects, threshold, rule, sink.found, end["reason"],
                        dict(engine.timing), wall, doc.get("AUROC (frame, --labels)"),
-                       time.process_time() - cpu0, np.asarray(sink.scores, np.float64))
+                       time.process_time() - cpu0, np.asarray(sink.scores, np.float64), sig.exit_code,
+                       engine.n_capped)
+
+
+def _nothing_read(spec: str) -> str:
+    if is_url(str(spec)):
+        return (f"stream {spec} opened but no frame could be decoded from it (for an MP4 file over HTTP the "
+                "index must come first: remux it with `ffmpeg -i in.mp4 -c copy -movflags +faststart "
+                "out.mp4`, or download it and score the file)")
+    return f"no frame could be read from {spec}: check the path, camera index or URL"
 
 
 def _run(engine: StreamScorer, sink: Outputs, frames: Iterator[np.ndarray], max_frames: int | None,
-         end: dict[str, str], bar: Any) -> None:
-    """The read -> push -> write loop. Ctrl-C or a lost input end the stream; outputs stay valid."""
+         end: dict[str, str], bar: Any, sig: _Signals, cap: int | None) -> None:
+    """The read -> push -> write loop. A signal, a lost input or a changed input size end the stream with
+    every frame read scored; a second signal stops at once with the frames scored so far."""
+    warned_cap = False
     try:
         while True:
+            if sig.first is not None:
+                left = engine.n_received - len(sink.scores)
+                end["reason"] = f"interrupted ({sig.name}): finished the frames already read"
+                print(f"\nstatevad score: finishing {left} frames already read… Ctrl-C again to stop now",
+                      file=sys.stderr, flush=True)
+                break
             t0 = time.perf_counter()
             if max_frames is not None and engine.n_received >= max_frames:
                 end["reason"] = f"--max-frames {max_frames} reached"
@@ -200,20 +381,28 @@ def _run(engine: StreamScorer, sink: Outputs, frames: Iterator[np.ndarray], max_
             engine.timing["decode"] += time.perf_counter() - t0
             try:
                 results = engine.push(frame)
-            except ValueError as exc:  # frame size changed mid-stream: cannot pair flows any more
+            except InputChanged as exc:  # frame size changed mid-stream: cannot pair flows any more
                 end["reason"] = f"input changed ({exc})"
                 break
-            _emit(engine, sink, results)
-            bar.update(1)
-    except KeyboardInterrupt:
-        end["reason"] = "interrupted (Ctrl-C)"
-    _emit(engine, sink, engine.finish())
+            _emit(engine, sink, results, bar, sig)
+            if engine.n_capped and not warned_cap:
+                warned_cap = True
+                _warn(f"more than {cap} objects in frame {engine.n_received - 2}: scoring the {cap} that "
+                      "move most (--max-objects; the frames where this happened are counted in events.json)")
+        _emit(engine, sink, engine.finish(), bar, sig)
+    except KeyboardInterrupt:  # the second signal (or Ctrl-C without handlers): keep the frames scored
+        sig.hard = True
+        if sig.first is None:
+            sig.first = signal.SIGINT
+        end["reason"] = f"stopped at once ({sig.name} twice): the frames already scored are written"
 
 
-def _emit(engine: StreamScorer, sink: Outputs, results: list[FrameResult]) -> None:
+def _emit(engine: StreamScorer, sink: Outputs, results: list[FrameResult], bar: Any, sig: _Signals) -> None:
     t0 = time.perf_counter()
     for r in results:
-        sink.add(r)
+        with sig.guard():  # one frame's rows are written whole
+            sink.add(r)
+        bar.update(1)
     engine.timing["outputs"] += time.perf_counter() - t0
 
 

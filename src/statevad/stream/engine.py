@@ -34,6 +34,14 @@ NetFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndar
 STAGES = ("decode", "boxes", "flow", "cubes", "network", "outputs")
 
 
+class InputChanged(ValueError):
+    """The frame size changed mid-stream: flows cannot pair frames of two sizes, so the stream ends here."""
+
+
+class StageError(ValueError):
+    """A stage returned something unusable (non-finite or malformed boxes, a flow of the wrong shape)."""
+
+
 @dataclass
 class FrameResult:
     """Everything known about one scored frame; ``frame`` is the ring-buffer image (do not keep it)."""
@@ -68,12 +76,26 @@ class StreamScorer:
     ``length`` is the cube half-length l (cubes have 2l+1 frames). ``batch_frames`` frames' cubes go
     through the network together (fewer, larger forward/backward passes are much faster on CPU). Stage
     times (seconds) accumulate in :attr:`timing`.
+
+    ``max_objects`` caps the objects of one frame (None: no cap): a busy scene can give a thousand boxes a
+    frame, each a cube through the network. The boxes that carry the most motion (sum of the flow speed
+    inside the box, then the area, then the box order: deterministic) are kept, in their original order;
+    :attr:`n_capped` counts the frames where the cap bit.
+
+    Exception safety: a stage that raises (or a ``KeyboardInterrupt`` landing inside one) leaves the engine
+    as it was before the call: state is updated only after every stage of a step succeeded, and a batch
+    leaves the queue only once the network has scored it, so :meth:`finish` (or another :meth:`push` of the
+    same frame) still works and no frame is ever lost.
     """
 
     def __init__(self, *, length: int, patch: int, box_fn: BoxFn, flow_fn: FlowFn, net_fn: NetFn,
-                 motion_thr: float = 0.0, batch_frames: int = 4) -> None:
+                 motion_thr: float = 0.0, batch_frames: int = 4, max_objects: int | None = None) -> None:
         if length < 0 or patch < 1 or batch_frames < 1:
             raise ValueError("length >= 0, patch >= 1 and batch_frames >= 1 are required")
+        if max_objects is not None and max_objects < 1:
+            raise ValueError("max_objects >= 1 (or None) is required")
+        self.max_objects = max_objects
+        self.n_capped = 0  # frames whose boxes were capped to max_objects
         self.length, self.patch, self.motion_thr = length, patch, motion_thr
         self._cube_cfg = CubeConfig(length=length, patch=patch, motion_thr=motion_thr)
         self.size = 2 * length + 1
@@ -89,7 +111,9 @@ class StreamScorer:
         self._next = 0  # next target frame to cube
         self._batch: list[_Pending] = []
         self._shape: tuple[int, ...] | None = None
+        self._ready: list[FrameResult] = []  # final results a failed call could not hand over yet
         self._finished = False
+        self._last_done = False  # finish(): the last frame's flow and boxes are known
 
     @property
     def n_received(self) -> int:
@@ -104,34 +128,47 @@ class StreamScorer:
         """Add the next frame; return the frames whose scores became final."""
         if self._finished:
             raise RuntimeError("push after finish")
-        if self._shape is None:
-            self._shape = frame.shape
-        elif frame.shape != self._shape:
-            raise ValueError(f"frame {self._n} has shape {frame.shape}, the stream started with "
-                             f"{self._shape}")
+        if self._shape is not None and frame.shape != self._shape:
+            raise InputChanged(f"frame {self._n} has shape {frame.shape}, the stream started with "
+                               f"{self._shape}")
         k = self._n
+        if k >= 1:  # computed before anything changes: a failing stage leaves the engine untouched
+            flow, boxes = self._flow_and_boxes(k - 1, nxt=k, nxt_frame=frame)
+            self._flows[k - 1], self._boxes[k - 1] = flow, boxes
+        self._shape = frame.shape
         self._frames[k] = frame
         self._n += 1
-        if k >= 1:
-            self._flow_and_boxes(k - 1, nxt=k)
+        return self._drain()
+
+    def _drain(self) -> list[FrameResult]:
+        """Cube every target frame whose window is complete; score full batches; evict."""
         out: list[FrameResult] = []
         known = self._n - 1  # frames 0..known-1 have their flow and boxes
-        while known >= self.size and self._next + self.length <= known - 1:
-            self._cube(self._next, max(self._next - self.length, 0))
-            if len(self._batch) >= self.batch_frames:
-                out.extend(self._run_batch())
+        try:
+            while known >= self.size and self._next + self.length <= known - 1:
+                self._cube(self._next, max(self._next - self.length, 0))
+                if len(self._batch) >= self.batch_frames:
+                    out.extend(self._run_batch())
+        except BaseException:
+            if out:  # results already final must not be lost: keep them for the next call
+                self._ready.extend(out)
+            raise
         self._evict()
-        return out
+        ready, self._ready = self._ready, []
+        return ready + out
 
     def finish(self) -> list[FrameResult]:
         """End of stream: last frame's flow/boxes with replicated borders, flush the last frames."""
         if self._finished:
             return []
-        self._finished = True
         n = self._n
         if n == 0:
+            self._finished = True
             return []
-        self._flow_and_boxes(n - 1, nxt=n - 1)
+        if not self._last_done:
+            flow, boxes = self._flow_and_boxes(n - 1, nxt=n - 1)
+            self._flows[n - 1], self._boxes[n - 1] = flow, boxes
+            self._last_done = True
         if n >= self.size:
             for t in range(self._next, n):
                 self._cube(t, int(elastic_window(t, n, self.length)[0]))
@@ -143,31 +180,69 @@ class StreamScorer:
                 self._batch.append(_Pending(t, empty, _no_raw(self.size, self.patch),
                                             _no_flow(self.size, self.patch), 0))
             self._next = n
-        out = self._run_batch()
+        out = self._ready + self._run_batch()  # a failure here keeps the batch: finish() can be retried
+        self._ready = []
+        self._finished = True
         self._frames.clear()
         self._flows.clear()
         self._boxes.clear()
         return out
 
     # -- internals ------------------------------------------------------------------------------
-    def _flow_and_boxes(self, t: int, nxt: int) -> None:
-        """Flow t -> nxt (the last frame reuses t-1 -> t) and boxes of t from (t-1, t, nxt)."""
+    def _flow_and_boxes(self, t: int, nxt: int, nxt_frame: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Flow t -> nxt (the last frame reuses t-1 -> t) and boxes of t from (t-1, t, nxt); pure."""
         f_cur = self._frames[t]
+        f_nxt = self._frames[nxt] if nxt_frame is None else nxt_frame
         t0 = time.perf_counter()
         if nxt == t and t >= 1:
-            self._flows[t] = self._flows[t - 1]
+            flow = self._flows[t - 1]
         else:
-            self._flows[t] = np.asarray(self.flow_fn(f_cur, self._frames[nxt]), np.float32)
+            flow = np.asarray(self.flow_fn(f_cur, f_nxt), np.float32)
+            if flow.shape != (*f_cur.shape[:2], 2):
+                raise StageError(f"frame {t}: the flow stage returned shape {flow.shape}, expected "
+                                 f"{(*f_cur.shape[:2], 2)}")
         t1 = time.perf_counter()
         prev = self._frames[max(t - 1, 0)]
-        self._boxes[t] = np.asarray(self.box_fn(prev, f_cur, self._frames[nxt]), np.float32).reshape(-1, 4)
+        raw = np.asarray(self.box_fn(prev, f_cur, f_nxt), np.float32)
+        if raw.size % 4:
+            raise StageError(f"frame {t}: the box source returned an array of shape {raw.shape}, "
+                             "expected (n, 4)")
+        boxes = raw.reshape(-1, 4)
+        if not np.isfinite(boxes).all():
+            raise StageError(f"frame {t}: the box source returned non-finite coordinates (NaN or inf)")
+        boxes = self._cap(boxes, flow)
         t2 = time.perf_counter()
         self.timing["flow"] += t1 - t0
         self.timing["boxes"] += t2 - t1
+        return flow, boxes
+
+    def _cap(self, boxes: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        """At most ``max_objects`` boxes (most motion, then largest, then first), in their original order."""
+        if self.max_objects is None or len(boxes) <= self.max_objects:
+            return boxes
+        h, w = flow.shape[:2]
+        speed = np.hypot(flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64))
+        integral = np.zeros((h + 1, w + 1), np.float64)
+        integral[1:, 1:] = speed.cumsum(0).cumsum(1)
+        x1 = np.clip(np.floor(boxes[:, 0]), 0, w).astype(np.int64)
+        y1 = np.clip(np.floor(boxes[:, 1]), 0, h).astype(np.int64)
+        x2 = np.clip(np.ceil(boxes[:, 2]), 0, w).astype(np.int64)
+        y2 = np.clip(np.ceil(boxes[:, 3]), 0, h).astype(np.int64)
+        x2, y2 = np.maximum(x2, x1), np.maximum(y2, y1)
+        motion = integral[y2, x2] - integral[y1, x2] - integral[y2, x1] + integral[y1, x1]
+        area = (boxes[:, 2] - boxes[:, 0]).astype(np.float64) * (boxes[:, 3] - boxes[:, 1])
+        order = np.lexsort((np.arange(len(boxes)), -area, -np.round(motion, 6)))
+        self.n_capped += 1
+        return boxes[np.sort(order[: self.max_objects])]
 
     def _cube(self, t: int, start: int) -> None:
         t0 = time.perf_counter()
-        boxes = self._boxes.pop(t)
+        if self._batch and self._batch[-1].t >= t:  # queued by a call that was interrupted right after
+            self._next = t + 1
+            self._boxes.pop(t, None)
+            return
+        boxes = self._boxes[t]
         if len(boxes):
             win = range(start, start + self.size)
             frames = np.stack([self._frames[i] for i in win])
@@ -177,11 +252,12 @@ class StreamScorer:
         else:
             item = _Pending(t, boxes, _no_raw(self.size, self.patch), _no_flow(self.size, self.patch), 0)
         self._batch.append(item)
+        del self._boxes[t]
         self._next = t + 1
         self.timing["cubes"] += time.perf_counter() - t0
 
     def _run_batch(self) -> list[FrameResult]:
-        batch, self._batch = self._batch, []
+        batch = self._batch
         if not batch:
             return []
         raw = np.concatenate([p.raw for p in batch])
@@ -192,14 +268,17 @@ class StreamScorer:
             e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow, speed))
         else:
             e_raw = e_flow = fused = np.zeros(0, np.float64)
-        self.timing["network"] += time.perf_counter() - t0
-        self.n_cubes += len(raw)
+        if not (len(e_raw) == len(e_flow) == len(fused) == len(raw)):
+            raise StageError(f"the network stage returned {len(fused)} scores for {len(raw)} cubes")
         out, a = [], 0
         for p in batch:
             b = a + len(p.raw)
             out.append(FrameResult(p.t, self._frames[p.t], p.boxes, e_raw[a:b], e_flow[a:b], fused[a:b],
                                    p.n_dropped, speed[a:b]))
             a = b
+        self.timing["network"] += time.perf_counter() - t0
+        self.n_cubes += len(raw)
+        self._batch = []  # only now: a network step that raised keeps its batch for the next call
         return out
 
     def _evict(self) -> None:

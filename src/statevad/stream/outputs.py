@@ -2,7 +2,10 @@
 
 ``scores.csv`` and ``objects.jsonl`` are written line by line (:class:`statevad.files.StreamFile`), the
 annotated video frame by frame; events are found online (:class:`statevad.events.EventTracker`) and each
-keeps its peak frame's thumbnail. Every file appears under its real name only when it is complete.
+keeps its peak frame's thumbnail. Every file appears under its real name only when it is complete: at the
+end every file is first finished as a temporary sibling (synced; the video reopened and its frame count
+checked), and only when all of them are is each renamed into place, so a full disk (``OSError``) leaves no
+file of the run under a real name.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +23,14 @@ import numpy as np
 
 from statevad import visualize as viz
 from statevad.events import Event, EventTracker
-from statevad.files import StreamFile, atomic_write_json
+from statevad.files import StreamFile, json_text, write_temp
 from statevad.labels import fit_labels
 from statevad.metrics import frame_auroc
 from statevad.stream.engine import FrameResult
 
+# Exactly the files ``statevad score`` writes (``--overwrite`` deletes these and nothing else).
+OUTPUT_FILES = ("scores.csv", "objects.jsonl", "events.json", "annotated.mp4", "score_curve.png",
+                "report.html")
 CSV_HEADER = ["frame", "time_s", "score", "n_objects", "top_x1", "top_y1", "top_x2", "top_y2", "top_score"]
 
 
@@ -103,30 +110,54 @@ class Outputs:
             del self.thumbs[min(self.thumbs, key=lambda f: peak.get(f, -math.inf))]
 
     def close(self, summary: dict[str, Any], labels: np.ndarray | None, title: str,
-              labels_pad: int = -1) -> dict[str, Any]:
-        """Finish every output file; return the events document (also written to events.json)."""
+              labels_pad: int = -1, *, video: bool = True) -> dict[str, Any]:
+        """Finish every output file; return the events document (also written to events.json).
+
+        ``video=False`` drops the annotated video written so far (a run stopped at once). Any error (a full
+        disk) removes every temporary file and publishes nothing.
+        """
         for e in self._tracker.finish():
             self._event_closed(e)
-        self._csv.close()
-        self._obj.close()
+        temps: list[Any] = []
+        try:
+            self._csv.sync()
+            self._obj.sync()
+            if self._video is not None and not video:
+                self._video.abort()
+                self._video = None
+            if self._video is not None:
+                self._video.finish()
+            scores = np.asarray(self.scores, np.float64)
+            lab = fit_labels(labels, len(scores), labels_pad)
+            curve = viz.score_curve_png(scores, self.threshold, self.fps, lab, self.found, title=title)
+            extra: dict[str, bytes] = {}
+            auroc = frame_auroc(lab, scores) if lab is not None else None
+            if auroc is not None:
+                summary["AUROC (frame, --labels)"] = round(auroc, 4)
+                extra["ROC"] = viz.roc_png(lab, scores, "frame-level ROC")
+            doc = {**summary, "events": [e.to_dict() for e in self.found]}
+            html = viz.render_report(title, summary, curve, self.found, self.thumbs, extra)
+            for name, data in (("score_curve.png", curve), ("events.json", json_text(doc).encode("utf-8")),
+                               ("report.html", html.encode("utf-8"))):
+                temps.append((write_temp(self.out / name, data), self.out / name))
+        except BaseException:
+            for tmp, _ in temps:
+                tmp.unlink(missing_ok=True)
+            self.abort()
+            raise
+        # everything is complete on disk: the renames (no new space needed) publish the run
+        self._csv.publish()
+        self._obj.publish()
         if self._video is not None:
-            self._video.close()
-        scores = np.asarray(self.scores, np.float64)
-        lab = fit_labels(labels, len(scores), labels_pad)
-        curve = viz.save_score_curve(self.out / "score_curve.png", scores, self.threshold, self.fps, lab,
-                                     self.found, title=title)
-        extra: dict[str, bytes] = {}
-        auroc = frame_auroc(lab, scores) if lab is not None else None
-        if auroc is not None:
-            summary["AUROC (frame, --labels)"] = round(auroc, 4)
-            extra["ROC"] = viz.roc_png(lab, scores, "frame-level ROC")
-        doc = {**summary, "events": [e.to_dict() for e in self.found]}
-        atomic_write_json(self.out / "events.json", doc)
-        viz.write_report(self.out / "report.html", title, summary, curve, self.found, self.thumbs, extra)
+            self._video.publish()
+        for tmp, dest in temps:
+            os.replace(tmp, dest)
         return doc
 
     def abort(self) -> None:
+        """Drop every temporary file of the run (nothing is published)."""
         self._csv.abort()
         self._obj.abort()
         if self._video is not None:
             self._video.abort()
+            self._video = None
