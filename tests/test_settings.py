@@ -103,3 +103,31 @@ def test_readme_python_api_example_runs(tmp_path: Path, monkeypatch, capsys) -> 
     out = capsys.readouterr().out.split()
     assert 0.5 <= float(out[0]) <= 1.0 and int(out[1]) == 40
     assert (tmp_path / "results" / "scores.csv").is_file() and (tmp_path / "work" / "model.pt").is_file()
+
+
+def test_prepare_test_and_score_read_the_config_file(synthetic_root: Path, tmp_path: Path, capsys) -> None:
+    """`--config` works for every command: prepare records the file's [box]/[cube] values, test and score
+    use its [score] values, and `--set` / a flag still override them."""
+    import json
+
+    from helpers import tiny_model
+
+    cfg = _toml(tmp_path, "[box]\nmotion_binary_thr = 25\n[cube]\nlength = 2\n[score]\nepsilon = 0.0\n"
+                          "w_motion = 0.0\n")
+    work = tmp_path / "work"
+    assert main(["prepare", "--root", str(synthetic_root), "--work", str(work), "--boxes", "motion",
+                 "--config", str(cfg), "--set", "cube.length=1", "--quiet"]) == 0
+    options = json.loads((work / "manifest.json").read_text())["options"]
+    assert options["box"]["motion_binary_thr"] == 25 and options["cube"]["length"] == 1  # --set wins
+    model = tiny_model(tmp_path / "tiny.pt")
+    video = str(sorted(p for p in (synthetic_root / "test").iterdir() if p.is_dir())[0])
+    score = ["score", video, "--model", str(model), "--boxes", "motion", "--max-frames", "12", "--no-video",
+             "--quiet", "--config", str(cfg)]
+    assert main([*score, "--out", str(tmp_path / "s")]) == 0
+    events = json.loads((tmp_path / "s" / "events.json").read_text())
+    assert events["perturbation epsilon"] == 0.0 and events["w_motion"] == 0.0
+    overridden = ["--set", "score.epsilon=0.005", "--w-motion", "2"]
+    assert main([*score, "--out", str(tmp_path / "s2"), *overridden]) == 0
+    events = json.loads((tmp_path / "s2" / "events.json").read_text())
+    assert events["perturbation epsilon"] == 0.005 and events["w_motion"] == 2.0
+    capsys.readouterr()
