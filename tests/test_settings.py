@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def test_cli_train_config_set_and_flag_override_in_that_order(tmp_path: Path, ca
         assert (preset.train.batch_size, preset.train.seed) == (8, 7)
         assert preset.score.epsilon == get_preset("ped2").score.epsilon  # [score] is not train's section
     assert epochs == {"file": 3, "set": 2, "flag": 1}
+    # statevad test reads the same file's [score] table (and --set / flags override it)
+    test = ["test", "--work", str(work), "--model", str(tmp_path / "flag.pt"), "--quiet",
+            "--config", str(cfg)]
+    eps_set = ["--set", "score.epsilon=0.003"]
+    for name, extra in (("t1", []), ("t2", eps_set), ("t3", [*eps_set, "--epsilon", "0.004"])):
+        assert main([*test, "--out", str(tmp_path / name), *extra]) == 0
+    metrics = [json.loads((tmp_path / t / "metrics.json").read_text()) for t in ("t1", "t2", "t3")]
+    assert [m["score"]["epsilon"] for m in metrics] == [0.0, 0.003, 0.004]
     capsys.readouterr()
 
 
