@@ -90,3 +90,17 @@ def tiny_model(path: Path) -> Path:
                     {"raw_mean": 50.0, "raw_std": 20.0, "flow_mean": 500.0, "flow_std": 300.0,
                      "motion_mean": 1.0, "motion_std": 1.0}, None)
     return path
+
+
+def fails_one_line(argv: list[str], capsys, *needles: str) -> str:
+    """``statevad ARGV`` exits 2 with one error line that contains every needle (and no traceback)."""
+    from statevad.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

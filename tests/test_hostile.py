@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import fails_one_line as _fails
 from helpers import make_work
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,18 +59,6 @@ def _video(path: Path, n: int, size: tuple[int, int] = (64, 48)) -> Path:
         w.write(f)
     w.release()
     return path
-
-
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    """The command exits 2 with one error line that contains every needle (and no traceback)."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ": error: " in ln]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 # -------------------------------------------------------------------------------------------- videos
