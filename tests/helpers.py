@@ -104,3 +104,19 @@ def fails_one_line(argv: list[str], capsys, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+def train_on_one_thread(work: Path, *flags: str) -> Path:
+    """``statevad train --work WORK FLAGS`` on one torch thread (module-scoped fixtures cannot use the
+    ``one_thread`` fixture); returns WORK/model.pt."""
+    import torch
+
+    from statevad.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--work", str(work), *flags]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return work / "model.pt"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import fails_one_line as _fails
-from helpers import make_work
+from helpers import make_work, train_on_one_thread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,14 +37,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     work = make_work(tmp_path_factory.mktemp("hostile_work") / "work")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--work", str(work), "--model-size", "tiny", "--epochs", "1",
-                     "--batch-size", "8", "--device", "cpu", "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(before)
-    return work, work / "model.pt"
+    return work, train_on_one_thread(work, "--model-size", "tiny", "--epochs", "1", "--batch-size", "8",
+                                     "--device", "cpu", "--quiet")
 
 
 def _copy(scene: Path, tmp_path: Path, name: str = "root") -> Path:

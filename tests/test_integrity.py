@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import fails_one_line as _fails
-from helpers import make_work
+from helpers import make_work, train_on_one_thread
 
 from statevad import files
 from statevad.checkpoint import (
@@ -52,13 +52,7 @@ def prepared(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     work = make_work(tmp_path_factory.mktemp("integrity_model") / "work")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--work", str(work), *TRAIN]) == 0
-    finally:
-        torch.set_num_threads(before)
-    return work, work / "model.pt"
+    return work, train_on_one_thread(work, *TRAIN)
 
 
 def _flip(path: Path, offset: int = -100) -> None:
