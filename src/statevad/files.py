@@ -73,7 +73,7 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(dest, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(dest, json_text(obj))
 
 
 def atomic_save_npy(dest: str | os.PathLike[str], array: np.ndarray) -> None:
