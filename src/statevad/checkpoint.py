@@ -48,6 +48,7 @@ class Checkpoint:
     stats: dict[str, float] | None
     work_manifest: dict[str, Any] | None
     sha256: str
+    selection: dict[str, Any] | None = None  # statevad.selection's record, when training made one
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -152,7 +153,8 @@ def _read_dict(path: Path, what: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- model files
 def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: dict[str, float] | None,
-                    work_manifest: dict[str, Any] | None, history: list[float] | None = None) -> Path:
+                    work_manifest: dict[str, Any] | None, history: list[float] | None = None, *,
+                    selection: dict[str, Any] | None = None) -> Path:
     """Write the final model file atomically (format: docs/ARCHITECTURE.md).
 
     ``history`` (mean training loss per epoch) is the loss curve: it lets a distributed or resumed run
@@ -171,6 +173,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: d
         "sha256": state_dict_sha256(sd),
         "versions": {"statevad": str(__version__), "torch": str(torch.__version__)},
         "history": {"epoch_loss": [float(v) for v in (history or [])]},
+        # the label-free selection of the scoring settings (statevad.selection), when training made one
+        "selection": selection,
     }
     path = Path(path)
     atomic_torch_save(_sealed(payload), path)
@@ -218,7 +222,7 @@ def _check_finite(sd: dict[str, torch.Tensor], stats: Any, path: Path) -> None:
 def _check_fields(data: dict[str, Any], path: Path) -> None:
     """Fields of the wrong type (a hand-edited or foreign file) are one clear line, not a traceback later."""
     kinds = {"preset": dict, "model_config": dict, "stats": dict, "work_manifest": dict, "history": dict,
-             "versions": dict}
+             "versions": dict, "selection": dict}
     for key, kind in kinds.items():
         if data.get(key) is not None and not isinstance(data[key], kind):
             raise UserError(f"model file {path}: field {key!r} is a {type(data[key]).__name__}, expected "
@@ -269,7 +273,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     stats = data.get("stats")
     ckpt = Checkpoint(path=path, format=fmt, preset=preset,
                       stats={k: float(v) for k, v in stats.items()} if isinstance(stats, dict) else None,
-                      work_manifest=data.get("work_manifest"), sha256=digest)
+                      work_manifest=data.get("work_manifest"), sha256=digest,
+                      selection=data.get("selection"))
     return model, ckpt
 
 

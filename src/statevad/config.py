@@ -196,6 +196,11 @@ class TrainConfig:
     bf16: bool = False
     device: str = "auto"
     workers: int = 0
+    # Label-free selection of epsilon and the fusion weights (statevad.selection): hold out normal clips,
+    # train on the rest, then pick the scoring settings that best separate the held-out clips from
+    # pseudo-anomalies made from them. The model file stores the selection; no label is ever used.
+    select: bool = False
+    holdout_every: int = 8
 
     def validate(self) -> None:
         c = _Check(self)
@@ -211,6 +216,8 @@ class TrainConfig:
         c.flag("bf16")
         c.text("device")
         c.integer("workers", 0)
+        c.flag("select")
+        c.integer("holdout_every", 2)
 
 
 @dataclass
@@ -301,7 +308,10 @@ def _ped2() -> Preset:
         # and an object's speed err on different frames. CHOSEN ON THE Ped2 TEST SET: 4 is best or within
         # 0.0006 of the best of 0..8 for six of the seven models swept (benchmarks/README.md "Motion
         # term"); the equal weight 1 gives less (cpu config 0.9802 vs 0.9835; STATE alone 0.9732).
+        # With train.select (on here) these four are only the fallback: training replaces them by the
+        # label-free selection of statevad.selection. `--set train.select=false` restores them.
         score=ScoreConfig(epsilon=0.002, w_raw=1.0, w_flow=1.0, w_motion=4.0),
+        train=TrainConfig(select=True),
     )
 
 
@@ -325,9 +335,12 @@ def _shanghaitech() -> Preset:
 
 
 def _generic() -> Preset:
-    """User footage: Ped2's thresholds, which suit small objects in a fixed camera."""
+    """User footage: Ped2's box thresholds, which suit small objects in a fixed camera; the scoring settings
+    come from the label-free selection only (the fallback, for footage too short to hold any out, is the
+    code's a-priori default: STATE's eps 0.01, equal branch weights, no motion term)."""
     p = _ped2()
     p.name = "generic"
+    p.score = ScoreConfig()
     return p
 
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -255,6 +256,9 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
     cfg = preset.train
     raw, flow = data.raw, data.flow
     indices = select_cubes(len(raw), cfg.max_cubes, cfg.seed)
+    held = _held_out(data, cfg, progress)
+    if held is not None:
+        indices = indices[~held[indices]]
     indices_sha = hashlib.sha256(indices.tobytes()).hexdigest()
 
     torch.manual_seed(cfg.seed)
@@ -302,10 +306,45 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
     stats = training_stats(net, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
                            progress=progress, ctx=ctx)
     if ctx.is_main:
-        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history)
+        selection = None
+        if held is not None:
+            from statevad.selection import run_selection
+
+            chosen = run_selection(net, raw, flow, np.flatnonzero(held), stats, seed=cfg.seed,
+                                   bf16=cfg.bf16, progress=progress)
+            preset = _with_selection(preset, chosen)
+            selection = chosen.to_dict() | {"train_stats": stats}
+            stats = dict(chosen.stats, n_cubes=stats["n_cubes"])
+        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history,
+                        selection=selection)
         rpath.unlink(missing_ok=True)
     ctx.barrier()  # no rank returns before the model file exists
     return out
+
+
+def _held_out(data: SplitData, cfg: TrainConfig, progress: bool) -> np.ndarray | None:
+    """The mask of cubes kept out of training for the label-free selection, or None when it is off or the
+    footage is too short to spare any (then the preset's scoring settings stay, and a line says so)."""
+    if not cfg.select:
+        return None
+    from statevad.selection import holdout_mask
+
+    mask = holdout_mask(data.clip, data.frame, cfg.holdout_every)
+    if mask.sum() < 16 or (~mask).sum() < 2:
+        if progress:
+            print(f"statevad train: only {int(mask.sum())} cube(s) could be held out for the label-free "
+                  "selection; keeping the preset's scoring settings (train on more footage to select them)",
+                  file=sys.stderr)
+        return None
+    return mask
+
+
+def _with_selection(preset: Preset, chosen: Any) -> Preset:
+    """The preset with the selected scoring settings (what `test` and `score` then use by default)."""
+    return Preset(name=preset.name, box=preset.box, flow=preset.flow, cube=preset.cube, model=preset.model,
+                  train=preset.train,
+                  score=override(preset.score, epsilon=chosen.epsilon, w_raw=chosen.w_raw,
+                                 w_flow=chosen.w_flow, w_motion=chosen.w_motion))
 
 
 def _wrap_ddp(net: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
