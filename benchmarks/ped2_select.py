@@ -92,6 +92,40 @@ def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
 
 
+def wrong_at_eer(scores: np.ndarray, labels: np.ndarray, bounds) -> dict[str, int]:
+    """Frames on the wrong side of the threshold where false-positive and false-negative rates meet, per clip
+    (what each score gets wrong, clip by clip; clips 08-11 of Ped2 are anomalous throughout)."""
+    y = np.asarray(labels) > 0
+    best, thr = None, None
+    for t in np.unique(scores):
+        fpr, fnr = (scores[~y] >= t).mean(), (scores[y] < t).mean()
+        if best is None or abs(fpr - fnr) < best:
+            best, thr = abs(fpr - fnr), t
+    wrong = (scores >= thr) != y
+    return {name: int(wrong[a:b].sum()) for name, a, b in bounds}
+
+
+def error_analysis(d: dict[str, np.ndarray], eps: str) -> dict:
+    """How held-out normal errors depend on object size, vertical position and speed (Spearman rho), and the
+    mean error per box-height quartile: does a static view need per-region normalisation?"""
+    from scipy.stats import spearmanr
+
+    box = d["hold_box"]
+    h = box[:, 3] - box[:, 1]
+    cy = (box[:, 1] + box[:, 3]) / 2
+    out = {}
+    for branch in ("raw", "flow"):
+        e = d[f"hold_{branch}_{eps}"]
+        q = np.quantile(h, [0.25, 0.5, 0.75])
+        bins = np.digitize(h, q)
+        out[branch] = {"rho_height": float(spearmanr(e, h).statistic),
+                       "rho_y": float(spearmanr(e, cy).statistic),
+                       "rho_speed": float(spearmanr(e, d["hold_speed"]).statistic),
+                       "mean_by_height_quartile": [float(e[bins == k].mean()) for k in range(4)],
+                       "height_quartile_edges_px": [float(v) for v in q]}
+    return out
+
+
 def evaluate_run(run: Path, work: str) -> dict:
     from statevad.checkpoint import load_checkpoint
     from statevad.metrics import clip_bounds, evaluate
@@ -109,9 +143,11 @@ def evaluate_run(run: Path, work: str) -> dict:
     pbox = pseudo_boxes(d)
 
     def frame_eval(cube_score: np.ndarray) -> dict:
-        r = evaluate(frame_scores(d["test_frame"], cube_score, te.n_frames), te.labels, bounds)
+        fs = frame_scores(d["test_frame"], cube_score, te.n_frames)
+        r = evaluate(fs, te.labels, bounds)
         return {"micro_auroc": r["micro_auroc"], "macro_auroc": r["macro_auroc"], "eer": r["eer"],
-                "per_clip_auroc": r.get("per_clip_auroc")}
+                "per_clip_auroc": r.get("per_clip_auroc"),
+                "wrong_frames_at_eer_by_clip": wrong_at_eer(fs, te.labels, bounds)}
 
     rows = []
     for eps, norm in itertools.product(epsilons, NORMS):
@@ -175,6 +211,7 @@ def evaluate_run(run: Path, work: str) -> dict:
         "speed_z_heldout_pseudo_auroc": hold_speed_only["pseudo_auroc"],
     }
     result["learned_motion_density"] = motion_density_row(d, frame_eval)
+    result["held_out_error_analysis"] = {e: error_analysis(d, e) for e in epsilons}
     # how the label-free objective ranks against the test metric over the whole grid (Spearman)
     from scipy.stats import spearmanr
 

@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
+    from statevad.checkpoint import load_checkpoint
     from statevad.files import atomic_write_json
     from statevad.metrics import clip_bounds, evaluate
-    from statevad.prepare import open_split
-    from statevad.scoring import MOTION_KEYS, cube_motion, frame_scores, fuse, score_split
-    from statevad.training import load_checkpoint, select_cubes
+    from statevad.scoring import MOTION_KEYS, frame_scores, fuse, score_split
+    from statevad.tensors import cube_motion
+    from statevad.training import select_cubes
+    from statevad.workdir import open_split
 
     model, ckpt = load_checkpoint(args.model, device="cpu")
     test = open_split(args.work, "test")

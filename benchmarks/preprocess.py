@@ -107,7 +107,7 @@ def run_recall(ds: Any, jobs: int, box_cfg: dict[str, Any], detector: str,
 
 
 def run_prepare(ds: Any, work: Path, jobs: int) -> dict[str, Any]:
-    from statevad.prepare import prepare
+    from statevad.preparation import prepare
 
     if work.exists():
         shutil.rmtree(work)  # from scratch: the cache would make the second run instant
