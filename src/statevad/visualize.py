@@ -193,6 +193,7 @@ def draw_strip_text(frame: np.ndarray, text: str) -> np.ndarray:
     while text:
         (tw, th), _base = cv2.getTextSize(text, cv2.FONT_HERSHEY_PLAIN, scale, 1)
         if tw + 4 <= w and th + 3 <= sh:
+            cv2.rectangle(frame, (0, h - sh), (tw + 3, h - sh + th + 3), (0, 0, 0), -1)  # over the curve
             cv2.putText(frame, text, (2, h - sh + th + 2), cv2.FONT_HERSHEY_PLAIN, scale, (255, 255, 255), 1,
                         cv2.LINE_AA)
             break

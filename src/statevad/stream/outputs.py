@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,9 @@ class Outputs:
             self._video = viz.AnnotatedVideoWriter(self.out / "annotated.mp4", self.fps, (w, h),
                                                    self.threshold)
             self._history = deque(maxlen=w)
+            if self._video.note:  # no browser codec in this install: say so once, at the start
+                print(f"statevad score: warning: annotated.mp4 is {self._video.note}", file=sys.stderr,
+                      flush=True)
         self._history.append(r.score)
         self._video.write(r.frame, r.boxes, r.scores, np.fromiter(self._history, np.float64), t_s)
 
