@@ -1,4 +1,5 @@
-"""Shared fixtures: the synthetic scene (fast suite) and the optional ../shared reference data."""
+"""Shared fixtures: the synthetic scene (fast suite), the optional ../shared reference data and a headless
+browser (``chromium_browser``, ``chromium_page``: tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser import chromium_browser, chromium_page  # noqa: F401 - fixtures for every test module
 
 from statevad.synthetic import make_scene
 

@@ -522,6 +522,9 @@ def test_progress_counts_frames_scored(clip, model, tmp_path, monkeypatch):
             self.n += k
             log.append((self.n, len(sinks[0].scores)))
 
+        def set_postfix_str(self, *a, **k):  # "read N" beside the count
+            pass
+
     sinks: list = []
     real_outputs = driver.Outputs
 

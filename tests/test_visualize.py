@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from statevad import visualize as viz
 from statevad.errors import UserError
 from statevad.events import Event, events, label_intervals
+from statevad.report import EventPicture, ReportContent, render_report
 from statevad.scoring import EMPTY_FRAME_SCORE
 
 
@@ -118,12 +119,12 @@ def test_strip_red_above_threshold():
     assert (out[: 120 - viz.strip_height(120)] == 128).all()  # the picture above is untouched
 
 
-def test_report_self_contained(tmp_path):
+def test_report_self_contained():
     ev = [Event(3, 9, 0.3, 1.0, 4.2, 5)]
     f = np.zeros((60, 80, 3), np.uint8)
-    th = {5: viz.thumbnail_jpeg(f, np.array([[1, 1, 20, 20]], np.float32), np.array([4.2]), 2.0)}
+    jpeg = viz.thumbnail_jpeg(f, np.array([[1, 1, 20, 20]], np.float32), np.array([4.2]), 2.0)
+    pic = {5: EventPicture(jpeg)}
     curve = viz.score_curve_png(np.arange(10.0), 2.0)
-    viz.write_report(tmp_path / "r.html", "t <x>", {"frames": 10, "threshold": 2.0}, curve, ev, th)
-    text = (tmp_path / "r.html").read_text()
+    text = render_report(ReportContent("t <x>", {"frames": 10, "threshold": 2.0}, curve, ev, pic))
     assert text.count("data:image/png;base64,") == 1 and text.count("data:image/jpeg;base64,") == 1
     assert "t &lt;x&gt;" in text and "3–9" in text and "http" not in text

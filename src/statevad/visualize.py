@@ -1,7 +1,8 @@
-"""What a person looks at: score curves, ROC curves, the annotated video and a one-page HTML report.
+"""What a person looks at: score curves, ROC curves, annotated frames and the annotated video.
 
 Everything here works on plain arrays (frame scores, boxes, per-object scores, :class:`statevad.events.Event`)
-so that it serves both the offline ``statevad test`` path and the streaming ``statevad score`` path.
+so that it serves both the offline ``statevad test`` path and the streaming ``statevad score`` path. The HTML
+report that gathers them is :mod:`statevad.report`.
 
 Conventions: frames are BGR uint8 (H, W, 3); boxes float32 (n, 4) x1, y1, x2, y2; scores are fused
 z-scores (spec 7.2) and a frame with no object has the score ``EMPTY_FRAME_SCORE`` (-1e5, spec 7.3) or NaN.
@@ -9,9 +10,8 @@ z-scores (spec 7.2) and a frame with no object has the score ``EMPTY_FRAME_SCORE
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import errno
-import html
 import io
 import math
 import os
@@ -24,9 +24,10 @@ import numpy as np
 
 from statevad.errors import UserError
 from statevad.events import Event, label_intervals
-from statevad.files import atomic_path, atomic_write_text, fsync_file, temp_sibling
+from statevad.files import atomic_path, fsync_file, temp_sibling
 from statevad.io import DEFAULT_FPS, fps_or_default
 from statevad.scoring import EMPTY_FRAME_SCORE
+from statevad.video import open_encoder, read_back
 
 # ------------------------------------------------------------------------------------------ colours
 
@@ -49,27 +50,87 @@ def score_color(score: float, threshold: float) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------------ frame drawing
 
 
+def _font(h: int, w: int) -> tuple[float, int]:
+    """cv2.FONT_HERSHEY_PLAIN scale and line thickness for labels on an (h, w) frame."""
+    return (0.8, 1) if max(h, w) < 500 else (1.2, 1)
+
+
+Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (inclusive-exclusive)
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(boxes: np.ndarray, sizes: Sequence[tuple[int, int]], frame_size: tuple[int, int],
+                 pad: int = 1) -> list[Rect | None]:
+    """Where to put one label (``sizes[i]`` = text width, height) per box, or None where none fits.
+
+    Each label goes at the first free spot of: above the box, inside its top, below it, then the same
+    right-aligned; every spot is moved inside the ``frame_size`` (W, H) area and skipped when it would overlap
+    a label placed before it. So labels never overlap each other and never leave the frame; a label with no
+    free spot is left out (its box keeps its colour). Boxes are served in the given order (most important
+    first).
+    """
+    fw, fh = frame_size
+    placed: list[Rect] = []
+    out: list[Rect | None] = []
+    for box, (tw, th) in zip(boxes, sizes, strict=True):
+        w, h = tw + 2 * pad, th + 2 * pad
+        if w > fw or h > fh:
+            out.append(None)
+            continue
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        spots = [(x1, y1 - h), (x1, y1), (x1, y2), (x2 - w, y1 - h), (x2 - w, y1), (x2 - w, y2)]
+        got: Rect | None = None
+        for sx, sy in spots:
+            sx, sy = min(max(sx, 0), fw - w), min(max(sy, 0), fh - h)
+            r = (sx, sy, sx + w, sy + h)
+            if not any(_overlaps(r, q) for q in placed):
+                got = r
+                break
+        if got is not None:
+            placed.append(got)
+        out.append(got)
+    return out
+
+
+def _put_label(img: np.ndarray, rect: Rect, text: str, color: tuple[int, int, int], scale: float,
+               pad: int = 1) -> None:
+    """Text on a dark box filling ``rect`` (readable on any picture)."""
+    x1, y1, x2, y2 = rect
+    cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), (0, 0, 0), -1)
+    (_tw, th), _base = cv2.getTextSize(text, cv2.FONT_HERSHEY_PLAIN, scale, 1)
+    cv2.putText(img, text, (x1 + pad, y1 + pad + th), cv2.FONT_HERSHEY_PLAIN, scale, color, 1, cv2.LINE_AA)
+
+
 def draw_boxes(frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float,
-               label: int = 3) -> np.ndarray:
+               label: int = 3, label_area: tuple[int, int] | None = None) -> np.ndarray:
     """Copy of ``frame`` with each box outlined in its score colour.
 
-    The scores of the ``label`` most anomalous boxes above the threshold are written above them; more
-    numbers overlap on a crowded frame and hide the picture.
+    The scores of the ``label`` most anomalous boxes above the threshold are written beside them
+    (:func:`place_labels`: never overlapping, never outside ``label_area`` (W, H), the whole frame by
+    default); more numbers would hide the picture of a crowded frame.
     """
     out = frame.copy()
     h, w = out.shape[:2]
     thick = 1 if max(h, w) < 500 else 2
-    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")  # most anomalous drawn last
-    labelled = set(order[::-1][:label].tolist()) if label else set()
+    sc = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(sc, kind="stable")  # most anomalous drawn last
     for i in order:
         x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[i])
         x1, x2 = max(0, min(x1, w - 1)), max(0, min(x2, w - 1))
         y1, y2 = max(0, min(y1, h - 1)), max(0, min(y2, h - 1))
-        col = score_color(float(scores[i]), threshold)
-        cv2.rectangle(out, (x1, y1), (x2, y2), col, thick)
-        if i in labelled and float(scores[i]) > threshold:
-            cv2.putText(out, f"{float(scores[i]):.1f}", (x1, max(8, y1 - 2)), cv2.FONT_HERSHEY_PLAIN,
-                        0.8 if max(h, w) < 500 else 1.2, col, 1, cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2, y2), score_color(float(sc[i]), threshold), thick)
+    top = [int(i) for i in order[::-1][:label] if sc[i] > threshold] if label else []
+    if top:
+        scale, _ = _font(h, w)
+        texts = [f"{sc[i]:.1f}" for i in top]
+        sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_PLAIN, scale, 1)[0] for t in texts]
+        rects = place_labels(np.asarray(boxes)[top], [(a, b + 2) for a, b in sizes], label_area or (w, h))
+        for i, text, rect in zip(top, texts, rects, strict=True):
+            if rect is not None:
+                _put_label(out, rect, text, score_color(float(sc[i]), threshold), scale)
     return out
 
 
@@ -116,18 +177,46 @@ def draw_strip(frame: np.ndarray, history: np.ndarray, threshold: float, lo: flo
     return frame
 
 
+def strip_text(history: np.ndarray, threshold: float, t_s: float | None) -> str:
+    """The strip's caption: the time, the current frame score and the threshold."""
+    cur = float(history[-1]) if len(history) else math.nan
+    now = f"{cur:.2f}" if math.isfinite(cur) and cur > EMPTY_FRAME_SCORE / 2 else "-"
+    when = f"{fmt_time(t_s)}  " if t_s is not None else ""
+    return f"{when}score {now}  thr {threshold:.2f}"
+
+
+def draw_strip_text(frame: np.ndarray, text: str) -> np.ndarray:
+    """Write ``text`` at the top left of the strip (in place); shortened, never past the frame's edge."""
+    h, w = frame.shape[:2]
+    scale, _ = _font(h, w)
+    sh = strip_height(h)
+    while text:
+        (tw, th), _base = cv2.getTextSize(text, cv2.FONT_HERSHEY_PLAIN, scale, 1)
+        if tw + 4 <= w and th + 3 <= sh:
+            cv2.rectangle(frame, (0, h - sh), (tw + 3, h - sh + th + 3), (0, 0, 0), -1)  # over the curve
+            cv2.putText(frame, text, (2, h - sh + th + 2), cv2.FONT_HERSHEY_PLAIN, scale, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+            break
+        text = text.split("  ", 1)[1] if "  " in text else ""  # drop the leading part (time first)
+    return frame
+
+
 def annotate_frame(frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, history: np.ndarray,
-                   threshold: float, lo: float, hi: float) -> np.ndarray:
-    """The annotated-video frame: coloured boxes plus the running score strip."""
-    out = draw_boxes(frame, boxes, scores, threshold)
-    return draw_strip(out, history, threshold, lo, hi)
+                   threshold: float, lo: float, hi: float, t_s: float | None = None) -> np.ndarray:
+    """The annotated-video frame: coloured boxes, the running score strip and its caption (time, score,
+    threshold). Box labels stay above the strip."""
+    h, w = frame.shape[:2]
+    out = draw_boxes(frame, boxes, scores, threshold, label_area=(w, h - strip_height(h)))
+    draw_strip(out, history, threshold, lo, hi)
+    return draw_strip_text(out, strip_text(np.asarray(history), threshold, t_s))
 
 
 # ------------------------------------------------------------------------------------- video writer
 
 
 class AnnotatedVideoWriter:
-    """MP4 (mp4v) writer that publishes ``dest`` only on :meth:`close` (temp sibling + rename).
+    """Annotated video (H.264 MP4 through :mod:`statevad.video`) that publishes ``dest`` only on
+    :meth:`close` (temp sibling + rename).
 
     A crash never leaves a half-written ``annotated.mp4``; an early end of the input (lost stream)
     still calls :meth:`close` and yields a valid, shorter video. The strip's vertical range is fixed
@@ -135,49 +224,56 @@ class AnnotatedVideoWriter:
     """
 
     def __init__(self, dest: str | os.PathLike[str], fps: float, size: tuple[int, int], threshold: float,
-                 strip_range: tuple[float, float] | None = None, fourcc: str = "mp4v") -> None:
+                 strip_range: tuple[float, float] | None = None) -> None:
         self.dest = Path(dest)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.size = size  # (W, H)
+        self.fps = fps_or_default(fps)
         self.threshold = float(threshold)
         self.lo, self.hi = strip_range if strip_range is not None else default_strip_range(threshold)
         self.n_frames = 0
         fd, self._tmp = temp_sibling(self.dest)
         os.close(fd)
-        fps = fps_or_default(fps)
-        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-        if not self._writer.isOpened():
+        try:
+            enc = open_encoder(self._tmp, self.fps, size)
+        except (OSError, ValueError) as exc:
             self._tmp.unlink(missing_ok=True)
-            raise UserError(f"cannot write video {self.dest} with codec {fourcc}: "
-                            "use --no-video or another output folder")
+            raise UserError(f"cannot write video {self.dest} ({exc}): use --no-video or another output "
+                            "folder") from None
+        self._writer = enc.sink
+        self.codec, self.note = enc.codec, enc.note
 
-    def write(self, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, history: np.ndarray) -> None:
-        """Annotate and append one frame (must have the size given at construction)."""
+    def write(self, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, history: np.ndarray,
+              t_s: float | None = None) -> None:
+        """Annotate and append one frame (must have the size given at construction); ``t_s`` its time."""
         if (frame.shape[1], frame.shape[0]) != self.size:
             raise ValueError(f"frame size {frame.shape[1]}x{frame.shape[0]} != video size {self.size}")
-        out = annotate_frame(frame, boxes, scores, history, self.threshold, self.lo, self.hi)
+        if t_s is None:
+            t_s = self.n_frames / self.fps
+        out = annotate_frame(frame, boxes, scores, history, self.threshold, self.lo, self.hi, t_s)
         self._writer.write(out)
         self.n_frames += 1
 
     def finish(self) -> Path:
         """Finish the temporary file and check that it reads back; return its path (not yet renamed).
 
-        ``cv2.VideoWriter`` reports no write error: on a full disk it leaves an MP4 without its index (moov
-        atom), which no player opens. So the file is reopened and its frame count compared with the frames
+        A full disk can leave an MP4 without its index (moov atom), which no player opens, even where the
+        encoder reported nothing. So the file is reopened and its frame count compared with the frames
         written; a file that fails is deleted and :class:`OSError` raised.
         """
-        self._writer.release()
-        ok, count = False, -1
-        if self._tmp.exists() and self._tmp.stat().st_size > 0:
-            cap = cv2.VideoCapture(str(self._tmp))
-            try:
-                ok = cap.isOpened()
-                count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else -1
-            finally:
-                cap.release()
-        if not ok or count != self.n_frames:
+        try:
+            self._writer.release()
+        except OSError:
             self._tmp.unlink(missing_ok=True)
-            got = f"{count} of {self.n_frames} frames" if ok else "no readable file"
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyAV's write errors that are not OSError
+            self._tmp.unlink(missing_ok=True)
+            raise OSError(errno.EIO, f"the annotated video could not be finished ({exc})",
+                          str(self.dest)) from None
+        back = read_back(self._tmp) if self._tmp.exists() and self._tmp.stat().st_size > 0 else None
+        if back is None or back[0] != self.n_frames:
+            self._tmp.unlink(missing_ok=True)
+            got = f"{back[0]} of {self.n_frames} frames" if back else "no readable file"
             raise OSError(errno.EIO, f"the annotated video did not read back ({got}; disk full?)",
                           str(self.dest))
         fsync_file(self._tmp)
@@ -195,7 +291,8 @@ class AnnotatedVideoWriter:
 
     def abort(self) -> None:
         """Drop the partial file (used when an unexpected error aborts the run)."""
-        self._writer.release()
+        with contextlib.suppress(Exception):  # the file is dropped whatever the encoder says
+            self._writer.release()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> AnnotatedVideoWriter:
@@ -320,77 +417,49 @@ def save_roc(dest: str | os.PathLike[str], labels: np.ndarray, scores: np.ndarra
 # ------------------------------------------------------------------------------------------- report
 
 
-def thumbnail_jpeg(frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float,
-                   width: int = 320) -> bytes:
-    """Small JPEG of a frame with its coloured boxes (kept in memory per event, so kept small)."""
-    img = draw_boxes(frame, boxes, scores, threshold)
-    h, w = img.shape[:2]
-    if w > width:
-        img = cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+def _jpeg(img: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - cv2 always encodes a valid uint8 image
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
 
 
-def _fmt_time(sec: float) -> str:
+def thumbnail_jpeg(frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float,
+                   width: int | None = 320) -> bytes:
+    """JPEG of a frame with its coloured boxes, at most ``width`` wide (None: full size)."""
+    img = draw_boxes(frame, boxes, scores, threshold)
+    h, w = img.shape[:2]
+    if width is not None and w > width:
+        img = cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    return _jpeg(img)
+
+
+def object_crops(frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, k: int = 3,
+                 height: int = 96, margin: float = 0.25) -> list[tuple[bytes, float]]:
+    """JPEG crops (with a ``margin`` of context, ``height`` px high) of the ``k`` highest-scoring objects,
+    most anomalous first, each with its score: what the model found odd, large enough to see."""
+    sc = np.asarray(scores, dtype=np.float64)
+    h, w = frame.shape[:2]
+    out: list[tuple[bytes, float]] = []
+    for i in np.argsort(-sc, kind="stable")[:k]:
+        if not math.isfinite(sc[i]):
+            continue
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        mx, my = margin * max(x2 - x1, 1.0), margin * max(y2 - y1, 1.0)
+        a, b = int(max(0, math.floor(x1 - mx))), int(min(w, math.ceil(x2 + mx)))
+        c, d = int(max(0, math.floor(y1 - my))), int(min(h, math.ceil(y2 + my)))
+        if b - a < 1 or d - c < 1:
+            continue
+        crop = frame[c:d, a:b]
+        scale = height / crop.shape[0]
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), height),
+                          interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        out.append((_jpeg(crop, 90), float(sc[i])))
+    return out
+
+
+def fmt_time(sec: float) -> str:
+    """m:ss.ss (h:mm:ss.ss past an hour)."""
     m, s = divmod(max(sec, 0.0), 60.0)
     h, m = divmod(int(m), 60)
     return f"{h}:{m:02d}:{s:05.2f}" if h else f"{m}:{s:05.2f}"
-
-
-def render_report(title: str, summary: dict[str, Any], curve_png: bytes | None, found: Sequence[Event],
-                  thumbnails: dict[int, bytes], extra_png: dict[str, bytes] | None = None) -> str:
-    """A self-contained HTML page (images inlined as base64): summary, curve, events, peak thumbnails."""
-
-    def img(data: bytes, mime: str, alt: str, style: str = "") -> str:
-        b64 = base64.b64encode(data).decode("ascii")
-        return f'<img alt="{html.escape(alt)}" style="{style}" src="data:{mime};base64,{b64}">'
-
-    rows = []
-    for i, e in enumerate(found, 1):
-        thumb = thumbnails.get(e.peak_frame)
-        cell = img(thumb, "image/jpeg", f"frame {e.peak_frame}", "max-width:320px") if thumb else "—"
-        rows.append(
-            f"<tr><td>{i}</td><td>{e.start}–{e.end}</td><td>{_fmt_time(e.start_s)}–{_fmt_time(e.end_s)}</td>"
-            f"<td>{e.end_s - e.start_s:.2f} s</td><td>{e.peak_score:.2f}</td><td>{e.peak_frame}</td>"
-            f"<td>{cell}</td></tr>")
-    table = ("<table><tr><th>#</th><th>frames</th><th>time</th><th>duration</th><th>peak score</th>"
-             "<th>peak frame</th><th>peak frame with boxes</th></tr>" + "".join(rows) + "</table>"
-             if rows else "<p>No anomalous event above the threshold.</p>")
-    summ = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt_value(v))}</td></tr>"
-                   for k, v in summary.items())
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse}",
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:middle}",
-        "th{background:#f4f4f4}.legend span{display:inline-block;width:1em;height:1em;margin:0 .3em}",
-        "</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<table>{summ}</table>",
-        "<h2>Frame score</h2>",
-        img(curve_png, "image/png", "score curve", "max-width:100%") if curve_png else "<p>(no frames)</p>",
-        "<p class='legend'>Boxes: <span style='background:#00c800'></span>normal "
-        "<span style='background:#ffa000'></span>near the threshold "
-        "<span style='background:#ff0000'></span>above the threshold (score written beside the box).</p>",
-        f"<h2>Events ({len(found)})</h2>",
-        table,
-    ]
-    for name, data in (extra_png or {}).items():
-        parts += [f"<h2>{html.escape(name)}</h2>", img(data, "image/png", name)]
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def write_report(dest: str | os.PathLike[str], title: str, summary: dict[str, Any], curve_png: bytes | None,
-                 found: Sequence[Event], thumbnails: dict[int, bytes],
-                 extra_png: dict[str, bytes] | None = None) -> None:
-    """Write :func:`render_report` to ``dest`` atomically."""
-    atomic_write_text(dest, render_report(title, summary, curve_png, found, thumbnails, extra_png))

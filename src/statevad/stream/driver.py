@@ -31,6 +31,7 @@ from statevad.files import remove_stale_temps
 from statevad.flow import FlowEstimator
 from statevad.io import fps_or_default, is_url, open_source, valid_fps
 from statevad.labels import labels_match
+from statevad.report import model_card
 from statevad.scoring import AUTO_Z, auto_threshold, motion_zscore
 from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
@@ -292,11 +293,13 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     if opts.max_frames:
         total = min(total, opts.max_frames) if total else opts.max_frames
     sink = Outputs(out, threshold, fps, max(1, round(opts.min_gap_s * fps)),
-                   max(1, round(opts.min_len_s * fps)), video=opts.video)
+                   max(1, round(opts.min_len_s * fps)), video=opts.video, model_card=model_card(ckpt))
     end = {"reason": "end of input"}
     sig = _Signals()
+    # The bar counts frames *scored* (written to the outputs), not read: the rate and ETA are the real ones;
+    # the frames read ahead show as "read N". A live source has no total (no ETA).
     bar = tqdm(total=total, desc="scoring", unit="frame", disable=not opts.progress, file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, smoothing=0.1)
     installed = sig.install()
     failure: UserError | None = None
     try:
@@ -403,6 +406,8 @@ def _emit(engine: StreamScorer, sink: Outputs, results: list[FrameResult], bar: 
         with sig.guard():  # one frame's rows are written whole
             sink.add(r)
         bar.update(1)
+    if results:
+        bar.set_postfix_str(f"read {engine.n_received}", refresh=False)
     engine.timing["outputs"] += time.perf_counter() - t0
 
 

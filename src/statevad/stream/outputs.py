@@ -1,11 +1,12 @@
 """The output folder of ``statevad score``: per-frame results streamed to disk, summary files at the end.
 
 ``scores.csv`` and ``objects.jsonl`` are written line by line (:class:`statevad.files.StreamFile`), the
-annotated video frame by frame; events are found online (:class:`statevad.events.EventTracker`) and each
-keeps its peak frame's thumbnail. Every file appears under its real name only when it is complete: at the
-end every file is first finished as a temporary sibling (synced; the video reopened and its frame count
-checked), and only when all of them are is each renamed into place, so a full disk (``OSError``) leaves no
-file of the run under a real name.
+annotated video frame by frame (H.264, :mod:`statevad.video`); events are found online
+(:class:`statevad.events.EventTracker`) and each keeps its peak frame and crops of its most anomalous objects
+for the report (:mod:`statevad.report`), which also gets a heat map of where anomalies occurred. Every file
+appears under its real name only when it is complete: at the end every file is first finished as a temporary
+sibling (synced; the video reopened and its frame count checked), and only when all of them are is each
+renamed into place, so a full disk (``OSError``) leaves no file of the run under a real name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import json
 import math
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from statevad import video as vid
 from statevad import visualize as viz
 from statevad.events import Event, EventTracker
 from statevad.files import StreamFile, json_text, write_temp
 from statevad.labels import fit_labels
 from statevad.metrics import frame_auroc
+from statevad.report import EventPicture, HeatMap, ReportContent, render_report
 from statevad.stream.engine import FrameResult
 
 # Exactly the files ``statevad score`` writes (``--overwrite`` deletes these and nothing else).
@@ -38,8 +42,9 @@ CSV_HEADER = ["frame", "time_s", "score", "n_objects", "top_x1", "top_y1", "top_
 class Outputs:
     """Streams per-frame results to the output folder and writes the summary files at the end.
 
-    Memory: one float per frame (for the curve), the strip history (frame width), the open event's
-    thumbnail and at most ``max_thumbnails`` event thumbnails.
+    Memory: one float per frame (for the curve), the strip history (frame width), the heat map's grid, the
+    open event's picture and at most ``max_thumbnails`` event pictures (a full-size JPEG and a few
+    crops each).
     """
 
     out: Path
@@ -51,7 +56,8 @@ class Outputs:
     max_thumbnails: int = 100
     scores: list[float] = field(default_factory=list)
     found: list[Event] = field(default_factory=list)
-    thumbs: dict[int, bytes] = field(default_factory=dict)
+    thumbs: dict[int, EventPicture] = field(default_factory=dict)
+    model_card: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +68,8 @@ class Outputs:
         self._tracker = EventTracker(self.threshold, self.fps, self.min_gap, self.min_len)
         self._video: viz.AnnotatedVideoWriter | None = None
         self._history: deque[float] = deque()
-        self._open_thumb: tuple[int, bytes] | None = None
+        self._open_thumb: tuple[int, EventPicture] | None = None
+        self._heat = HeatMap()
         self.n_objects = 0
 
     def add(self, r: FrameResult) -> None:
@@ -85,20 +92,26 @@ class Outputs:
             self._obj.fh.write(json.dumps({**row, "score": float(s)}) + "\n")
         self.n_objects += len(r.scores)
         if self.video:
-            self._write_video(r)
+            self._write_video(r, t_s)
+        self._heat.add(r.frame, r.boxes, r.scores, self.threshold)
         for e in self._tracker.update(score):
             self._event_closed(e)
-        if self._tracker.open_peak_frame == r.index:
-            self._open_thumb = (r.index, viz.thumbnail_jpeg(r.frame, r.boxes, r.scores, self.threshold))
+        if self._tracker.open_peak_frame == r.index:  # the open event's peak so far: keep its picture
+            self._open_thumb = (r.index, EventPicture(
+                viz.thumbnail_jpeg(r.frame, r.boxes, r.scores, self.threshold, width=None),
+                viz.object_crops(r.frame, r.boxes, r.scores)))
 
-    def _write_video(self, r: FrameResult) -> None:
+    def _write_video(self, r: FrameResult, t_s: float) -> None:
         h, w = r.frame.shape[:2]
         if self._video is None:
             self._video = viz.AnnotatedVideoWriter(self.out / "annotated.mp4", self.fps, (w, h),
                                                    self.threshold)
             self._history = deque(maxlen=w)
+            if self._video.note:  # no browser codec in this install: say so once, at the start
+                print(f"statevad score: warning: annotated.mp4 is {self._video.note}", file=sys.stderr,
+                      flush=True)
         self._history.append(r.score)
-        self._video.write(r.frame, r.boxes, r.scores, np.fromiter(self._history, np.float64))
+        self._video.write(r.frame, r.boxes, r.scores, np.fromiter(self._history, np.float64), t_s)
 
     def _event_closed(self, e: Event) -> None:
         self.found.append(e)
@@ -119,14 +132,22 @@ class Outputs:
         for e in self._tracker.finish():
             self._event_closed(e)
         temps: list[Any] = []
+        video_note: str | None = None
         try:
             self._csv.sync()
             self._obj.sync()
             if self._video is not None and not video:
                 self._video.abort()
                 self._video = None
+                video_note = "No annotated video: the run was stopped before its end."
             if self._video is not None:
                 self._video.finish()
+                summary["annotated video codec"] = vid.describe(self._video.codec)
+                video_note = self._video.note
+            elif self.video and video_note is None:
+                video_note = "No annotated video: no frame was scored."
+            elif not self.video:
+                video_note = "No annotated video was written (--no-video)."
             scores = np.asarray(self.scores, np.float64)
             lab = fit_labels(labels, len(scores), labels_pad)
             curve = viz.score_curve_png(scores, self.threshold, self.fps, lab, self.found, title=title)
@@ -136,7 +157,10 @@ class Outputs:
                 summary["AUROC (frame, --labels)"] = round(auroc, 4)
                 extra["ROC"] = viz.roc_png(lab, scores, "frame-level ROC")
             doc = {**summary, "events": [e.to_dict() for e in self.found]}
-            html = viz.render_report(title, summary, curve, self.found, self.thumbs, extra)
+            html = render_report(ReportContent(
+                title, summary, curve, self.found, self.thumbs, extra, self.model_card,
+                "annotated.mp4" if self._video is not None else None, video_note,
+                ("scores.csv", "objects.jsonl", "events.json", "score_curve.png"), self._heat.png()))
             for name, data in (("score_curve.png", curve), ("events.json", json_text(doc).encode("utf-8")),
                                ("report.html", html.encode("utf-8"))):
                 temps.append((write_temp(self.out / name, data), self.out / name))
