@@ -302,7 +302,11 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
     stats = training_stats(net, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
                            progress=progress, ctx=ctx)
     if ctx.is_main:
-        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history)
+        from statevad.calibration import training_record  # the model card and training score distribution
+
+        card, dist = training_record(net, data, stats, preset, len(indices), progress=progress)
+        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history, card=card,
+                        score_distribution=dist)
         rpath.unlink(missing_ok=True)
     ctx.barrier()  # no rank returns before the model file exists
     return out
