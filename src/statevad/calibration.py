@@ -411,9 +411,13 @@ def split_series(model: Any, split: Any, stats: dict[str, float], sc: Any, borde
 
     ``clips`` limits it to those clip names; ``max_cubes`` to whole clips, in order, up to that many cubes.
     """
-    from statevad.scoring import frame_scores, fuse, score_cubes
-    from statevad.tensors import cube_motion
+    chosen = choose_clips(split, clips, max_cubes)
+    fused = split_cube_scores(model, split, stats, sc, chosen, progress=progress)
+    return series_from_cubes(split, fused, chosen, border_min_px, size_hw)
 
+
+def choose_clips(split: Any, clips: Sequence[str] | None = None, max_cubes: int | None = None) -> list[int]:
+    """Indices of the split's clips named in ``clips`` (all if None), whole clips up to ``max_cubes``."""
     chosen, total = [], 0
     for i, c in enumerate(split.clips):
         if clips is not None and str(c["name"]) not in clips:
@@ -421,29 +425,49 @@ def split_series(model: Any, split: Any, stats: dict[str, float], sc: Any, borde
         n = int(np.count_nonzero(split.clip == i))
         if max_cubes is not None and chosen and total + n > max_cubes:
             break
-        chosen.append((i, c))
+        chosen.append(i)
         total += n
     if clips is not None:
-        missing = sorted(set(clips) - {str(c["name"]) for _, c in chosen})
+        missing = sorted(set(clips) - {str(split.clips[i]["name"]) for i in chosen})
         if missing:
             raise UserError(f"clips {', '.join(missing)} are not in the work directory's split "
                             f"(it has {', '.join(str(c['name']) for c in split.clips)})")
+    return chosen
+
+
+def split_cube_scores(model: Any, split: Any, stats: dict[str, float], sc: Any, chosen: Sequence[int], *,
+                      progress: bool = False) -> np.ndarray:
+    """Fused score of every cube of the ``chosen`` clips (NaN elsewhere), by :mod:`statevad.scoring`."""
+    from statevad.scoring import fuse, score_cubes
+    from statevad.tensors import cube_motion
+
+    fused = np.full(len(split.clip), np.nan)
+    for i in chosen:
+        idx = np.flatnonzero(split.clip == i)
+        if not len(idx):
+            continue
+        a, b = int(idx[0]), int(idx[-1]) + 1  # a clip's cubes are contiguous
+        e_raw, e_flow = score_cubes(model, split.raw[a:b], split.flow[a:b], sc, progress=progress,
+                                    desc=f"clip {split.clips[i]['name']}")
+        speed = cube_motion(split.flow[a:b]) if sc.w_motion else None
+        fused[a:b] = fuse(e_raw, e_flow, stats, sc.w_raw, sc.w_flow, speed, sc.w_motion)
+    return fused
+
+
+def series_from_cubes(split: Any, fused: np.ndarray, chosen: Sequence[int], border_min_px: float,
+                      size_hw: tuple[int, int] | None) -> list[np.ndarray]:
+    """Per-clip frame scores (:func:`statevad.scoring.frame_scores`) from cube scores, the cubes that the
+    border rule skips left out (no rule when ``size_hw`` is unknown)."""
+    from statevad.scoring import frame_scores
+
     out = []
-    for i, c in chosen:
+    for i in chosen:
+        c = split.clips[i]
         idx = np.flatnonzero(split.clip == i)
         if len(idx) and size_hw is not None:
             idx = idx[border_keep(split.box[idx], size_hw, border_min_px)]
         start, n = int(c["start"]), int(c["n_frames"])
-        if not len(idx):
-            out.append(np.full(n, EMPTY_FRAME_SCORE))
-            continue
-        a, b = int(idx[0]), int(idx[-1]) + 1  # contiguous per clip: score the slice, keep the kept cubes
-        e_raw, e_flow = score_cubes(model, split.raw[a:b], split.flow[a:b], sc, progress=progress,
-                                    desc=f"clip {c['name']}")
-        keep = idx - a
-        speed = cube_motion(split.flow[a:b])[keep] if sc.w_motion else None
-        fused = fuse(e_raw[keep], e_flow[keep], stats, sc.w_raw, sc.w_flow, speed, sc.w_motion)
-        out.append(frame_scores(split.frame[idx] - start, fused, n))
+        out.append(frame_scores(split.frame[idx] - start, fused[idx], n))
     return out
 
 
