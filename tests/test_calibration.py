@@ -255,25 +255,26 @@ def test_score_calibrated_and_with_a_rate(synthetic_video_root: Path, tmp_path: 
     clip = str(sorted((synthetic_video_root / "train").iterdir())[0])
     model = tiny_model(tmp_path / "m.pt")
     out = tmp_path / "cal.pt"
-    assert main(["calibrate", str(model), clip, "--out", str(out), "--no-perturb", "--quiet"]) == 0
+    assert main(["calibrate", str(model), clip, "--out", str(out), "--no-perturb", "--boxes", "motion",
+                 "--quiet"]) == 0
     calib = load_checkpoint(out)[1].calibration
     assert calib["n_frames"] > 0 and calib["settings"]["epsilon"] == 0.0
     capsys.readouterr()
     test_clip = str(sorted((synthetic_video_root / "test").iterdir())[0])
     assert main(["score", test_clip, "--model", str(out), "--out", str(tmp_path / "o1"), "--no-perturb",
-                 "--no-video", "--max-frames", "12", "--quiet"]) == 0
+                 "--no-video", "--max-frames", "12", "--boxes", "motion", "--quiet"]) == 0
     summary = capsys.readouterr().out
     assert "about 1 false alarm(s) per hour on footage like the calibration footage" in summary
     doc = json.loads((tmp_path / "o1" / "events.json").read_text())
     assert doc["threshold"] == round(calib["threshold"], 4) and "calibration footage" in doc["threshold rule"]
     assert main(["score", test_clip, "--model", str(out), "--out", str(tmp_path / "o2"), "--no-perturb",
-                 "--no-video", "--max-frames", "12", "--quiet", "--false-alarms-per-hour", "600"]) == 0
+                 "--no-video", "--max-frames", "12", "--boxes", "motion", "--quiet", "--false-alarms-per-hour", "600"]) == 0
     doc2 = json.loads((tmp_path / "o2" / "events.json").read_text())
     assert "about 600 false alarm(s) per hour" in doc2["threshold rule"]
     assert doc2["threshold"] <= doc["threshold"]
     # perturbed scoring is another setting: the calibration made without it does not apply
     assert main(["score", test_clip, "--model", str(out), "--out", str(tmp_path / "o3"), "--no-video",
-                 "--max-frames", "8", "--quiet"]) == 0
+                 "--max-frames", "8", "--boxes", "motion", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "does not apply" in captured.err and "auto:" in captured.out
 
@@ -283,7 +284,7 @@ def test_score_warns_about_an_input_unlike_the_training_footage(synthetic_video_
     model = _model_with_card(tmp_path / "m.pt", {"resolution": ["999x555"], "colour": "grey", "fps": [10.0]})
     clip = str(sorted((synthetic_video_root / "test").iterdir())[0])
     assert main(["score", clip, "--model", str(model), "--out", str(tmp_path / "o"), "--no-perturb",
-                 "--no-video", "--max-frames", "8", "--quiet"]) == 0
+                 "--no-video", "--max-frames", "8", "--boxes", "motion", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "trained on 999x555 footage" in err
     doc = json.loads((tmp_path / "o" / "events.json").read_text())

@@ -548,7 +548,7 @@ def test_reference_boxes_with_nan_or_inf_are_refused(value: float, tmp_path: Pat
 def test_calibrate_with_a_nonsense_rate(rate: str, trained: tuple[Path, Path],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     work, model = trained
-    _fails(["calibrate", str(model), str(work), "--false-alarms-per-hour", rate, "--quiet"], capsys,
+    _fails(["calibrate", str(model), str(work), f"--false-alarms-per-hour={rate}", "--quiet"], capsys,
            "--false-alarms-per-hour", "> 0")
 
 
