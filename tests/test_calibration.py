@@ -268,7 +268,8 @@ def test_score_calibrated_and_with_a_rate(synthetic_video_root: Path, tmp_path: 
     doc = json.loads((tmp_path / "o1" / "events.json").read_text())
     assert doc["threshold"] == round(calib["threshold"], 4) and "calibration footage" in doc["threshold rule"]
     assert main(["score", test_clip, "--model", str(out), "--out", str(tmp_path / "o2"), "--no-perturb",
-                 "--no-video", "--max-frames", "12", "--boxes", "motion", "--quiet", "--false-alarms-per-hour", "600"]) == 0
+                 "--no-video", "--max-frames", "12", "--boxes", "motion", "--quiet",
+                 "--false-alarms-per-hour", "600"]) == 0
     doc2 = json.loads((tmp_path / "o2" / "events.json").read_text())
     assert "about 600 false alarm(s) per hour" in doc2["threshold rule"]
     assert doc2["threshold"] <= doc["threshold"]

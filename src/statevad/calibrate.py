@@ -24,8 +24,8 @@ import numpy as np
 from statevad.calibration import (
     BORDER_MIN_PX,
     DEFAULT_FALSE_ALARMS_PER_HOUR,
-    probe_source,
     check_rate,
+    probe_source,
     score_distribution,
     score_settings,
     split_series,
@@ -155,6 +155,7 @@ def _stream_series(model_path: Path, footage: Sequence[str], fps: float | None,
                 src.close()
     rate = fps if fps is not None else rates[0]
     if len({round(r, 3) for r in rates}) > 1:
-        _warn(f"the footage has several frame rates ({sorted(set(rates))}); events are counted at {rate:g} fps")
+        _warn(f"the footage has several frame rates ({sorted(set(rates))}); events are counted at "
+              f"{rate:g} fps")
     names = ", ".join(Path(str(s)).name for s in footage)
     return series, float(rate), f"{len(footage)} input(s): {names}"

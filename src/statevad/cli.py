@@ -352,7 +352,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> Handler:
                    help="with a work directory: the split to use (default train)")
     p.add_argument("--clips", default=None, help="with a work directory: comma-separated clip names only")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the footage, if it carries none")
-    p.add_argument("--boxes", default=None, metavar="SOURCE", help="box source for video footage, as in score")
+    p.add_argument("--boxes", default=None, metavar="SOURCE",
+                   help="box source for video footage, as in score")
     p.add_argument("--border-min-size", type=float, default=None, metavar="PX",
                    help="border rule, as in score (default 16; 0 = off)")
     p.add_argument("--no-perturb", action="store_true", help="calibrate for `score --no-perturb`")
@@ -369,12 +370,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     opts = CalibrateOptions(rate=args.false_alarms_per_hour, out=args.out, split=args.split,
                             clips=[c for c in args.clips.split(",") if c] if args.clips else None,
                             fps=args.fps, boxes=args.boxes, perturb=not args.no_perturb, device=args.device,
-                            progress=not args.quiet,
-                            **({} if args.border_min_size is None else {"border_min_px": args.border_min_size}))
+                            progress=not args.quiet, **({} if args.border_min_size is None
+                                                        else {"border_min_px": args.border_min_size}))
     with _one_line_warnings("calibrate"), _disk_errors():
         res = calibrate(args.model, args.footage, opts)
     print(res["meaning"])
-    print(json.dumps({k: res[k] for k in ("model", "threshold", "false_alarms_per_hour", "frames", "minutes")}))
+    keys = ("model", "threshold", "false_alarms_per_hour", "frames", "minutes")
+    print(json.dumps({k: res[k] for k in keys}))
     return 0
 
 
