@@ -136,6 +136,9 @@ def test_colour_on_a_grey_model_and_a_far_fps_are_refused_unless_allowed() -> No
     with pytest.raises(UserError, match="30 fps .* 10 fps"):
         cal.check_input(CARD, np.zeros((240, 360, 3), np.uint8), 30.0, "in.mp4")
     assert len(cal.check_input(CARD, colour, 30.0, "in.mp4", allow=True)) == 2
+    # a rate that is only assumed (frame folders, MJPEG) is never a reason to refuse: a warning naming --fps
+    notes = cal.check_input(CARD, np.zeros((240, 360, 3), np.uint8), 25.0, "frames/", fps_known=False)
+    assert len(notes) == 1 and "--fps 10" in notes[0]
 
 
 def test_grey_detection_tolerates_lossy_chroma_noise() -> None:

@@ -160,14 +160,15 @@ def describe_distribution(dist: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------- input vs the card
 def check_input(card: dict[str, Any] | None, frame: np.ndarray, fps: float, spec: str, *,
-                allow: bool = False) -> list[str]:
+                allow: bool = False, fps_known: bool = True) -> list[str]:
     """Warnings for an input unlike the training footage; a :class:`UserError` where scores would be
     meaningless (unless ``allow``, which turns those into warnings too).
 
     Refused: colour footage on a model trained on grey footage (the raw branch never saw chroma: every
     object is "anomalous"), and a frame rate more than 2x off the training rate (the flow branch and the
     motion features are per frame: every moving object moves 2x "too fast" or "too slow"). Warned: another
-    resolution (objects have other sizes in pixels), grey footage on a colour model, an fps off by > 10%.
+    resolution (objects have other sizes in pixels), grey footage on a colour model, an fps off by > 10%, and
+    any fps difference when the input carries no rate (``fps_known`` False: ``fps`` is only assumed).
     """
     if not card:
         return []
@@ -189,7 +190,10 @@ def check_input(card: dict[str, Any] | None, frame: np.ndarray, fps: float, spec
         ratio = max(fps, rates[0]) / min(fps, rates[0])
         line = (f"{spec} runs at {fps:g} fps but the model was trained on {rates[0]:g} fps footage (the flow "
                 "and motion features are per frame)")
-        if ratio > 2.0:
+        if not fps_known and ratio > 1.1:
+            warn.append(f"{spec} carries no frame rate, so {fps:g} fps was assumed, but the model was "
+                        f"trained on {rates[0]:g} fps footage: give --fps {rates[0]:g} if that is its rate")
+        elif ratio > 2.0:
             refuse.append(f"{line}: objects would move {ratio:.1f}x faster or slower than in training; "
                           "resample the input to the training rate (e.g. `ffmpeg -i in.mp4 -r "
                           f"{rates[0]:g} out.mp4`), give its true rate with --fps, or train on footage at "

@@ -313,7 +313,9 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     if opts.max_frames:
         total = min(total, opts.max_frames) if total else opts.max_frames
     end = {"reason": "end of input"}
-    frames, mismatch = _checked_frames(src, end, ckpt.card, fps, str(input_spec), opts.allow_mismatch)
+    fps_known = bool(opts.fps) or valid_fps(getattr(src, "fps", None)) is not None
+    frames, mismatch = _checked_frames(src, end, ckpt.card, fps, str(input_spec), opts.allow_mismatch,
+                                       fps_known)
     sink = Outputs(out, threshold, fps, max(1, round(opts.min_gap_s * fps)),
                    max(1, round(opts.min_len_s * fps)), video=opts.video)
     sig = _Signals()
@@ -376,7 +378,7 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
 
 
 def _checked_frames(src: Any, end: dict[str, str], card: dict[str, Any] | None, fps: float, spec: str,
-                    allow: bool) -> tuple[Iterator[np.ndarray], list[str]]:
+                    allow: bool, fps_known: bool = True) -> tuple[Iterator[np.ndarray], list[str]]:
     """The source's frames, the first one compared with the model card first (warnings, or a refusal
     before any output exists); see :func:`statevad.calibration.check_input`."""
     frames = _frames(src, end)
@@ -384,7 +386,7 @@ def _checked_frames(src: Any, end: dict[str, str], card: dict[str, Any] | None, 
     if first is None:
         return iter(()), []
     try:
-        notes = check_input(card, first, fps, spec, allow=allow)
+        notes = check_input(card, first, fps, spec, allow=allow, fps_known=fps_known)
     except UserError:
         _close_source(src)
         raise
