@@ -46,7 +46,9 @@ BORDER_MARGIN_PX = 1.0
 _NEUTRAL_SCORE_FIELDS = frozenset({"device", "batch_size", "bf16"})
 QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 TAIL_EVENTS = 10  # the tail fit uses the events above the lowest threshold that leaves at most this many
-GREY_TOLERANCE = 1.0  # mean |B-G| + |G-R| below this (grey levels) counts as grey (lossy chroma noise)
+# Grey: fewer than 1% of the pixels have channels more than 12 levels apart. Lossy codecs shift grey
+# footage's channels by a level or two everywhere (MJPEG: B 58, G 60, R 60), colour differs by tens.
+GREY_SPREAD, GREY_FRACTION = 12, 0.01
 MAX_DISTRIBUTION_CUBES = 40_000  # training scores: whole clips, in order, up to this many cubes
 
 
@@ -57,7 +59,7 @@ def is_grey(pixels: np.ndarray) -> bool:
     if p.size == 0 or p.shape[-1] != 3:
         return True
     p = p.reshape(-1, 3).astype(np.int16)
-    return float(np.abs(p[:, 0] - p[:, 1]).mean() + np.abs(p[:, 1] - p[:, 2]).mean()) < GREY_TOLERANCE
+    return float(((p.max(1) - p.min(1)) > GREY_SPREAD).mean()) < GREY_FRACTION
 
 
 def probe_source(source: str, root: str | None) -> tuple[tuple[int, int] | None, float | None]:
