@@ -541,3 +541,111 @@ def test_reference_boxes_with_nan_or_inf_are_refused(value: float, tmp_path: Pat
     np.savez(path, boxes=boxes, offsets=np.array([0, 1, 2], np.int64))
     with pytest.raises(UserError, match="frame 1 hold NaN or inf"):
         load_reference_boxes(path, 2)
+
+
+# ------------------------------------------------- issue 19: calibrate, --false-alarms-per-hour, info MODEL
+@pytest.mark.parametrize("rate", ["nan", "-1", "0", "inf", "-inf", "1e300"])
+def test_calibrate_with_a_nonsense_rate(rate: str, trained: tuple[Path, Path],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    work, model = trained
+    _fails(["calibrate", str(model), str(work), f"--false-alarms-per-hour={rate}", "--quiet"], capsys,
+           "--false-alarms-per-hour", "> 0")
+
+
+@pytest.mark.parametrize("content, needle", [(None, "does not exist"), (b"", "empty"),
+                                             (b"garbage, not a model", "not a statevad model file"),
+                                             (b"PK\x03\x04 half a zip", "not a statevad model file")])
+def test_calibrate_and_info_with_a_missing_or_corrupt_model(content: bytes | None, needle: str,
+                                                            trained: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "model.pt"
+    if content is not None:
+        bad.write_bytes(content)
+    _fails(["calibrate", str(bad), str(trained[0]), "--quiet"], capsys, "model.pt", needle)
+    _fails(["info", str(bad)], capsys, "model.pt", needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if content is None else ["model.pt"])
+
+
+@pytest.mark.parametrize("kind, needle", [("empty video", "empty"), ("empty folder", "empty.d"),
+                                          ("missing", "no such file"), ("text as video", "not.mp4")])
+def test_calibrate_on_empty_or_unreadable_footage(kind: str, needle: str, trained: tuple[Path, Path],
+                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    footage = {"empty video": tmp_path / "empty.mp4", "empty folder": tmp_path / "empty.d",
+               "missing": tmp_path / "gone.mp4", "text as video": tmp_path / "not.mp4"}[kind]
+    if kind == "empty video":
+        footage.write_bytes(b"")
+    elif kind == "empty folder":
+        footage.mkdir()
+    elif kind == "text as video":
+        footage.write_text("not a video\n")
+    model = trained[1]
+    before = model.read_bytes()
+    _fails(["calibrate", str(model), str(footage), "--quiet"], capsys, needle)
+    assert model.read_bytes() == before
+
+
+def test_calibrate_on_footage_shorter_than_a_cube(trained: tuple[Path, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(["calibrate", str(trained[1]), str(_video(tmp_path / "two.avi", 2)), "--quiet", "--out",
+            str(tmp_path / "c.pt")], capsys, "nothing to calibrate")
+    assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--fps", "0"], "--fps"), (["--fps", "nan"], "--fps"), (["--clips", "99"], "clips 99"),
+    (["--border-min-size", "-3"], "--border-min-size"), (["--border-min-size", "nan"], "--border-min-size"),
+    (["--out", "/dev/null/x.pt"], "--out"),
+])
+def test_calibrate_bad_options(flags: list[str], needle: str, trained: tuple[Path, Path],
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    work, model = trained
+    _fails(["calibrate", str(model), str(work), "--quiet", *flags], capsys, needle)
+
+
+def test_calibrate_on_a_test_split_with_anomalies_warns(trained: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    work, model = trained
+    out = tmp_path / "c.pt"
+    assert main(["calibrate", str(model), str(work), "--split", "test", "--out", str(out), "--quiet"]) == 0
+    assert "anomalous frames" in capsys.readouterr().err and out.is_file()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--false-alarms-per-hour", "nan"], "> 0"), (["--false-alarms-per-hour", "-2"], "> 0"),
+    (["--false-alarms-per-hour", "0"], "> 0"), (["--false-alarms-per-hour", "inf"], "> 0"),
+    (["--border-min-size", "-1"], "--border-min-size"), (["--border-min-size", "inf"], "--border-min-size"),
+    (["--threshold", "5", "--false-alarms-per-hour", "1"], "either --threshold or"),
+])
+def test_score_bad_alarm_options(flags: list[str], needle: str, trained: tuple[Path, Path], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    video = _video(tmp_path / "v.avi", 12)
+    _fails(["score", str(video), "--model", str(trained[1]), "--out", str(tmp_path / "o"), "--quiet",
+            *flags], capsys, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_score_with_a_rate_needs_a_distribution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import tiny_model
+
+    _fails(["score", str(_video(tmp_path / "v.avi", 12)), "--model", str(tiny_model(tmp_path / "m.pt")),
+            "--out", str(tmp_path / "o"), "--false-alarms-per-hour", "2", "--quiet"], capsys,
+           "statevad calibrate")
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("calibration", {"source": "calibration"}, "calibration.footage"),
+    ("score_distribution", "not a table", "score_distribution"),
+    ("card", ["a", "list"], "card"),
+])
+def test_model_file_with_a_malformed_distribution_or_card(field: str, value: object, needle: str,
+                                                          trained: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Resealed (checksums recomputed) so that the field check itself is what refuses it."""
+    from statevad.checkpoint import _sealed
+
+    data = torch.load(trained[1], weights_only=True)
+    data[field] = value
+    bad = tmp_path / "m.pt"
+    torch.save(_sealed(data), bad)
+    _fails(["info", str(bad)], capsys, needle)
+    _fails(["calibrate", str(bad), str(trained[0]), "--quiet"], capsys, needle)

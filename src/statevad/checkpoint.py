@@ -49,6 +49,9 @@ class Checkpoint:
     work_manifest: dict[str, Any] | None
     sha256: str
     selection: dict[str, Any] | None = None  # statevad.selection's record, when training made one
+    card: dict[str, Any] | None = None  # the training footage (statevad.calibration.build_card)
+    score_distribution: dict[str, Any] | None = None  # frame scores of the training footage
+    calibration: dict[str, Any] | None = None  # frame scores of the camera's footage (`statevad calibrate`)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -154,11 +157,14 @@ def _read_dict(path: Path, what: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- model files
 def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: dict[str, float] | None,
                     work_manifest: dict[str, Any] | None, history: list[float] | None = None, *,
-                    selection: dict[str, Any] | None = None) -> Path:
+                    selection: dict[str, Any] | None = None, card: dict[str, Any] | None = None,
+                    score_distribution: dict[str, Any] | None = None) -> Path:
     """Write the final model file atomically (format: docs/ARCHITECTURE.md).
 
     ``history`` (mean training loss per epoch) is the loss curve: it lets a distributed or resumed run
-    be compared with an uninterrupted 1-process run.
+    be compared with an uninterrupted 1-process run. ``card`` and ``score_distribution`` (JSON data, see
+    :mod:`statevad.calibration`) are optional fields: files without them still load (no card, automatic
+    threshold), so the format version is unchanged.
     """
     from statevad import __version__
 
@@ -176,6 +182,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: d
         # the label-free selection of the scoring settings (statevad.selection), when training made one
         "selection": selection,
     }
+    for key, value in (("card", card), ("score_distribution", score_distribution)):
+        if value is not None:
+            payload[key] = value
     path = Path(path)
     atomic_torch_save(_sealed(payload), path)
     return path
@@ -222,7 +231,8 @@ def _check_finite(sd: dict[str, torch.Tensor], stats: Any, path: Path) -> None:
 def _check_fields(data: dict[str, Any], path: Path) -> None:
     """Fields of the wrong type (a hand-edited or foreign file) are one clear line, not a traceback later."""
     kinds = {"preset": dict, "model_config": dict, "stats": dict, "work_manifest": dict, "history": dict,
-             "versions": dict, "selection": dict}
+             "versions": dict, "selection": dict, "card": dict, "score_distribution": dict,
+             "calibration": dict}
     for key, kind in kinds.items():
         if data.get(key) is not None and not isinstance(data[key], kind):
             raise UserError(f"model file {path}: field {key!r} is a {type(data[key]).__name__}, expected "
@@ -273,9 +283,45 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     stats = data.get("stats")
     ckpt = Checkpoint(path=path, format=fmt, preset=preset,
                       stats={k: float(v) for k, v in stats.items()} if isinstance(stats, dict) else None,
-                      work_manifest=data.get("work_manifest"), sha256=digest,
-                      selection=data.get("selection"))
+                      work_manifest=data.get("work_manifest"), sha256=digest, card=data.get("card"),
+                      score_distribution=_distribution(data, "score_distribution", path),
+                      calibration=_distribution(data, "calibration", path), selection=data.get("selection"))
     return model, ckpt
+
+
+_DIST_KEYS = {"source": str, "footage": str, "fps": float, "hours": float, "settings": dict,
+              "quantiles": dict, "thresholds": list, "events": list}
+
+
+def _distribution(data: dict[str, Any], key: str, path: Path) -> dict[str, Any] | None:
+    """A stored score distribution, checked field by field (a hand-edited file is one clear line)."""
+    dist = data.get(key)
+    if dist is None:
+        return None
+    for name, kind in _DIST_KEYS.items():
+        value = dist.get(name)
+        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+            raise UserError(f"model file {path}: {key}.{name} is missing or not a {kind.__name__}; the file "
+                            "was modified or written by another program: retrain or re-calibrate it")
+    thr, cnt = dist["thresholds"], dist["events"]
+    if (not thr or len(thr) != len(cnt) or not dist["hours"] > 0 or not dist["fps"] > 0
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in thr + cnt)):
+        raise UserError(f"model file {path}: {key} has an invalid event curve; retrain or re-calibrate it")
+    return dist
+
+
+def save_with_calibration(src: str | Path, dest: str | Path, calibration: dict[str, Any]) -> Path:
+    """Copy the model file ``src`` to ``dest`` (may be ``src``) with ``calibration`` set, atomically.
+
+    Everything else is carried over unchanged, so the weights' checksum stays the same.
+    """
+    src, dest = Path(src), Path(dest)
+    load_checkpoint(src)  # refuses a tampered, foreign or old file before anything is written
+    data = _read_dict(src, "model file")
+    data["calibration"] = calibration
+    atomic_torch_save(_sealed(data), dest)
+    load_checkpoint(dest)  # the file written reads back
+    return dest
 
 
 def load_original_checkpoint(path: str | Path, frames: int = 7) -> STATE:

@@ -27,8 +27,10 @@ def _not_implemented(name: str) -> Handler:
 
 # --------------------------------------------------------------------------------------------- info
 def _add_info(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("info", help="describe a dataset root, a video, a frame folder or a stream URL")
-    p.add_argument("path", help="dataset root, video file, frame folder, or stream URL (opened, one frame "
+    p = sub.add_parser("info", help="describe a model file, a dataset root, a video, a frame folder or a "
+                       "stream URL")
+    p.add_argument("path", help="model file (its model card: the training footage, settings and alarm "
+                   "calibration), dataset root, video file, frame folder, or stream URL (opened, one frame "
                    "decoded: size, fps, frame count if known)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     return _run_info
@@ -37,7 +39,42 @@ def _add_info(sub: argparse._SubParsersAction) -> Handler:
 def _run_info(args: argparse.Namespace) -> int:
     from statevad.datasets import describe
 
+    if _is_model_file(args.path):
+        return _model_info(args.path, args.json)
     return describe(args.path, as_json=args.json)
+
+
+def _is_model_file(path: str) -> bool:
+    """A ``.pt``/``.pth`` file or a zip archive (what ``torch.save`` writes; no video container is one)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return p.suffix.lower() in (".pt", ".pth")  # a missing model file: say so as a model file
+    if p.suffix.lower() in (".pt", ".pth"):
+        return True
+    try:
+        with p.open("rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _model_info(path: str, as_json: bool) -> int:
+    import json
+    from pathlib import Path
+
+    from statevad.calibration import format_card
+    from statevad.checkpoint import load_checkpoint
+
+    _, ckpt = load_checkpoint(path)
+    doc = format_card(Path(path), ckpt)
+    if as_json:
+        print(json.dumps({**doc, "card": ckpt.card}))
+        return 0
+    for key, value in doc.items():
+        print(f"{key}: {value}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -235,7 +272,18 @@ def _add_score(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--out", required=True, help="output folder (scores.csv, objects.jsonl, events.json, "
                    "annotated.mp4, score_curve.png, report.html)")
     p.add_argument("--threshold", type=float, default=None, metavar="Z",
-                   help="frame threshold on the fused z-score (default: automatic, see README)")
+                   help="frame threshold on the fused z-score (default: from --false-alarms-per-hour, see "
+                   "README 'Calibrated alarms')")
+    p.add_argument("--false-alarms-per-hour", type=float, default=None, metavar="R",
+                   help="set the threshold for about R false alarms (events) per hour on footage like the "
+                   "model's calibration or training footage (default: the rate `statevad calibrate` set, "
+                   "else 1)")
+    p.add_argument("--border-min-size", type=float, default=None, metavar="PX",
+                   help="skip objects that touch the frame border while their short side is under PX pixels "
+                   "(default 16; 0 = score every object)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="score an input that is unlike the training footage (colour on a grey model, a frame "
+                   "rate more than 2x off) instead of refusing it")
     p.add_argument("--labels", default=None, metavar="FILE",
                    help="per-frame 0/1 labels (.npy, .txt, .json): shaded on the curve, AUROC printed")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
@@ -278,11 +326,58 @@ def _run_score(args: argparse.Namespace) -> int:
                 boxes=args.boxes, device=args.device, bf16=args.bf16, w_motion=args.w_motion,
                 video=not args.no_video, batch_frames=args.batch_frames, fps=args.fps,
                 progress=not args.quiet, overwrite=args.overwrite,
-                **({} if args.max_objects is None else {"max_objects": args.max_objects}))
+                false_alarms_per_hour=args.false_alarms_per_hour, allow_mismatch=args.allow_mismatch,
+                **({} if args.max_objects is None else {"max_objects": args.max_objects}),
+                **({} if args.border_min_size is None else {"border_min_px": args.border_min_size}))
     print(format_summary(res))
     if res.exit_code:  # stopped by SIGINT (130) or SIGTERM (143); the outputs are complete for what was read
         print(f"statevad score: {res.end_reason}", file=sys.stderr)
     return res.exit_code
+
+
+# ---------------------------------------------------------------------------------------- calibrate
+def _add_calibrate(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("calibrate", help="set a model's alarm threshold from normal footage of the camera",
+                       description="Score normal footage of the camera (no anomalies) exactly as `statevad "
+                       "score` would, store its frame-score distribution and event curve in the model file, "
+                       "and set the threshold that gives about R false alarms per hour on such footage. "
+                       "`score` then uses it by default.")
+    p.add_argument("model", help="model file written by `statevad train`")
+    p.add_argument("footage", nargs="+", help="normal footage: video files or frame folders (scored like "
+                   "`statevad score`), or one work directory of `statevad prepare` (its prepared cubes)")
+    p.add_argument("--false-alarms-per-hour", type=float, default=None, metavar="R",
+                   help="false alarms (events) per hour to calibrate for (default 1)")
+    p.add_argument("--out", default=None, help="model file to write (default: replace MODEL, atomically)")
+    p.add_argument("--split", default="train", choices=["train", "test"],
+                   help="with a work directory: the split to use (default train)")
+    p.add_argument("--clips", default=None, help="with a work directory: comma-separated clip names only")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the footage, if it carries none")
+    p.add_argument("--boxes", default=None, metavar="SOURCE",
+                   help="box source for video footage, as in score")
+    p.add_argument("--border-min-size", type=float, default=None, metavar="PX",
+                   help="border rule, as in score (default 16; 0 = off)")
+    p.add_argument("--no-perturb", action="store_true", help="calibrate for `score --no-perturb`")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return _run_calibrate
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from statevad.calibrate import CalibrateOptions, calibrate
+
+    opts = CalibrateOptions(rate=args.false_alarms_per_hour, out=args.out, split=args.split,
+                            clips=[c for c in args.clips.split(",") if c] if args.clips else None,
+                            fps=args.fps, boxes=args.boxes, perturb=not args.no_perturb, device=args.device,
+                            progress=not args.quiet, **({} if args.border_min_size is None
+                                                        else {"border_min_px": args.border_min_size}))
+    with _one_line_warnings("calibrate"), _disk_errors():
+        res = calibrate(args.model, args.footage, opts)
+    print(res["meaning"])
+    keys = ("model", "threshold", "false_alarms_per_hour", "frames", "minutes")
+    print(json.dumps({k: res[k] for k in keys}))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -342,6 +437,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [
     _add_train,
     _add_test,
     _add_score,
+    _add_calibrate,
     _add_demo,
     _add_import_original,
 ]

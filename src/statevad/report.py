@@ -228,4 +228,11 @@ def model_card(ckpt: Any) -> dict[str, Any]:
     name = getattr(preset, "name", None)
     if name:
         card.setdefault("preset", name)
+    sel = getattr(ckpt, "selection", None)
+    if isinstance(sel, Mapping) and "epsilon" in sel:  # statevad.selection's record (no label used)
+        card.setdefault("scoring settings", (
+            f"selected without labels: eps {sel.get('epsilon')}, weights raw {sel.get('w_raw')} / flow "
+            f"{sel.get('w_flow')} / motion {sel.get('w_motion')}, {sel.get('stats_source')} statistics "
+            f"(pseudo-anomaly AUROC {float(sel.get('objective', float('nan'))):.3f} on "
+            f"{sel.get('n_held_out')} held-out cubes)"))
     return card

@@ -315,8 +315,12 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
             preset = _with_selection(preset, chosen)
             selection = chosen.to_dict() | {"train_stats": stats}
             stats = dict(chosen.stats, n_cubes=stats["n_cubes"])
-        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history,
-                        selection=selection)
+        from statevad.calibration import training_record  # the model card and training score distribution
+
+        # after the selection: the training score distribution is of the settings the model will score with
+        card, dist = training_record(net, data, stats, preset, len(indices), progress=progress)
+        save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history, card=card,
+                        score_distribution=dist, selection=selection)
         rpath.unlink(missing_ok=True)
     ctx.barrier()  # no rank returns before the model file exists
     return out

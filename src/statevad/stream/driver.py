@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import math
 import os
 import signal
@@ -24,6 +25,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from statevad.calibration import (
+    BORDER_MIN_PX,
+    EVENT_MIN_GAP_S,
+    EVENT_MIN_LEN_S,
+    check_input,
+    check_rate,
+    choose_threshold,
+    skip_border_boxes,
+)
 from statevad.checkpoint import load_checkpoint
 from statevad.errors import UserError
 from statevad.events import Event
@@ -32,7 +42,7 @@ from statevad.flow import FlowEstimator
 from statevad.io import fps_or_default, is_url, open_source, valid_fps
 from statevad.labels import labels_match
 from statevad.report import model_card
-from statevad.scoring import AUTO_Z, auto_threshold, motion_zscore
+from statevad.scoring import motion_zscore
 from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
@@ -59,13 +69,16 @@ class ScoreOptions:
     w_motion: float | None = None  # weight of the motion term (0 = STATE as published)
     video: bool = True
     batch_frames: int = 4
-    min_gap_s: float = 0.5
-    min_len_s: float = 0.2
+    min_gap_s: float = EVENT_MIN_GAP_S
+    min_len_s: float = EVENT_MIN_LEN_S
     fps: float | None = None  # override the source's frame rate
     progress: bool = True
     title: str | None = None
     max_objects: int | None = DEFAULT_MAX_OBJECTS  # objects scored per frame at most (None or 0: no cap)
     overwrite: bool = False  # replace an earlier run's outputs in ``out`` (else a non-empty out is refused)
+    false_alarms_per_hour: float | None = None  # threshold from the model's score distribution at this rate
+    border_min_px: float = BORDER_MIN_PX  # skip boxes cut by the border with a side under this (0 = off)
+    allow_mismatch: bool = False  # score an input unlike the training footage anyway (warnings only)
 
 
 @dataclass
@@ -149,6 +162,15 @@ def _check_options(opts: ScoreOptions) -> None:
             fps = math.nan
         if not (math.isfinite(fps) and fps > 0):
             raise UserError(f"--fps must be a finite frame rate > 0 (frames per second), got {opts.fps!r}")
+    if opts.false_alarms_per_hour is not None:
+        check_rate(opts.false_alarms_per_hour)
+    try:
+        border = float(opts.border_min_px)
+    except (TypeError, ValueError):
+        border = math.nan
+    if not (math.isfinite(border) and 0 <= border <= 1e4):
+        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got "
+                        f"{opts.border_min_px!r}")
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -258,15 +280,14 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         "epsilon": None if opts.perturb else 0.0}})
     sc = preset.score
     model.to(resolve_device(sc.device))
-    if opts.threshold is not None:
-        threshold, rule = float(opts.threshold), "given (--threshold)"
-    else:
-        threshold = auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion)
-        terms = "|w_raw| + |w_flow|" + (" + |w_motion|" if sc.w_motion else "")
-        rule = f"auto: {AUTO_Z:g} x ({terms}) training-z units"
+    threshold, rule, notes = choose_threshold(ckpt, sc, float(opts.border_min_px), opts.threshold,
+                                              opts.false_alarms_per_hour)
+    for note in notes:
+        _warn(note)
     box_cfg, flow_cfg, box_source, detector_sha = stage_settings(preset, ckpt.work_manifest,
                                                                  f"model file {model_path}")
     boxes, box_desc = box_fn(box_cfg, opts.boxes or box_source, detector_sha)
+    boxes = skip_border_boxes(boxes, float(opts.border_min_px))  # objects cut by the frame border
     flow_est = FlowEstimator(flow_cfg)
     if sc.w_motion:
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
@@ -292,9 +313,12 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
             raise UserError(f"--labels do not belong to {input_spec}: {why}; give the labels of this input")
     if opts.max_frames:
         total = min(total, opts.max_frames) if total else opts.max_frames
+    end = {"reason": "end of input"}
+    fps_known = bool(opts.fps) or valid_fps(getattr(src, "fps", None)) is not None
+    frames, mismatch = _checked_frames(src, end, ckpt.card, fps, str(input_spec), opts.allow_mismatch,
+                                       fps_known)
     sink = Outputs(out, threshold, fps, max(1, round(opts.min_gap_s * fps)),
                    max(1, round(opts.min_len_s * fps)), video=opts.video, model_card=model_card(ckpt))
-    end = {"reason": "end of input"}
     sig = _Signals()
     # The bar counts frames *scored* (written to the outputs), not read: the rate and ETA are the real ones;
     # the frames read ahead show as "read N". A live source has no total (no ETA).
@@ -305,7 +329,7 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     try:
         with bar:
             try:
-                _run(engine, sink, _frames(src, end), opts.max_frames, end, bar, sig, cap)
+                _run(engine, sink, frames, opts.max_frames, end, bar, sig, cap)
             except (StageError, UserError) as exc:  # a stage refused its input (a NaN box, boxes run out)
                 failure = UserError(f"{input_spec}: scoring stopped at frame {engine.n_received}: {exc}")
                 end["reason"] = f"error ({exc})"
@@ -317,10 +341,14 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
             "input": str(input_spec), "model": str(model_path), "frames scored": len(sink.scores),
             "objects scored": sink.n_objects, "fps (input)": round(fps, 3),
             "threshold": round(threshold, 4), "threshold rule": rule,
+            "border rule": (f"boxes touching the frame border with a side under {opts.border_min_px:g} px "
+                            "are not scored" if opts.border_min_px else "off"),
             "perturbation epsilon": sc.epsilon, "w_raw": sc.w_raw, "w_flow": sc.w_flow,
             "w_motion": sc.w_motion, "boxes": box_desc,
             "flow": flow_cfg.method, "cube length": preset.cube.frames, "ended": end["reason"],
         }
+        if mismatch:
+            summary["input vs training footage"] = mismatch
         if engine.n_capped:
             summary["max objects per frame"] = cap
             summary["frames with objects capped"] = engine.n_capped
@@ -350,6 +378,24 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
                        dict(engine.timing), wall, doc.get("AUROC (frame, --labels)"),
                        time.process_time() - cpu0, np.asarray(sink.scores, np.float64), sig.exit_code,
                        engine.n_capped)
+
+
+def _checked_frames(src: Any, end: dict[str, str], card: dict[str, Any] | None, fps: float, spec: str,
+                    allow: bool, fps_known: bool = True) -> tuple[Iterator[np.ndarray], list[str]]:
+    """The source's frames, the first one compared with the model card first (warnings, or a refusal
+    before any output exists); see :func:`statevad.calibration.check_input`."""
+    frames = _frames(src, end)
+    first = next(frames, None)
+    if first is None:
+        return iter(()), []
+    try:
+        notes = check_input(card, first, fps, spec, allow=allow, fps_known=fps_known)
+    except UserError:
+        _close_source(src)
+        raise
+    for note in notes:
+        _warn(note)
+    return itertools.chain([first], frames), notes
 
 
 def _nothing_read(spec: str) -> str:

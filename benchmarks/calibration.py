@@ -1,0 +1,163 @@
+"""Calibrated alarms on UCSD Ped2: false alarms per hour on the normal parts of the test clips.
+
+    python benchmarks/calibration.py --model statevad-demo/work/model.pt --work WORK_PED2 \
+        --out benchmarks/results/calibration-ped2-demo.json
+
+``WORK_PED2`` is a work directory of ``statevad prepare --root ../shared/data/ped2`` with the model's box /
+flow / cube options (checked). Frame scores come from :mod:`statevad.calibration` (the scoring functions of
+``statevad score``, with and without the border rule). Thresholds compared:
+
+* ``auto``: the old automatic rule, 3 x (|w_raw| + |w_flow|) training-z units;
+* ``training R``: the model's stored training-score distribution at R false alarms per hour;
+* ``calibration R``: ``statevad calibrate`` on Ped2 *training* clips the model was not trained on
+  (``--calib-clips``; the demo model trained on 01, 02, 03, 08), at R per hour.
+
+Measured, per threshold: false alarms = events (runs of frames above the threshold, merged / filtered as in
+``score``) that touch no anomalous frame, per hour of normal test footage; how many of the anomalous
+intervals an event touches; and the same on the held-out normal training clips (``--holdout-clips``). The
+test labels are only used to measure, never to choose anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from statevad import calibration as cal
+from statevad.checkpoint import load_checkpoint
+from statevad.evaluation import check_options
+from statevad.events import events, label_intervals
+from statevad.metrics import frame_auroc
+from statevad.scoring import auto_threshold
+from statevad.settings import resolve
+from statevad.workdir import open_split
+
+FPS = 10.0  # Ped2 (the clips' headers say 10 frames/s)
+SIZE_HW = (240, 360)
+
+
+def _measure(series: list[np.ndarray], labels: list[np.ndarray] | None, thr: float) -> dict[str, float]:
+    """False alarms per hour of normal footage, and anomalous intervals touched, at threshold ``thr``."""
+    gap, length = cal.event_frames(FPS)
+    false = hit = intervals = normal = 0
+    for k, s in enumerate(series):
+        lab = labels[k] if labels is not None else np.zeros(len(s), np.int8)
+        found = events(s, thr, FPS, gap, length)
+        false += sum(1 for e in found if not (lab[e.start:e.end + 1] == 1).any())
+        normal += int((lab == 0).sum())
+        for a, b in label_intervals(lab):
+            intervals += 1
+            hit += any(e.start <= b and e.end >= a for e in found)
+    hours = normal / FPS / 3600
+    return {"false_alarms": false, "normal_minutes": round(hours * 60, 2),
+            "false_alarms_per_hour": round(false / hours, 1) if hours else None,
+            "anomalous_intervals": intervals, "intervals_detected": hit}
+
+
+def from_frames(npz: str, key: str, gt: str, thresholds: list[float], out: str) -> int:
+    """The event-rate measurement on frame scores stored by an earlier run (``benchmarks/ped2.py``'s
+    ``*-frames.npz``: the 2010 Ped2 test frames, clips 01..12 in order), at fixed thresholds."""
+    d = np.load(npz)
+    scores, lab_all = np.asarray(d[key], np.float64), np.asarray(d["labels"], np.int8)
+    clips = json.loads(Path(gt).read_text())["clips"]
+    series, labels, start = [], [], 0
+    for name in sorted(clips):
+        n = int(clips[name]["frames"])
+        series.append(scores[start:start + n])
+        labels.append(lab_all[start:start + n])
+        start += n
+    rows = {f"{t:g}": _measure(series, labels, t) for t in thresholds}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    doc = {"command": "python " + " ".join(sys.argv), "git_commit": commit, "frames": npz, "key": key,
+           "fps": FPS, "event_rules": {"min_gap_s": cal.EVENT_MIN_GAP_S, "min_len_s": cal.EVENT_MIN_LEN_S},
+           "chosen_on_test_labels": False, "thresholds": rows}
+    print(json.dumps(rows, indent=1))
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from-frames", default=None, metavar="NPZ",
+                    help="measure on stored test frame scores at --at thresholds instead (no model run)")
+    ap.add_argument("--key", default="model_eps_0.002", help="with --from-frames: the score array")
+    ap.add_argument("--gt", default="../shared/data/ped2/gt/frame_labels_test.json")
+    ap.add_argument("--at", default="18", help="with --from-frames: comma-separated thresholds")
+    ap.add_argument("--model")
+    ap.add_argument("--work")
+    ap.add_argument("--calib-clips", default="04,05,06,07,09,10,11,12")
+    ap.add_argument("--holdout-clips", default="13,14,15,16")
+    ap.add_argument("--rates", default="1,10,60")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if args.from_frames:
+        return from_frames(args.from_frames, args.key, args.gt, [float(t) for t in args.at.split(",")],
+                           args.out)
+    if not (args.model and args.work):
+        ap.error("--model and --work are needed (or --from-frames)")
+    t0 = time.perf_counter()
+    model, ckpt = load_checkpoint(args.model)
+    sc = resolve(ckpt.preset, "score").score
+    work = Path(args.work)
+    test, train = open_split(work, "test", verify=True), open_split(work, "train", verify=True)
+    check_options(work, test.manifest, ckpt.work_manifest, Path(args.model))
+    calib_clips = args.calib_clips.split(",")
+    hold_clips = args.holdout_clips.split(",")
+    rates = [float(r) for r in args.rates.split(",")]
+
+    t_all = cal.choose_clips(test)
+    t_fused = cal.split_cube_scores(model, test, ckpt.stats, sc, t_all, progress=True)
+    tr_clips = cal.choose_clips(train, calib_clips + hold_clips)
+    tr_fused = cal.split_cube_scores(model, train, ckpt.stats, sc, tr_clips, progress=True)
+    labels = [np.asarray(test.labels[int(c["start"]):int(c["start"]) + int(c["n_frames"])], np.int8)
+              for c in test.clips]
+
+    results: dict[str, object] = {}
+    for border in (cal.BORDER_MIN_PX, 0.0):
+        tag = f"border_{border:g}px"
+        t_series = cal.series_from_cubes(test, t_fused, t_all, border, SIZE_HW)
+        cal_series = cal.series_from_cubes(train, tr_fused, cal.choose_clips(train, calib_clips), border,
+                                           SIZE_HW)
+        hold_series = cal.series_from_cubes(train, tr_fused, cal.choose_clips(train, hold_clips), border,
+                                            SIZE_HW)
+        dist = cal.score_distribution(cal_series, FPS, cal.score_settings(sc, border), source="calibration",
+                                      footage=f"Ped2 training clips {args.calib_clips}")
+        thresholds = {"auto": auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion)}
+        train_dist = ckpt.score_distribution
+        for r in rates:
+            if train_dist and train_dist.get("settings") == cal.score_settings(sc, border):
+                thresholds[f"training {r:g}/h"] = cal.threshold_for_rate(train_dist, r)[0]
+            thresholds[f"calibration {r:g}/h"] = cal.threshold_for_rate(dist, r)[0]
+        rows = {}
+        for name, thr in thresholds.items():
+            rows[name] = {"threshold": round(thr, 4), "test": _measure(t_series, labels, thr),
+                          "held_out_normal_train_clips": _measure(hold_series, None, thr)}
+        auroc = frame_auroc(np.concatenate(labels), np.concatenate(t_series))
+        clip02 = [str(c["name"]) for c in test.clips].index("02")  # the demo's test clip (Test002)
+        kept = cal.border_keep(test.box, SIZE_HW, border)
+        results[tag] = {"frame_auroc_test": round(float(auroc), 4) if auroc is not None else None,
+                        "test_clip_02_first_frames": [round(float(v), 3) for v in t_series[clip02][:6]],
+                        "test_cubes_skipped_by_border_rule": int((~kept).sum()),
+                        "test_cubes": int(len(kept)),
+                        "calibration_minutes": round(dist["hours"] * 60, 2), "thresholds": rows}
+        print(json.dumps({tag: results[tag]}, indent=1))
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    doc = {"command": "python " + " ".join(sys.argv), "git_commit": commit, "model": args.model,
+           "model_sha256": ckpt.sha256, "work": str(work), "score": cal.score_settings(sc, cal.BORDER_MIN_PX),
+           "fps": FPS, "calibration_clips": calib_clips, "held_out_clips": hold_clips,
+           "chosen_on_test_labels": False, "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
