@@ -1,0 +1,68 @@
+"""The live-source policy (stream/live.py): a source faster than its scorer gives bounded lag and every
+dropped frame recorded; a scorer that keeps up drops nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from statevad.stream.live import LiveReader, index_ranges, latency_summary
+
+
+def paced(n: int, fps: float, fail_at: int | None = None) -> Iterator[np.ndarray]:
+    """A simulated camera: ``n`` tiny frames at ``fps``, whether or not anyone reads them."""
+    t0 = time.monotonic()
+    for i in range(n):
+        if fail_at is not None and i == fail_at:
+            raise OSError("camera unplugged")
+        time.sleep(max(0.0, t0 + i / fps - time.monotonic()))
+        yield np.full((4, 4, 3), i % 256, np.uint8)
+
+
+def consume(reader: LiveReader, work_s: float) -> list[tuple[int, float]]:
+    """Take every frame, 'score' it in ``work_s``; return (source index, lag at take time)."""
+    seen = []
+    for item in reader:
+        seen.append((item.index, time.monotonic() - item.arrival))
+        time.sleep(work_s)
+    reader.close()
+    return seen
+
+
+def test_faster_source_drops_evenly_with_bounded_lag() -> None:
+    reader = LiveReader(paced(150, fps=200.0), fps=200.0, max_queue=4)
+    seen = consume(reader, work_s=0.02)  # the scorer keeps up with about a quarter of the frames
+    kept = [i for i, _ in seen]
+    assert reader.n_read == 150
+    assert sorted(kept + reader.dropped) == list(range(150))  # every frame either scored or recorded
+    assert not set(kept) & set(reader.dropped)
+    assert reader.dropped == sorted(reader.dropped)
+    assert reader.n_dropped >= 60 and reader.max_stride >= 2
+    assert reader.max_queued <= 4  # the queue never grows past its bound ...
+    assert max(lag for _, lag in seen) < 0.5  # ... so neither does the lag (unbounded: ~0.75 s here)
+    gaps = np.diff(kept[len(kept) // 3:])  # after the averages settled: even drops, no long bursts
+    assert gaps.max() <= 2 * reader.max_stride
+
+
+def test_scorer_that_keeps_up_drops_nothing() -> None:
+    reader = LiveReader(paced(30, fps=100.0), fps=100.0)
+    seen = consume(reader, work_s=0.0)
+    assert [i for i, _ in seen] == list(range(30))
+    assert reader.dropped == [] and reader.stride == 1
+
+
+def test_lost_source_ends_iteration_and_keeps_the_reason() -> None:
+    reader = LiveReader(paced(20, fps=500.0, fail_at=5))
+    seen = consume(reader, work_s=0.0)
+    assert [i for i, _ in seen] == list(range(5))
+    assert isinstance(reader.error, OSError)
+
+
+def test_summaries() -> None:
+    assert index_ranges([5, 1, 2, 3, 9]) == [[1, 3], [5, 5], [9, 9]]
+    s = latency_summary([0.1] * 19 + [1.0])
+    assert s["frames"] == 20 and s["p50_s"] == pytest.approx(0.1) and s["max_s"] == 1.0
+    assert latency_summary([]) == {"frames": 0}
