@@ -178,6 +178,12 @@ class LiveReader:
     def n_dropped(self) -> int:
         return len(self.dropped)
 
+    @property
+    def waiting(self) -> int:
+        """Frames read and kept but not taken yet (0: the scorer may as well flush its batch now)."""
+        with self._cond:
+            return len(self._queue)
+
     def close(self, timeout: float = 2.0) -> bool:
         """Stop reading; True when the reader thread has ended (the source may then be released)."""
         with self._cond:
