@@ -53,6 +53,22 @@ CONFIGS: dict[str, list[str]] = {
 }
 
 
+def untrained_model(path: Path) -> str:
+    """A tiny untrained network with the Ped2 preset and plausible statistics (speed does not depend on the
+    weights; the box and flow stages are the preset's: NanoDet + motion boxes, DIS flow)."""
+    from statevad.checkpoint import save_checkpoint
+    from statevad.config import get_preset, with_model_size
+    from statevad.model import STATE
+
+    p = get_preset("ped2")
+    p.model = with_model_size(p.model, "tiny")
+    torch.manual_seed(0)
+    save_checkpoint(path, STATE(p.model).eval(), p,
+                    {"raw_mean": 50.0, "raw_std": 20.0, "flow_mean": 500.0, "flow_std": 300.0,
+                     "motion_mean": 1.0, "motion_std": 1.0}, None)
+    return str(path)
+
+
 def resized_copy(video: Path, size: tuple[int, int], frames: int, tmp: Path) -> Path:
     """The first ``frames`` frames of ``video`` resized to ``size`` (W, H), as a lossless-enough MJPEG."""
     out = tmp / f"{video.stem}_{size[0]}x{size[1]}.avi"
@@ -130,7 +146,8 @@ def auroc(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="a model file written by `statevad train`")
+    ap.add_argument("--model", required=True, help="a model file written by `statevad train`, or 'untrained' "
+                    "(a tiny untrained Ped2-preset network: speed only)")
     ap.add_argument("--video", default=str(PED2 / "video" / "testing" / "01.mkv"))
     ap.add_argument("--size", help="resize the input to WxH first (e.g. 640x360, Avenue's size)")
     ap.add_argument("--frames", type=int, default=60, help="frames per speed run (0: the whole video)")
@@ -150,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="realtime.") as td:
         tmp = Path(td)
+        if args.model == "untrained":
+            args.model = untrained_model(tmp / "untrained.pt")
         if args.auroc:
             doc["auroc"] = auroc(args, tmp)
         else:

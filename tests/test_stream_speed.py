@@ -120,3 +120,14 @@ def test_iou_tracker() -> None:
     assert tr.update(b).tolist() == [1, 0]
     assert tr.update(np.array([[50, 50, 60, 60]], np.float32)).tolist() == [2]
     assert tr.update(np.zeros((0, 4), np.float32)).tolist() == []
+
+
+def test_fast_settings_resolve_and_bad_values_fail() -> None:
+    from statevad.config import fast_score_sets, get_preset
+    from statevad.errors import UserError
+    from statevad.settings import resolve
+
+    sc = resolve(get_preset("ped2"), "score", sets=fast_score_sets()).score
+    assert (sc.score_every, sc.epsilon, sc.bf16, sc.overlap) == (3, 0.0, True, True)
+    with pytest.raises(UserError, match="score_every"):
+        resolve(get_preset("ped2"), "score", sets=["score.score_every=0"])
