@@ -233,10 +233,17 @@ class ScoreConfig:
     batch_size: int = 256
     bf16: bool = False
     device: str = "auto"
+    # streaming speed (issue 20; `statevad score` only, independent of the fusion): the network pass of one
+    # batch overlaps the boxes/flow of the next frames (same numbers); each tracked object's cube goes
+    # through the network every score_every-th frame, carrying its outputs in between (1 = every frame)
+    overlap: bool = True
+    score_every: int = 1
 
     def validate(self) -> None:
         c = _Check(self)
         c.number("epsilon", 0.0)
+        c.flag("overlap")
+        c.integer("score_every", 1, 1000)
         for name in ("w_raw", "w_flow", "w_motion"):
             c.number(name, 0.0)
         c.number("smooth_sigma", 0.0)
@@ -332,6 +339,18 @@ def _shanghaitech() -> Preset:
         model=ModelConfig(n_layers=5),
         score=ScoreConfig(epsilon=0.005, w_raw=1.0, w_flow=1.0),
     )
+
+
+# The fast scoring settings (docs/REALTIME.md): `statevad score --set` each of these, or the same fields in a
+# --config file's [score] table. Every object's cube is scored every 3rd frame (scores carried by IoU tracks
+# in between), without the test-time perturbation, in bf16: about 3x fewer network passes, each a third of
+# the perturbed one's cost. Its accuracy cost on Ped2 is stated in docs/REALTIME.md.
+FAST_SCORE: dict[str, Any] = {"score_every": 3, "epsilon": 0.0, "bf16": True}
+
+
+def fast_score_sets() -> list[str]:
+    """:data:`FAST_SCORE` as ``--set`` arguments."""
+    return [f"score.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in FAST_SCORE.items()]
 
 
 def _generic() -> Preset:

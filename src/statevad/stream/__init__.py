@@ -1,6 +1,9 @@
 """``statevad score``: streaming scoring of a video, frame folder or live source.
 
-* :mod:`~statevad.stream.engine` — the frame-by-frame engine (window logic, batching; no files, no model);
+* :mod:`~statevad.stream.engine` — the frame-by-frame engine (window logic, batching, the overlapped network
+  pass, every-k-th-frame scoring of tracked objects; no files, no model);
+* :mod:`~statevad.stream.tracking` — IoU tracking of each frame's boxes;
+* :mod:`~statevad.stream.live` — the live-source policy (a reader thread; explicit, even, recorded drops);
 * :mod:`~statevad.stream.stages` — the box / flow / network callables built from a model file;
 * :mod:`~statevad.stream.outputs` — the output folder (CSV, JSONL, annotated video, events, report);
 * :mod:`~statevad.stream.driver` — :func:`score`, the command's driver.

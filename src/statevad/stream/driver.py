@@ -39,12 +39,13 @@ from statevad.errors import UserError
 from statevad.events import Event
 from statevad.files import remove_stale_temps
 from statevad.flow import FlowEstimator
-from statevad.io import fps_or_default, is_url, open_source, valid_fps
+from statevad.io import LiveSource, fps_or_default, is_url, open_source, valid_fps
 from statevad.labels import labels_match
 from statevad.report import model_card
 from statevad.scoring import motion_zscore
 from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
+from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
 from statevad.stream.stages import box_fn, net_fn, stage_settings
 from statevad.tensors import resolve_device
@@ -97,6 +98,9 @@ class ScoreResult:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     exit_code: int = 0  # 130 after a SIGINT (Ctrl-C), 143 after a SIGTERM: outputs complete all the same
     n_capped: int = 0  # frames whose objects were capped to max_objects
+    latency: dict[str, float | int] = field(default_factory=dict)  # arrival -> score written, seconds
+    n_dropped: int = 0  # live source: frames dropped because the scorer was slower than the source
+    loop_s: float = 0.0  # wall time from the first frame read to the last output written (no model loading)
 
 
 def _source_len(src: Any) -> int | None:
@@ -131,6 +135,44 @@ def _frames(src: Any, end: dict[str, str]) -> Iterator[np.ndarray]:
         if f.ndim == 2:
             f = np.repeat(f[:, :, None], 3, axis=2)
         yield np.ascontiguousarray(f, dtype=np.uint8)
+
+
+class _Feed:
+    """The frames pushed into the engine, each with its source index and arrival time (latency, drops).
+
+    A live source (camera, stream URL) is read by a :class:`~statevad.stream.live.LiveReader`, which drops
+    frames evenly when the scorer cannot keep up; a file is read frame by frame, nothing dropped.
+    """
+
+    def __init__(self, frames: Iterator[np.ndarray], reader: LiveReader | None) -> None:
+        self.reader = reader
+        self._items: Iterator[LiveFrame] = iter(reader) if reader is not None else self._stamp(frames)
+        self.meta: dict[int, tuple[int, float]] = {}  # engine index -> (source index, arrival)
+        self.latencies: list[float] = []
+        self._n = 0
+
+    @staticmethod
+    def _stamp(frames: Iterator[np.ndarray]) -> Iterator[LiveFrame]:
+        for i, f in enumerate(frames):
+            yield LiveFrame(i, time.monotonic(), f)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for item in self._items:
+            self.meta[self._n] = (item.index, item.arrival)
+            self._n += 1
+            yield item.frame
+
+    def idle(self) -> bool:
+        """A live source with no frame waiting: score the queued cubes now rather than wait for a batch."""
+        return self.reader is not None and self.reader.waiting == 0
+
+    def source_index(self, index: int) -> int:
+        return self.meta.get(index, (index, 0.0))[0]
+
+    def written(self, index: int) -> None:
+        item = self.meta.pop(index, None)
+        if item is not None:
+            self.latencies.append(time.monotonic() - item[1])
 
 
 def _warn(msg: str) -> None:
@@ -295,7 +337,7 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     cap = opts.max_objects or None
     engine = StreamScorer(length=preset.cube.length, patch=preset.cube.patch, box_fn=boxes, flow_fn=flow_est,
                           net_fn=net, motion_thr=preset.cube.motion_thr, batch_frames=opts.batch_frames,
-                          max_objects=cap)
+                          max_objects=cap, overlap=sc.overlap, score_every=sc.score_every)
 
     src = open_source(input_spec, strict=False)
     if opts.fps:
@@ -319,6 +361,10 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
                                        fps_known)
     sink = Outputs(out, threshold, fps, max(1, round(opts.min_gap_s * fps)),
                    max(1, round(opts.min_len_s * fps)), video=opts.video, model_card=model_card(ckpt))
+    # a live source is read in its own thread and thinned evenly when scoring falls behind; a file never
+    reader = LiveReader(frames, fps=valid_fps(getattr(src, "fps", None))) \
+        if isinstance(src, LiveSource) else None
+    feed = _Feed(frames if reader is None else iter(()), reader)
     sig = _Signals()
     # The bar counts frames *scored* (written to the outputs), not read: the rate and ETA are the real ones;
     # the frames read ahead show as "read N". A live source has no total (no ETA).
@@ -326,10 +372,11 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
                dynamic_ncols=True, smoothing=0.1)
     installed = sig.install()
     failure: UserError | None = None
+    loop0 = time.perf_counter()
     try:
         with bar:
             try:
-                _run(engine, sink, frames, opts.max_frames, end, bar, sig, cap)
+                _run(engine, sink, feed, opts.max_frames, end, bar, sig, cap)
             except (StageError, UserError) as exc:  # a stage refused its input (a NaN box, boxes run out)
                 failure = UserError(f"{input_spec}: scoring stopped at frame {engine.n_received}: {exc}")
                 end["reason"] = f"error ({exc})"
@@ -349,6 +396,14 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         }
         if mismatch:
             summary["input vs training footage"] = mismatch
+        summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
+        if sc.score_every > 1:
+            summary["objects scored every k-th frame"] = sc.score_every
+            summary["objects carried (score from the track's last scored frame)"] = engine.n_carried
+        if reader is not None:
+            summary["frames read from the live source"] = reader.n_read
+            summary["frames dropped (live source faster than scoring)"] = reader.n_dropped
+            summary["dropped frames (source indices, first-last)"] = index_ranges(reader.dropped)
         if engine.n_capped:
             summary["max objects per frame"] = cap
             summary["frames with objects capped"] = engine.n_capped
@@ -368,7 +423,9 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     finally:
         if installed:
             sig.restore()
-        _close_source(src)
+        engine.close()
+        if reader is None or reader.close():  # a reader still inside a read keeps the source it reads
+            _close_source(src)
     if failure is not None:
         raise UserError(f"{failure}; the outputs in {out} hold the {len(sink.scores)} frames scored "
                         "before it")
@@ -377,7 +434,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     return ScoreResult(out, len(sink.scores), sink.n_objects, threshold, rule, sink.found, end["reason"],
                        dict(engine.timing), wall, doc.get("AUROC (frame, --labels)"),
                        time.process_time() - cpu0, np.asarray(sink.scores, np.float64), sig.exit_code,
-                       engine.n_capped)
+                       engine.n_capped, latency_summary(feed.latencies),
+                       reader.n_dropped if reader is not None else 0, time.perf_counter() - loop0)
 
 
 def _checked_frames(src: Any, end: dict[str, str], card: dict[str, Any] | None, fps: float, spec: str,
@@ -406,11 +464,12 @@ def _nothing_read(spec: str) -> str:
     return f"no frame could be read from {spec}: check the path, camera index or URL"
 
 
-def _run(engine: StreamScorer, sink: Outputs, frames: Iterator[np.ndarray], max_frames: int | None,
+def _run(engine: StreamScorer, sink: Outputs, feed: _Feed, max_frames: int | None,
          end: dict[str, str], bar: Any, sig: _Signals, cap: int | None) -> None:
     """The read -> push -> write loop. A signal, a lost input or a changed input size end the stream with
     every frame read scored; a second signal stops at once with the frames scored so far."""
     warned_cap = False
+    frames = iter(feed)
     try:
         while True:
             if sig.first is not None:
@@ -433,12 +492,14 @@ def _run(engine: StreamScorer, sink: Outputs, frames: Iterator[np.ndarray], max_
             except InputChanged as exc:  # frame size changed mid-stream: cannot pair flows any more
                 end["reason"] = f"input changed ({exc})"
                 break
-            _emit(engine, sink, results, bar, sig)
+            _emit(engine, sink, results, bar, sig, feed)
+            if feed.idle():  # nothing waiting from the live source: score what is queued (latency)
+                _emit(engine, sink, engine.flush(), bar, sig, feed)
             if engine.n_capped and not warned_cap:
                 warned_cap = True
                 _warn(f"more than {cap} objects in frame {engine.n_received - 2}: scoring the {cap} that "
                       "move most (--max-objects; the frames where this happened are counted in events.json)")
-        _emit(engine, sink, engine.finish(), bar, sig)
+        _emit(engine, sink, engine.finish(), bar, sig, feed)
     except KeyboardInterrupt:  # the second signal (or Ctrl-C without handlers): keep the frames scored
         sig.hard = True
         if sig.first is None:
@@ -446,11 +507,13 @@ def _run(engine: StreamScorer, sink: Outputs, frames: Iterator[np.ndarray], max_
         end["reason"] = f"stopped at once ({sig.name} twice): the frames already scored are written"
 
 
-def _emit(engine: StreamScorer, sink: Outputs, results: list[FrameResult], bar: Any, sig: _Signals) -> None:
+def _emit(engine: StreamScorer, sink: Outputs, results: list[FrameResult], bar: Any, sig: _Signals,
+          feed: _Feed) -> None:
     t0 = time.perf_counter()
     for r in results:
         with sig.guard():  # one frame's rows are written whole
-            sink.add(r)
+            sink.add(r, feed.source_index(r.index))
+        feed.written(r.index)
         bar.update(1)
     if results:
         bar.set_postfix_str(f"read {engine.n_received}", refresh=False)
@@ -470,6 +533,11 @@ def format_summary(res: ScoreResult) -> str:
     lines = [f"scored {res.n_frames} frames ({res.n_objects} objects) in {res.wall_s:.1f} s "
              f"({res.n_frames / max(res.wall_s, 1e-9):.2f} frames/s); ended: {res.end_reason}",
              f"threshold {res.threshold:.3f} ({res.threshold_rule})"]
+    if res.latency.get("frames"):
+        lines.append(f"latency (frame arrival -> score written): p50 {res.latency['p50_s']:.2f} s, "
+                     f"p95 {res.latency['p95_s']:.2f} s"
+                     + (f"; {res.n_dropped} frames dropped (live source faster than scoring, listed in "
+                        "events.json)" if res.n_dropped else ""))
     if res.auroc is not None:
         lines.append(f"frame AUROC against --labels: {res.auroc:.4f}")
     lines.append(f"{len(res.events)} event(s)" + (":" if res.events else ""))

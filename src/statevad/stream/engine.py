@@ -11,12 +11,24 @@ an hour-long input.
 The engine knows nothing about files or models: it takes three callables (boxes, flow, network), which makes
 its window logic testable against :func:`statevad.cubes.clip_cubes` and lets the speed benchmark time each
 stage.
+
+Two speed-ups (issue 20), both independent of how the network's outputs are fused into a score:
+
+* ``overlap=True`` runs the network of one batch in a worker thread while the caller decodes, boxes, flows
+  and cubes the next frames (torch, onnxruntime and OpenCV release the GIL in their kernels); at most one
+  batch is in flight, so memory and latency stay bounded. Results are the same numbers in the same order.
+* ``score_every=k`` follows objects from frame to frame (:class:`statevad.stream.tracking.IouTracker`) and
+  sends an object's cube through the network only when its track was last scored k or more frames ago (or
+  is new); in between, the object carries its track's last network outputs (``FrameResult.carried``).
+  k = 1 scores every cube, exactly as before.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +36,12 @@ import numpy as np
 from statevad.config import CubeConfig
 from statevad.cubes import elastic_window, target_cubes
 from statevad.scoring import EMPTY_FRAME_SCORE
+from statevad.stream.tracking import IouTracker
 from statevad.tensors import cube_motion
 
-BoxFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# (prev, cur, next) -> (n, 4); a box callable that also takes ``flow_prev=`` (the flow prev -> cur, None at
+# the first frame) gets it from the engine (the detector-every-k-th-frame stage moves boxes with it).
+BoxFn = Callable[..., np.ndarray]
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64) -> (e_raw, e_flow, fused) each (N,)
 NetFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -54,6 +69,7 @@ class FrameResult:
     scores: np.ndarray  # (n,) fused z-score
     n_dropped: int = 0  # boxes dropped by the motion filter (spec 4.4)
     speed: np.ndarray | None = None  # (n,) mean flow speed of each object's cube, pixels per frame
+    carried: np.ndarray | None = None  # (n,) bool: outputs carried from the track's last scored frame
 
     @property
     def score(self) -> float:
@@ -68,6 +84,26 @@ class _Pending:
     raw: np.ndarray
     flow: np.ndarray
     n_dropped: int
+    ids: np.ndarray | None = None  # (n,) track ids (score_every > 1)
+    due: np.ndarray | None = None  # (n,) bool: through the network now (else carried); None: all
+
+
+@dataclass
+class _Flight:
+    """A batch whose network pass runs in the worker thread."""
+
+    batch: list[_Pending]
+    speed: np.ndarray  # (n,) every cube's
+    due: np.ndarray  # (n,) bool: the cubes sent through the network
+    future: Future[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def accepts_flow(fn: Callable[..., object]) -> bool:
+    """Whether a box callable takes the ``flow_prev`` keyword."""
+    try:
+        return "flow_prev" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class StreamScorer:
@@ -82,6 +118,10 @@ class StreamScorer:
     inside the box, then the area, then the box order: deterministic) are kept, in their original order;
     :attr:`n_capped` counts the frames where the cap bit.
 
+    ``overlap`` and ``score_every``: see the module docstring. With ``overlap`` the network time in
+    :attr:`timing` is the time the caller waited for the worker (what overlapping did not hide);
+    :attr:`network_busy` is the worker's own time.
+
     Exception safety: a stage that raises (or a ``KeyboardInterrupt`` landing inside one) leaves the engine
     as it was before the call: state is updated only after every stage of a step succeeded, and a batch
     leaves the queue only once the network has scored it, so :meth:`finish` (or another :meth:`push` of the
@@ -89,9 +129,10 @@ class StreamScorer:
     """
 
     def __init__(self, *, length: int, patch: int, box_fn: BoxFn, flow_fn: FlowFn, net_fn: NetFn,
-                 motion_thr: float = 0.0, batch_frames: int = 4, max_objects: int | None = None) -> None:
-        if length < 0 or patch < 1 or batch_frames < 1:
-            raise ValueError("length >= 0, patch >= 1 and batch_frames >= 1 are required")
+                 motion_thr: float = 0.0, batch_frames: int = 4, max_objects: int | None = None,
+                 overlap: bool = False, score_every: int = 1, track_iou: float = 0.3) -> None:
+        if length < 0 or patch < 1 or batch_frames < 1 or score_every < 1:
+            raise ValueError("length >= 0, patch >= 1, batch_frames >= 1 and score_every >= 1 are required")
         if max_objects is not None and max_objects < 1:
             raise ValueError("max_objects >= 1 (or None) is required")
         self.max_objects = max_objects
@@ -114,6 +155,15 @@ class StreamScorer:
         self._ready: list[FrameResult] = []  # final results a failed call could not hand over yet
         self._finished = False
         self._last_done = False  # finish(): the last frame's flow and boxes are known
+        self._box_flow = accepts_flow(box_fn)
+        self.score_every = score_every
+        self._tracker = IouTracker(track_iou) if score_every > 1 else None
+        self._scheduled: dict[int, int] = {}  # track id -> last target frame sent through the network
+        self._track_out: dict[int, tuple[float, float, float]] = {}  # track id -> its last network outputs
+        self.n_carried = 0  # objects whose outputs were carried instead of scored
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="statevad-net") if overlap else None
+        self._flight: _Flight | None = None
+        self.network_busy = 0.0
 
     @property
     def n_received(self) -> int:
@@ -145,6 +195,8 @@ class StreamScorer:
         out: list[FrameResult] = []
         known = self._n - 1  # frames 0..known-1 have their flow and boxes
         try:
+            if self._flight is not None and self._flight.future.done():
+                self._land()
             while known >= self.size and self._next + self.length <= known - 1:
                 self._cube(self._next, max(self._next - self.length, 0))
                 if len(self._batch) >= self.batch_frames:
@@ -180,13 +232,32 @@ class StreamScorer:
                 self._batch.append(_Pending(t, empty, _no_raw(self.size, self.patch),
                                             _no_flow(self.size, self.patch), 0))
             self._next = n
-        out = self._ready + self._run_batch()  # a failure here keeps the batch: finish() can be retried
-        self._ready = []
+        self._land()
+        res = self._run_batch(wait=True)  # a failure here keeps the batch: finish() can be retried
+        out, self._ready = self._ready + res, []
         self._finished = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._frames.clear()
         self._flows.clear()
         self._boxes.clear()
         return out
+
+    def flush(self) -> list[FrameResult]:
+        """Score the cubes queued so far now, without waiting for a full batch (a live source with nothing
+        else to do: lower latency); with ``overlap`` the pass starts in the worker and lands later."""
+        if self._finished:
+            return []
+        if self._flight is not None and self._flight.future.done():
+            self._land()
+        res = self._run_batch() if self._batch and self._flight is None else []
+        out, self._ready = self._ready + res, []
+        return out
+
+    def close(self) -> None:
+        """Release the worker thread (``finish`` does too); results still in flight are discarded."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- internals ------------------------------------------------------------------------------
     def _flow_and_boxes(self, t: int, nxt: int, nxt_frame: np.ndarray | None = None
@@ -204,7 +275,8 @@ class StreamScorer:
                                  f"{(*f_cur.shape[:2], 2)}")
         t1 = time.perf_counter()
         prev = self._frames[max(t - 1, 0)]
-        raw = np.asarray(self.box_fn(prev, f_cur, f_nxt), np.float32)
+        extra = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
+        raw = np.asarray(self.box_fn(prev, f_cur, f_nxt, **extra), np.float32)
         if raw.size % 4:
             raise StageError(f"frame {t}: the box source returned an array of shape {raw.shape}, "
                              "expected (n, 4)")
@@ -238,11 +310,12 @@ class StreamScorer:
 
     def _cube(self, t: int, start: int) -> None:
         t0 = time.perf_counter()
-        if self._batch and self._batch[-1].t >= t:  # queued by a call that was interrupted right after
+        if self._last_queued() >= t:  # queued by a call that was interrupted right after
             self._next = t + 1
             self._boxes.pop(t, None)
             return
         boxes = self._boxes[t]
+        ids = due = None
         if len(boxes):
             win = range(start, start + self.size)
             frames = np.stack([self._frames[i] for i in win])
@@ -251,41 +324,126 @@ class StreamScorer:
             item = _Pending(t, kept, raw, fl, n_dropped)
         else:
             item = _Pending(t, boxes, _no_raw(self.size, self.patch), _no_flow(self.size, self.patch), 0)
+        if self._tracker is not None:  # computed first, committed with the item: a retry sees the same
+            ids = self._tracker.peek(item.boxes)
+            due = np.array([t - self._scheduled.get(i, -self.score_every) >= self.score_every
+                            for i in ids.tolist()], bool)
+            item.ids, item.due = ids, due
         self._batch.append(item)
+        if self._tracker is not None and ids is not None and due is not None:
+            self._tracker.commit(item.boxes, ids)
+            for i in ids[due].tolist():
+                self._scheduled[i] = t
         del self._boxes[t]
         self._next = t + 1
         self.timing["cubes"] += time.perf_counter() - t0
 
-    def _run_batch(self) -> list[FrameResult]:
+    def _last_queued(self) -> int:
+        if self._batch:
+            return self._batch[-1].t
+        if self._flight is not None and self._flight.batch:
+            return self._flight.batch[-1].t
+        return -1
+
+    def _run_batch(self, wait: bool = False) -> list[FrameResult]:
+        """Score the queued batch: now, or (``overlap``) in the worker, after landing the batch before it."""
+        self._land()  # at most one batch in flight: memory and latency stay bounded
         batch = self._batch
         if not batch:
             return []
-        raw = np.concatenate([p.raw for p in batch])
         flow = np.concatenate([p.flow for p in batch])
         speed = cube_motion(flow) if len(flow) else np.zeros(0, np.float64)  # reported, and the motion term's
+        due = np.concatenate([p.due if p.due is not None else np.ones(len(p.raw), bool) for p in batch])
+        raw = np.concatenate([p.raw for p in batch])
+        net_in = (raw, flow, speed) if due.all() else (raw[due], flow[due], speed[due])
         t0 = time.perf_counter()
-        if len(raw):
-            e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow, speed))
-        else:
-            e_raw = e_flow = fused = np.zeros(0, np.float64)
+        if self._pool is None or wait:
+            res = self._net(*net_in)
+            self.timing["network"] += time.perf_counter() - t0
+            out = self._assemble(batch, speed, due, res)
+            self._batch = []  # only now: a network step that raised keeps its batch for the next call
+            return out
+        self._flight = _Flight(batch, speed, due, self._pool.submit(self._timed_net, *net_in))
+        self._batch = []
+        return []
+
+    def _net(self, raw: np.ndarray, flow: np.ndarray, speed: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not len(raw):
+            z = np.zeros(0, np.float64)
+            return z, z, z
+        e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow, speed))
         if not (len(e_raw) == len(e_flow) == len(fused) == len(raw)):
             raise StageError(f"the network stage returned {len(fused)} scores for {len(raw)} cubes")
+        return e_raw, e_flow, fused
+
+    def _timed_net(self, raw: np.ndarray, flow: np.ndarray, speed: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            return self._net(raw, flow, speed)
+        finally:
+            self.network_busy += time.perf_counter() - t0
+
+    def _land(self) -> None:
+        """Wait for the batch in flight, its results to :attr:`_ready`; a failed pass puts its batch back
+        in front of the queue (scored again by the next call: nothing is lost)."""
+        fl = self._flight
+        if fl is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            res = fl.future.result()
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):  # a Ctrl-C while waiting: the pass is still good
+                self._flight = None
+                self._batch = fl.batch + self._batch
+            raise
+        finally:
+            self.timing["network"] += time.perf_counter() - t0
+        self._ready.extend(self._assemble(fl.batch, fl.speed, fl.due, res))
+        self._flight = None
+
+    def _assemble(self, batch: list[_Pending], speed: np.ndarray, due: np.ndarray,
+                  res: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[FrameResult]:
+        """Per-frame results from the network outputs of the due cubes and the tracks' carried ones."""
+        full = [np.zeros(len(due), np.float64) for _ in range(3)]
+        for f, r in zip(full, res, strict=True):
+            f[due] = r
+        track_out = dict(self._track_out)  # committed only when every frame is assembled
         out, a = [], 0
         for p in batch:
             b = a + len(p.raw)
-            out.append(FrameResult(p.t, self._frames[p.t], p.boxes, e_raw[a:b], e_flow[a:b], fused[a:b],
-                                   p.n_dropped, speed[a:b]))
+            e_raw, e_flow, fused = (f[a:b] for f in full)
+            carried = None
+            if p.ids is not None and p.due is not None:
+                carried = ~p.due
+                for j, tid in enumerate(p.ids.tolist()):
+                    if p.due[j]:
+                        track_out[tid] = (e_raw[j], e_flow[j], fused[j])
+                    else:
+                        e_raw[j], e_flow[j], fused[j] = track_out[tid]
+            out.append(FrameResult(p.t, self._frames[p.t], p.boxes, e_raw, e_flow, fused, p.n_dropped,
+                                   speed[a:b], carried))
             a = b
-        self.timing["network"] += time.perf_counter() - t0
-        self.n_cubes += len(raw)
-        self._batch = []  # only now: a network step that raised keeps its batch for the next call
+        self._track_out = track_out
+        self.n_cubes += int(due.sum())
+        self.n_carried += int((~due).sum())
         return out
 
     def _evict(self) -> None:
         """Drop frames/flows no future window, box triple or pending result can need."""
         keep_from = min(self._next - self.length, self._n - max(self.size, 3))
+        if self._flight is not None and self._flight.batch:
+            keep_from = min(keep_from, self._flight.batch[0].t)
         if self._batch:
             keep_from = min(keep_from, self._batch[0].t)
+        if self._tracker is not None:  # forget tracks that ended long ago (bounded memory on long inputs)
+            horizon = self._next - self.score_every - 2 * self.batch_frames - 8  # past every pending frame
+            old = [k for k, t in self._scheduled.items() if t < horizon]
+            for k in old:
+                del self._scheduled[k]
+                self._track_out.pop(k, None)
         for store in (self._frames, self._flows):
             for i in [i for i in store if i < keep_from]:
                 del store[i]

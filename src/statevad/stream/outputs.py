@@ -12,6 +12,7 @@ renamed into place, so a full disk (``OSError``) leaves no file of the run under
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -71,9 +72,21 @@ class Outputs:
         self._open_thumb: tuple[int, EventPicture] | None = None
         self._heat = HeatMap()
         self.n_objects = 0
+        # source frame index of each scored frame, kept only once a live source dropped frames (the CSV,
+        # JSONL and events then name source frames; the tracker counts scored frames)
+        self._source: list[int] | None = None
 
-    def add(self, r: FrameResult) -> None:
-        """Record one frame: CSV row, JSONL objects, video frame, event tracking, thumbnail."""
+    def add(self, r: FrameResult, source_index: int | None = None) -> None:
+        """Record one frame: CSV row, JSONL objects, video frame, event tracking, thumbnail.
+
+        ``source_index``: the frame's index in a live source that dropped frames before it (default: the
+        scored frames are the source's frames, ``r.index``)."""
+        seq = len(self.scores)  # the event tracker's frame number
+        if source_index is not None and source_index != r.index and self._source is None:
+            self._source = list(range(seq))
+        if self._source is not None:
+            self._source.append(r.index if source_index is None else source_index)
+            r = dataclasses.replace(r, index=self._source[-1])
         score = r.score
         self.scores.append(score)
         t_s = r.index / self.fps
@@ -96,8 +109,8 @@ class Outputs:
         self._heat.add(r.frame, r.boxes, r.scores, self.threshold)
         for e in self._tracker.update(score):
             self._event_closed(e)
-        if self._tracker.open_peak_frame == r.index:  # the open event's peak so far: keep its picture
-            self._open_thumb = (r.index, EventPicture(
+        if self._tracker.open_peak_frame == seq:  # the open event's peak so far: keep its picture
+            self._open_thumb = (seq, EventPicture(
                 viz.thumbnail_jpeg(r.frame, r.boxes, r.scores, self.threshold, width=None),
                 viz.object_crops(r.frame, r.boxes, r.scores)))
 
@@ -114,9 +127,15 @@ class Outputs:
         self._video.write(r.frame, r.boxes, r.scores, np.fromiter(self._history, np.float64), t_s)
 
     def _event_closed(self, e: Event) -> None:
+        thumb = self._open_thumb[1] if self._open_thumb is not None and self._open_thumb[0] == e.peak_frame \
+            else None
+        if self._source is not None:  # scored-frame numbers -> source frames and times
+            src = self._source
+            e = dataclasses.replace(e, start=src[e.start], end=src[e.end], start_s=src[e.start] / self.fps,
+                                    end_s=(src[e.end] + 1) / self.fps, peak_frame=src[e.peak_frame])
         self.found.append(e)
-        if self._open_thumb is not None and self._open_thumb[0] == e.peak_frame:
-            self.thumbs[e.peak_frame] = self._open_thumb[1]
+        if thumb is not None:
+            self.thumbs[e.peak_frame] = thumb
         self._open_thumb = None
         if len(self.thumbs) > self.max_thumbnails:  # keep the most anomalous events' pictures
             peak = {ev.peak_frame: ev.peak_score for ev in self.found}

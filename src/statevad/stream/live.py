@@ -1,0 +1,215 @@
+"""The live-source policy: read a camera or stream at its own pace, hand the scorer what it can keep up with.
+
+A live source does not wait: a camera delivers its frames whether or not the scorer is ready, and OpenCV's
+own buffer (or the network's) fills up when nobody reads, so the scorer would see older and older frames
+and its lag would grow without bound. :class:`LiveReader` reads the source in its own thread, as fast as it
+delivers, stamps every frame with its arrival time, and keeps a short queue for the scorer. When the
+scorer is slower than the source, frames are dropped **explicitly and evenly**:
+
+* a *stride* ``s`` keeps one frame in ``s`` (the kept frames are ``s`` source frames apart, never a burst of
+  consecutive losses); ``s`` is the smallest integer with ``busy <= s * interval * headroom``, where
+  ``busy`` is the scorer's measured time per kept frame (the time between taking one frame and asking for
+  the next, so it includes any back-pressure of a pipeline behind it) and ``interval`` the source's
+  measured time between frames (both exponential moving averages); it goes down again when the scorer
+  speeds up;
+* a full queue (a sudden slow-down before the averages follow) is thinned evenly: every other queued frame
+  is dropped and the stride doubles, so the queue, and with it the lag, stays bounded by ``max_queue``.
+
+Every dropped frame's source index is recorded (:attr:`LiveReader.dropped`, in order); nothing is dropped
+silently. Files never go through this reader: a file is scored completely, as fast as possible.
+
+Interface::
+
+    reader = LiveReader(frames, fps=src.fps)   # frames: any iterable of BGR frames (read in a thread)
+    for item in reader:                        # LiveFrame(index=source index, arrival=monotonic s, frame)
+        ...score item.frame...
+    reader.close()                             # stops the thread (also on an early exit)
+    reader.dropped, reader.n_read, reader.stride, reader.max_queued, reader.error
+
+``clock`` is :func:`time.monotonic` (latency = ``clock()`` when a score is written minus ``arrival``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Moving-average weight of the newest sample (scorer time per frame, source interval): reacts within a few
+# frames to a real change, ignores one slow batch.
+EMA_ALPHA = 0.25
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    """One kept frame: its index in the source (dropped frames counted) and when it was read."""
+
+    index: int
+    arrival: float  # clock() right after the source delivered it
+    frame: np.ndarray
+
+
+@dataclass
+class _Ema:
+    value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else (1 - EMA_ALPHA) * self.value + EMA_ALPHA * x
+
+
+@dataclass
+class LiveReader:
+    """Reads ``source`` in a daemon thread; iterate to get the kept frames (:class:`LiveFrame`) in order.
+
+    ``fps`` (the source's nominal rate, None if unknown) seeds the interval estimate until the first
+    frames have been measured. ``max_queue`` bounds the frames waiting for the scorer; ``headroom`` < 1
+    leaves the scorer some slack so the queue drains instead of hovering at full.
+    """
+
+    source: Iterable[np.ndarray]
+    fps: float | None = None
+    max_queue: int = 4
+    headroom: float = 0.9
+    clock: Callable[[], float] = time.monotonic
+    dropped: list[int] = field(default_factory=list)
+    n_read: int = 0
+    stride: int = 1
+    max_stride: int = 1
+    max_queued: int = 0
+    error: BaseException | None = None  # what ended the source, if it raised (re-raised by nothing)
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 2:
+            raise ValueError("max_queue >= 2 is required (one frame waiting, one being thinned)")
+        self._queue: deque[LiveFrame] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._ended = False
+        self._last_kept: int | None = None
+        self._last_arrival: float | None = None
+        self._interval = _Ema(1.0 / self.fps if self.fps and self.fps > 0 else None)
+        self._busy = _Ema()
+        self._thread = threading.Thread(target=self._read, name="statevad-live-reader", daemon=True)
+        self._started = False
+
+    # -- the reader thread ---------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            for frame in self.source:
+                now = self.clock()
+                with self._cond:
+                    if self._stop:
+                        return
+                    self._arrive(frame, now)
+        except BaseException as exc:  # the scorer thread decides what a lost source means
+            self.error = exc
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _arrive(self, frame: np.ndarray, now: float) -> None:
+        i = self.n_read
+        self.n_read += 1
+        if self._last_arrival is not None:
+            self._interval.add(now - self._last_arrival)
+        self._last_arrival = now
+        self.stride = self._wanted_stride()
+        if self._last_kept is not None and i - self._last_kept < self.stride:
+            self.dropped.append(i)
+            return
+        if len(self._queue) >= self.max_queue:
+            self._thin()
+            if self._last_kept is not None and i - self._last_kept < self.stride:
+                self.dropped.append(i)
+                return
+        self._queue.append(LiveFrame(i, now, frame))
+        self._last_kept = i
+        self.max_queued = max(self.max_queued, len(self._queue))
+        self._cond.notify_all()
+
+    def _wanted_stride(self) -> int:
+        busy, interval = self._busy.value, self._interval.value
+        if busy is None or not interval:
+            return self.stride
+        s = max(1, math.ceil(busy / (interval * self.headroom)))
+        self.max_stride = max(self.max_stride, s)
+        return s
+
+    def _thin(self) -> None:
+        """Full queue: drop every other waiting frame (oldest first), double the stride."""
+        kept = list(self._queue)
+        keep = kept[len(kept) - 1::-2][::-1]  # the newest and every second one before it
+        gone = sorted({f.index for f in kept} - {f.index for f in keep})
+        self.dropped.extend(gone)
+        self.dropped.sort()  # a thinned frame is older than the frames dropped by the stride since
+        self._queue = deque(keep)
+        self.stride *= 2
+        self.max_stride = max(self.max_stride, self.stride)
+        # the averages must agree with the doubled stride, or the next arrival would undo it
+        if self._interval.value:
+            floor = self.stride * self._interval.value * self.headroom
+            self._busy.value = max(self._busy.value or 0.0, floor)
+
+    # -- the scorer's side -----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[LiveFrame]:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        handed: float | None = None
+        while True:
+            with self._cond:
+                if handed is not None:  # the scorer's time for the frame it took last
+                    self._busy.add(self.clock() - handed)
+                while not self._queue and not self._ended and not self._stop:
+                    self._cond.wait(0.1)
+                if not self._queue:
+                    return
+                item = self._queue.popleft()
+            handed = self.clock()
+            yield item
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+    @property
+    def waiting(self) -> int:
+        """Frames read and kept but not taken yet (0: the scorer may as well flush its batch now)."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop reading; True when the reader thread has ended (the source may then be released)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._started:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+
+def latency_summary(latencies_s: Iterable[float]) -> dict[str, float | int]:
+    """p50 / p95 / max of frame arrival -> score written, in seconds (rounded to the millisecond)."""
+    a = np.asarray(list(latencies_s), np.float64)
+    if not len(a):
+        return {"frames": 0}
+    return {"frames": int(len(a)), "p50_s": round(float(np.percentile(a, 50)), 3),
+            "p95_s": round(float(np.percentile(a, 95)), 3), "max_s": round(float(a.max()), 3)}
+
+
+def index_ranges(indices: Iterable[int]) -> list[list[int]]:
+    """Sorted indices as inclusive ``[first, last]`` runs (a compact record of the dropped frames)."""
+    out: list[list[int]] = []
+    for i in sorted(indices):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out

@@ -1,0 +1,133 @@
+"""The streaming engine's speed-ups (issue 20): the overlapped network pass gives the same results in the
+same order; scoring each tracked object every k-th frame sends fewer cubes and carries the track's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from statevad import stream
+from statevad.stream.tracking import IouTracker, greedy_match, iou_matrix
+
+
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (24, 32, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _flow_fn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a[..., :2].astype(np.float32) - 0.5 * b[..., :2].astype(np.float32)
+
+
+def _moving_boxes(p: np.ndarray, c: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Two objects drifting one pixel a frame (the frame's first pixel is its index), one more every 5th."""
+    t = int(c[0, 0, 0])
+    boxes = [[1 + t % 6, 2, 11 + t % 6, 14], [16, 4 + t % 4, 28, 18 + t % 4]]
+    if t % 5 == 0:
+        boxes.append([0, 16, 8, 24])
+    return np.array(boxes, np.float32)
+
+
+def _indexed(n: int) -> list[np.ndarray]:
+    frames = _frames(n)
+    for t, f in enumerate(frames):
+        f[0, 0, 0] = t
+    return frames
+
+
+def _net(raw: np.ndarray, flow: np.ndarray, speed: np.ndarray):
+    s = raw.reshape(len(raw), -1).mean(1).astype(np.float64)
+    return s, s * 2, s - 100
+
+
+def _run(frames, **kw) -> tuple[list[stream.FrameResult], stream.StreamScorer]:
+    eng = stream.StreamScorer(length=2, patch=8, box_fn=_moving_boxes, flow_fn=_flow_fn, net_fn=_net,
+                              batch_frames=3, **kw)
+    out = []
+    for f in frames:
+        out += eng.push(f)
+    out += eng.finish()
+    return out, eng
+
+
+@pytest.mark.parametrize("score_every", [1, 3])
+def test_overlap_gives_the_same_results(score_every: int) -> None:
+    frames = _indexed(23)
+    a, ea = _run(frames, score_every=score_every)
+    b, eb = _run(frames, score_every=score_every, overlap=True)
+    assert [r.index for r in b] == list(range(23)) == [r.index for r in a]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.boxes, y.boxes)
+        np.testing.assert_array_equal(x.scores, y.scores)
+        np.testing.assert_array_equal(x.e_raw, y.e_raw)
+    assert ea.n_cubes == eb.n_cubes and eb.network_busy > 0
+
+
+def test_score_every_carries_track_outputs() -> None:
+    frames = _indexed(30)
+    full, e1 = _run(frames)
+    sparse, e3 = _run(frames, score_every=3)
+    assert [len(r.boxes) for r in full] == [len(r.boxes) for r in sparse]
+    assert e3.n_cubes + e3.n_carried == e1.n_cubes
+    assert e3.n_cubes < 0.5 * e1.n_cubes  # two long tracks scored every third frame, short ones once
+    for f, s in zip(full, sparse, strict=True):
+        assert s.carried is not None
+        scored = ~s.carried
+        np.testing.assert_array_equal(s.scores[scored], f.scores[scored])  # scored cubes: exact
+    # a carried object holds the outputs of the same object's last scored frame, at most 2 frames back
+    last: dict[tuple[int, int], float] = {}
+    for s in sparse:
+        for j in range(len(s.boxes)):
+            key = (j, int(s.boxes[j, 0] > 14))
+            if not s.carried[j]:
+                last[key] = (s.index, s.scores[j])
+            elif j < 2:
+                t0, v = last[key]
+                assert s.index - t0 <= 2 and s.scores[j] == v
+
+
+def test_score_every_with_a_failing_network_loses_nothing() -> None:
+    calls = {"n": 0}
+
+    def flaky(raw, flow, speed):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory")
+        return _net(raw, flow, speed)
+
+    eng = stream.StreamScorer(length=2, patch=8, box_fn=_moving_boxes, flow_fn=_flow_fn, net_fn=flaky,
+                              batch_frames=3, overlap=True, score_every=2)
+    out = []
+    frames = _indexed(20)
+    failed = 0
+    for f in frames:
+        try:
+            out += eng.push(f)
+        except RuntimeError:
+            failed += 1
+            out += eng.flush()
+    out += eng.finish()
+    assert failed == 1 and [r.index for r in out] == list(range(20))
+
+
+def test_iou_tracker() -> None:
+    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    assert iou_matrix(a, a).diagonal().tolist() == [1.0, 1.0]
+    b = a[::-1] + 1  # same objects, moved one pixel, listed the other way round
+    assert greedy_match(a, b, 0.3).tolist() == [1, 0]
+    tr = IouTracker(0.3)
+    assert tr.update(a).tolist() == [0, 1]
+    assert tr.update(b).tolist() == [1, 0]
+    assert tr.update(np.array([[50, 50, 60, 60]], np.float32)).tolist() == [2]
+    assert tr.update(np.zeros((0, 4), np.float32)).tolist() == []
+
+
+def test_fast_settings_resolve_and_bad_values_fail() -> None:
+    from statevad.config import fast_score_sets, get_preset
+    from statevad.errors import UserError
+    from statevad.settings import resolve
+
+    sc = resolve(get_preset("ped2"), "score", sets=fast_score_sets()).score
+    assert (sc.score_every, sc.epsilon, sc.bf16, sc.overlap) == (3, 0.0, True, True)
+    with pytest.raises(UserError, match="score_every"):
+        resolve(get_preset("ped2"), "score", sets=["score.score_every=0"])
