@@ -59,8 +59,9 @@ def _v1(conn: Connection) -> None:
 
 def _v2(conn: Connection) -> None:
     # The dashboard lists one camera's newest events: without these, every refresh scans the table.
-    sa.Index("events_camera_start", events.c.camera, events.c.start_time).create(conn)
-    sa.Index("events_start", events.c.start_time).create(conn)
+    # Plain DDL (both dialects): an sa.Index would attach itself to the shared Table object.
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS events_camera_start ON events (camera, start_time)"))
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS events_start ON events (start_time)"))
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]

@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any
 
+import uvicorn
+
 from statevad.errors import UserError
 from statevad.serve.api import create_app
 from statevad.serve.config import ServeConfig
@@ -37,10 +39,10 @@ class Service:
         self.workers: dict[str, Any] = {
             c.name: CameraWorker(c, self.db, self.media, self.recorder, reconnect_max_s=cfg.reconnect_max_s,
                                  notify=notify) for c in cfg.cameras}
-        self._stopping = threading.Event()
+        self.closing = threading.Event()  # the HTTP side is stopping: live streams end
 
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self.closing.is_set()
 
     def start(self) -> None:
         self.recorder.start()
@@ -51,7 +53,7 @@ class Service:
 
     def stop(self, timeout: float = 120) -> None:
         """Finish every worker's frames, then the queued writes; close the database."""
-        self._stopping.set()
+        self.closing.set()
         for w in self.workers.values():
             w.stop()
         for w in self.workers.values():
@@ -62,18 +64,29 @@ class Service:
         self.db.close()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn that also ends the live streams when asked to stop (it would wait for them to end)."""
+
+    def __init__(self, config: uvicorn.Config, svc: Service) -> None:
+        super().__init__(config)
+        self.svc = svc
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.svc.closing.set()
+        super().handle_exit(sig, frame)
+
+
 def run(cfg: ServeConfig) -> int:
     """Serve until SIGTERM / Ctrl-C; returns the exit code (0 after a clean stop)."""
     import torch
-    import uvicorn
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(cfg.torch_threads)  # one core per camera: the cameras are the parallelism
     svc = Service(cfg)
     app = create_app(svc)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=False,
-                                           log_level="info", timeout_graceful_shutdown=3, lifespan="off"))
+    server = _Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=False, log_level="info",
+                                    timeout_graceful_shutdown=3, lifespan="off"), svc)
     # uvicorn re-raises the signal that stopped it once it has restored the handlers it found: with these
     # in place that lands here (a no-op) instead of killing the process before the workers have finished.
     old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
