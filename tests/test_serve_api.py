@@ -124,31 +124,31 @@ def test_wrong_or_missing_token_is_401(served):
     assert client.get("/api/cameras").json()[0]["name"] == "a"
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/api/events/abc",
-        "/api/events/0",
-        "/api/events/-1",
-        "/api/events/99999999999999999999",
-        "/api/events?limit=0",
-        "/api/events?limit=100000",
-        "/api/events?offset=-1",
-        "/api/events?min_score=nan",
-        "/api/events?since=inf",
-        "/api/events?camera=../etc",
-        "/api/events?acked=maybe",
-        "/api/cameras/a/scores?limit=0",
-        "/api/events/1/crops/-1.jpg",
-        "/api/events/1/crops/x.jpg",
-        "/api/cameras/..%2F..%2Fetc%2Fpasswd/frame.jpg",
-        "/api/live?camera=a%00b",
-    ],
-)
-def test_malformed_parameters_are_4xx(served, path):
+MALFORMED = [
+    "/api/events/abc",
+    "/api/events/0",
+    "/api/events/-1",
+    "/api/events/99999999999999999999",
+    "/api/events?limit=0",
+    "/api/events?limit=100000",
+    "/api/events?offset=-1",
+    "/api/events?min_score=nan",
+    "/api/events?since=inf",
+    "/api/events?camera=../etc",
+    "/api/events?acked=maybe",
+    "/api/cameras/a/scores?limit=0",
+    "/api/events/1/crops/-1.jpg",
+    "/api/events/1/crops/x.jpg",
+    "/api/cameras/..%2F..%2Fetc%2Fpasswd/frame.jpg",
+    "/api/live?camera=a%00b",
+]
+
+
+def test_malformed_parameters_are_4xx(served):
     client = served[0]
-    code = client.get(path).status_code
-    assert 400 <= code < 500, (path, code)
+    for path in MALFORMED:
+        code = client.get(path).status_code
+        assert 400 <= code < 500, (path, code)
 
 
 def test_no_request_reaches_outside_the_media_folder(served, tmp_path):
@@ -210,11 +210,13 @@ def test_token_never_in_logs(served, caplog):
     client, *_ = served
     with caplog.at_level(logging.DEBUG):
         client.get("/api/cameras")
-        client.get("/api/events", cookies={"statevad_token": TOKEN})
+        client.cookies.set("statevad_token", TOKEN)
+        client.get("/api/events")
         client.post("/api/login", json={"token": TOKEN})
         client.get("/api/events?token=" + TOKEN)  # even a token wrongly put in a URL is not logged
-    assert "GET /api/cameras 200" in caplog.text
-    assert TOKEN not in caplog.text
+    server = [r.getMessage() for r in caplog.records if r.name.startswith(("statevad", "uvicorn", "fastapi"))]
+    assert any("GET /api/cameras 200" in m for m in server)
+    assert not [m for m in server if TOKEN in m]
 
 
 def test_non_loopback_bind_needs_a_token(tmp_path, capsys, monkeypatch):

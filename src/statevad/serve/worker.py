@@ -161,6 +161,7 @@ class CameraWorker(threading.Thread):
         self._latest: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._latest_jpeg: tuple[int, bytes] | None = None
         self._offset = 0  # frames of the passes before this one
+        self._feed: Feed | None = None  # the pass in progress (its drops are counted live)
 
     # -- the thread -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -184,6 +185,7 @@ class CameraWorker(threading.Thread):
                 continue
             self.status.state, self.status.error = "up", None
             self.status.fps_source = feed.fps
+            self._feed = feed
             try:
                 n = self._segment(feed)
             except Exception as exc:  # noqa: BLE001 - a failing pass is retried, never fatal to the service
@@ -191,6 +193,7 @@ class CameraWorker(threading.Thread):
                 self.status.error, n = f"{type(exc).__name__}: {exc}", 0
             finally:
                 feed.close()
+                self._feed = None
                 self.status.dropped += feed.dropped
             if self.stopping.is_set():
                 break
@@ -236,6 +239,9 @@ class CameraWorker(threading.Thread):
     # -- what the API reads -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         doc = self.status.snapshot(self.lock)
+        feed = self._feed
+        if feed is not None:
+            doc["dropped"] += feed.dropped
         doc["source"] = _display_source(self.cam.source)
         doc["model"] = self.cam.model.rsplit("/", 1)[-1]
         doc["boxes"] = self.scoring.box_desc if self.scoring else None

@@ -69,10 +69,11 @@ function draw(c) {
   g.strokeStyle = "#ff6b6b"; g.setLineDash([6, 4]); g.beginPath();
   g.moveTo(0, y(thr)); g.lineTo(w, y(thr)); g.stroke(); g.setLineDash([]);
   g.strokeStyle = "#8cc8ff"; g.beginPath();
+  const first = POINTS - c.points.length;  // newest point at the right edge
   c.points.forEach((p, i) => {
     if (p[2] === null) return;
-    const x = i / (POINTS - 1) * w;
-    if (i === 0) g.moveTo(x, y(p[2])); else g.lineTo(x, y(p[2]));
+    const x = (first + i) / (POINTS - 1) * w;
+    if (i === 0 || c.points[i - 1][2] === null) g.moveTo(x, y(p[2])); else g.lineTo(x, y(p[2]));
   });
   g.stroke();
 }
