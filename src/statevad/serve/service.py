@@ -61,6 +61,12 @@ class Service:
         self.recorder.close(timeout)
         if self.webhook is not None:
             self.webhook.close()
+        for w in self.workers.values():  # the soak benchmark reads these lines: events found vs stored
+            s = w.snapshot()
+            log.info("camera %s: %d frames scored, %d events found, %d frames dropped", s["name"],
+                     s["frames"], s["events"], s["dropped"])
+        log.info("recorder: %d failed writes; database holds %d events", self.recorder.failed,
+                 self.db.count_events())
         self.db.close()
 
 
