@@ -21,6 +21,7 @@ from statevad.errors import UserError
 # Camera names appear in URLs, file names and metric labels: a small alphabet keeps all three safe.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TOKEN_ENV = "STATEVAD_TOKEN"
+DATABASE_ENV = "STATEVAD_DATABASE"  # a URL with a password: here or in the file, not on the command line
 MIN_TOKEN_LEN = 16
 
 
@@ -221,6 +222,8 @@ def load(path: str | None, cameras: list[str], model: str | None, overrides: dic
     for key in ("host", "port", "data", "database", "webhook"):
         if overrides.get(key) is not None:
             setattr(cfg, key, overrides[key])
+    if cfg.database is None and os.environ.get(DATABASE_ENV):
+        cfg.database = os.environ[DATABASE_ENV]
     token_file = overrides.get("token_file") or token_file
     cfg.token = read_token(token_file)
     return check(cfg)
