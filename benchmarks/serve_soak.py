@@ -75,6 +75,8 @@ def main() -> int:
     ap.add_argument("--size", default="tiny", help="network size of the default model (tiny, fast, paper)")
     ap.add_argument("--out", required=True, help="results JSON")
     args = ap.parse_args()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="serve-soak-"))
     model = Path(args.model) if args.model else _model(work / "model.pt", args.size)
     files = sorted((DEMO / "test").glob("*.mp4")) + sorted((DEMO / "train").glob("*.mp4"))
@@ -144,8 +146,6 @@ def main() -> int:
                          "latency_p95_s_last": last.get(name, {}).get("latency_p95_s"),
                          "frames_scored": frames, "events_found": events, "frames_dropped": dropped,
                          "state_last": last.get(name, {}).get("state")}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     load = os.getloadavg()
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

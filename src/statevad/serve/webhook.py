@@ -25,7 +25,7 @@ class Webhook(threading.Thread):
         self.url, self.retries, self.timeout_s, self.backoff_s = url, retries, timeout_s, backoff_s
         self.where = urlsplit(url).hostname or "?"  # logs name the host only: a URL may carry a secret
         self._q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
-        self._stop = threading.Event()
+        self._closing = threading.Event()
         self.sent = self.failed = self.dropped = 0
 
     def notify(self, kind: str, doc: dict[str, Any]) -> None:
@@ -54,12 +54,12 @@ class Webhook(threading.Thread):
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 log.warning("webhook to %s failed (attempt %d): %s", self.where, attempt + 1,
                             type(exc).__name__)
-            if attempt < self.retries and self._stop.wait(self.backoff_s * 2 ** attempt):
+            if attempt < self.retries and self._closing.wait(self.backoff_s * 2 ** attempt):
                 break  # shutting down: give up the retries
         self.failed += 1
 
     def close(self, timeout: float = 10) -> None:
-        self._stop.set()
+        self._closing.set()
         try:
             self._q.put_nowait(None)
         except queue.Full:

@@ -41,6 +41,7 @@ from statevad.stream.stages import box_fn, net_fn, stage_settings
 from statevad.tensors import resolve_device
 
 log = logging.getLogger("statevad.serve")
+FPS_WINDOW_S = 10.0
 
 
 class Scoring:
@@ -124,9 +125,12 @@ class CameraStatus:
         with lock:
             lat = np.asarray(self._latency, np.float64)
             emitted = list(self._emitted)
-        fps = 0.0
-        if len(emitted) >= 2 and time.monotonic() - emitted[-1] < 5:
-            fps = (len(emitted) - 1) / max(emitted[-1] - emitted[0], 1e-9)
+        # frames scored in the last FPS_WINDOW_S seconds (results come in batches: a rate between two
+        # results of one batch would be meaningless)
+        now = time.monotonic()
+        recent = [t for t in emitted if t > now - FPS_WINDOW_S]
+        span = min(FPS_WINDOW_S, now - emitted[0]) if emitted else 0.0
+        fps = len(recent) / span if span > 1.0 else 0.0
         return {"name": self.name, "state": self.state, "up": self.state == "up", "error": self.error,
                 "frames": self.frames, "dropped": self.dropped, "events": self.events,
                 "reconnects": self.reconnects, "fps": round(fps, 2),
