@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,15 @@ def probe_source(source: str, root: str | None) -> tuple[tuple[int, int] | None,
     return None, None
 
 
+def _training_date() -> str:
+    """Now, in UTC; or SOURCE_DATE_EPOCH (the reproducible-builds convention) when set, so that two seeded
+    trainings can still write byte-identical model files."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch.isdigit()
+            else datetime.datetime.now(datetime.UTC))
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def build_card(manifest: dict[str, Any] | None, clips: Sequence[dict[str, Any]], raw: np.ndarray,
                n_frames: int, n_cubes_used: int) -> dict[str, Any]:
     """The model card of a training run: what the training footage and its cubes were.
@@ -102,7 +112,7 @@ def build_card(manifest: dict[str, Any] | None, clips: Sequence[dict[str, Any]],
             rates.add(round(float(fps), 3))
     sample = raw[np.linspace(0, len(raw) - 1, min(256, len(raw))).astype(np.int64)] if len(raw) else raw
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": _training_date(),
         "statevad": str(__version__),
         "dataset": {k: dataset.get(k) for k in ("name", "layout", "root")},
         "resolution": [f"{w}x{h}" for h, w in sorted(sizes)],

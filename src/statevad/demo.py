@@ -149,9 +149,18 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     # 3. score the held-out clip with `statevad score`'s code path
     spec, labels, name = test_clip(root)
     _log(opts.progress, f"step 3/3: scoring held-out clip {name} ({spec}) frame by frame")
+    # The demo trains on a few minutes of footage: a false-alarm rate per hour cannot be read off so little
+    # (the calibrated threshold would be extrapolated above every training score), so the demo uses the
+    # label-free training-z rule 3 * sum|w| of the model's (selected) weights; `statevad calibrate` is the
+    # way to alarms with a stated rate on a real camera.
+    from statevad.checkpoint import load_checkpoint
+    from statevad.scoring import auto_threshold
+
+    sc = load_checkpoint(model)[1].preset.score
     res = stream.score(spec, model, out / "report", stream.ScoreOptions(
         labels=labels, device=opts.device, max_frames=settings.max_test_frames, progress=opts.progress,
-        overwrite=True, title=f"statevad demo: {sample}, held-out clip {name}"))
+        overwrite=True, title=f"statevad demo: {sample}, held-out clip {name}",
+        threshold=auto_threshold(sc.w_raw, sc.w_flow, sc.w_motion)))
     minutes = (time.perf_counter() - t0) / 60
     print(stream.format_summary(res))
     if res.auroc is not None:
