@@ -250,7 +250,7 @@ def test_score_model_without_motion_statistics(synthetic_clip, tmp_path, capsys)
     from statevad.config import get_preset, with_model_size
     from statevad.model import STATE
 
-    p = get_preset("generic")
+    p = get_preset("ped2")  # its fallback scoring settings have the motion term
     assert p.score.w_motion > 0
     p.model = with_model_size(p.model, "tiny")
     torch.manual_seed(0)
