@@ -145,11 +145,12 @@ def select(held_out: dict[float, Errors], pseudo: dict[float, dict[str, Errors]]
     best: tuple[float, tuple[Any, ...], dict[str, float]] | None = None
     best_state: tuple[float, tuple[Any, ...], dict[str, float]] | None = None
     for eps in sorted(held_out):
+        held = held_out_stats(held_out[eps])
         for source in ("train", "held_out"):
-            st = dict(train_stats) if source == "train" else held_out_stats(held_out[eps])
+            st = dict(train_stats) if source == "train" else dict(held)
             if source == "train":  # the training stats may predate the motion term: take it from held-out
                 for k in ("motion_mean", "motion_std"):
-                    st.setdefault(k, held_out_stats(held_out[eps])[k])
+                    st.setdefault(k, held[k])
             hz = _z(held_out[eps], st)
             pz = {k: _z(v, st) for k, v in pseudo[eps].items()}
             for w in itertools.product(W_BRANCH_GRID, W_BRANCH_GRID, W_MOTION_GRID):
