@@ -173,6 +173,14 @@ def test_detector_finds_people_on_a_ped2_like_frame() -> None:
     assert tall.mean() > 0.8  # pedestrians are taller than wide: the decoding is not transposed
     tiled = Detector(NANODET, tiles=2)(frame)
     assert (tiled[:, 2] <= w).all() and len(tiled[tiled[:, 4] > 0.5]) >= len(people) - 1
+    # the dense cells behind the detections carry all 80 class scores: each kept detection is one of them,
+    # with its best class and score
+    cell_boxes, cell_scores = Detector(NANODET).cells(frame)
+    assert cell_scores.shape == (len(cell_boxes), 80) and cell_scores.dtype == np.float32
+    for det in dets:
+        same = np.abs(cell_boxes - det[:4]).max(axis=1) < 1e-3
+        assert same.any()
+        assert np.isclose(cell_scores[same].max(), det[4]) and cell_scores[same][0].argmax() == det[5]
 
 
 @needs_detector

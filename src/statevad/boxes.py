@@ -101,26 +101,32 @@ class Detector:
 
     def _detect(self, image: np.ndarray, x_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Decoded boxes (frame pixels), best-class scores and classes of one image region, before NMS."""
+        b, cls = self.cells(image, x_offset)
+        return b, cls.max(axis=1), cls.argmax(axis=1)
+
+    def cells(self, image: np.ndarray, x_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Every decoded cell of one image region before NMS: boxes (n, 4) in frame pixels and the full
+        COCO class scores (n, 80). Cells whose best score is under ``score_thr`` (and the prefilter) are
+        skipped. The class scores let a caller describe *what* a box holds, not only where it is."""
         blob, scale, pad = _nanodet_input(np.ascontiguousarray(image), self.letterbox)
         res = self._session.run(self._score_names + self._box_names, {self._input: blob})
-        boxes, scores, classes = [np.zeros((0, 4), np.float32)], [np.zeros(0, np.float32)], [np.zeros(0, int)]
+        boxes = [np.zeros((0, 4), np.float32)]
+        scores = [np.zeros((0, _NANODET_CLASSES), np.float32)]
         for level, stride in enumerate(_NANODET_STRIDES):
             cls = res[level][0]
-            best = cls.max(axis=1)
-            keep = np.nonzero(best > max(self.score_thr, _NANODET_PREFILTER))[0]
+            keep = np.nonzero(cls.max(axis=1) > max(self.score_thr, _NANODET_PREFILTER))[0]
             if keep.size == 0:
                 continue
             dist = _gfl_distances(res[3 + level][0][keep]) * stride
             c = self._centres[level][keep]
             boxes.append(np.concatenate([c - dist[:, :2], c + dist[:, 2:]], axis=1))
-            scores.append(best[keep])
-            classes.append(cls[keep].argmax(axis=1))
+            scores.append(cls[keep])
         b = np.concatenate(boxes)
         b = (b - np.array([pad[0], pad[1], pad[0], pad[1]], np.float32)) / np.array(
             [scale[0], scale[1], scale[0], scale[1]], np.float32)
         h, w = image.shape[:2]
         b = np.clip(b, 0, [w, h, w, h]).astype(np.float32) + np.array([x_offset, 0, x_offset, 0], np.float32)
-        return b, np.concatenate(scores), np.concatenate(classes)
+        return b, np.concatenate(scores).astype(np.float32)
 
 
 def _tile_columns(width: int, tiles: int, overlap: float = 0.2) -> list[tuple[int, int]]:
