@@ -83,6 +83,27 @@ def from_frames(npz: str, key: str, gt: str, thresholds: list[float], out: str) 
     return 0
 
 
+def _cube_scores(path: str | None, model, ckpt, sc, test, train, t_all: list[int],
+                 tr_clips: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Fused cube scores of the chosen test and training clips; with ``path``, kept in / read from an npz
+    so that the measurement can be re-run without the ~30 min of scoring (the scores depend only on the
+    model, the work dir and the score settings, which the file records and this checks)."""
+    key = {"model_sha256": ckpt.sha256, "score": cal.score_settings(sc, 0.0),
+           "test_cubes": int(len(test.clip)), "train_cubes": int(len(train.clip)),
+           "train_clips": [str(train.clips[i]["name"]) for i in tr_clips]}
+    if path and Path(path).is_file():
+        d = np.load(path)
+        if json.loads(str(d["key"])) != key:
+            sys.exit(f"{path} holds cube scores of another model, work dir or settings; remove it")
+        print(f"cube scores read from {path}", file=sys.stderr)
+        return d["test"], d["train"]
+    t_fused = cal.split_cube_scores(model, test, ckpt.stats, sc, t_all, progress=True)
+    tr_fused = cal.split_cube_scores(model, train, ckpt.stats, sc, tr_clips, progress=True)
+    if path:
+        np.savez_compressed(path, test=t_fused, train=tr_fused, key=json.dumps(key))
+    return t_fused, tr_fused
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from-frames", default=None, metavar="NPZ",
@@ -95,6 +116,9 @@ def main() -> int:
     ap.add_argument("--calib-clips", default="04,05,06,07,09,10,11,12")
     ap.add_argument("--holdout-clips", default="13,14,15,16")
     ap.add_argument("--rates", default="1,10,60")
+    ap.add_argument("--cube-scores", default=None, metavar="NPZ",
+                    help="fused cube scores of the test split and the training clips: reused when the file "
+                         "exists (same model and work dir, checked by sha256), else computed and saved there")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.from_frames:
@@ -113,9 +137,8 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
 
     t_all = cal.choose_clips(test)
-    t_fused = cal.split_cube_scores(model, test, ckpt.stats, sc, t_all, progress=True)
     tr_clips = cal.choose_clips(train, calib_clips + hold_clips)
-    tr_fused = cal.split_cube_scores(model, train, ckpt.stats, sc, tr_clips, progress=True)
+    t_fused, tr_fused = _cube_scores(args.cube_scores, model, ckpt, sc, test, train, t_all, tr_clips)
     labels = [np.asarray(test.labels[int(c["start"]):int(c["start"]) + int(c["n_frames"])], np.int8)
               for c in test.clips]
 
@@ -154,6 +177,7 @@ def main() -> int:
     doc = {"command": "python " + " ".join(sys.argv), "git_commit": commit, "model": args.model,
            "model_sha256": ckpt.sha256, "work": str(work), "score": cal.score_settings(sc, cal.BORDER_MIN_PX),
            "fps": FPS, "calibration_clips": calib_clips, "held_out_clips": hold_clips,
+           "rates_per_hour": rates, "cube_scores": args.cube_scores,
            "chosen_on_test_labels": False, "seconds": round(time.perf_counter() - t0, 1), "results": results}
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     return 0
