@@ -14,7 +14,8 @@ flow / cube options (checked). Frame scores come from :mod:`statevad.calibration
 
 Measured, per threshold: false alarms = events (runs of frames above the threshold, merged / filtered as in
 ``score``) that touch no anomalous frame, per hour of normal test footage; how many of the anomalous
-intervals an event touches; and the same on the held-out normal training clips (``--holdout-clips``).
+intervals an event touches; the same on the held-out normal training clips (``--holdout-clips``); and on
+both together (``all_normal_footage``).
 Ped2 has about a minute of each kind of normal footage, so beside each rate stands its one-sided 95 % Poisson
 upper bound (``false_alarms_per_hour_upper95``: with no event in 0.6 min, the rate may still be ~300/h). The
 ``training R/h`` rows exist only where the model's stored distribution was made with the same border rule.
@@ -169,9 +170,11 @@ def main() -> int:
                 thresholds[f"training {r:g}/h"] = cal.threshold_for_rate(train_dist, r)
             thresholds[f"calibration {r:g}/h"] = cal.threshold_for_rate(dist, r)
         rows = {}
+        hold_labels = [np.zeros(len(h), np.int8) for h in hold_series]
         for name, (thr, words) in thresholds.items():
             rows[name] = {"threshold": round(thr, 4), "rule": words, "test": _measure(t_series, labels, thr),
-                          "held_out_normal_train_clips": _measure(hold_series, None, thr)}
+                          "held_out_normal_train_clips": _measure(hold_series, None, thr),
+                          "all_normal_footage": _measure(t_series + hold_series, labels + hold_labels, thr)}
         auroc = frame_auroc(np.concatenate(labels), np.concatenate(t_series))
         clip02 = [str(c["name"]) for c in test.clips].index("02")  # the demo's test clip (Test002)
         kept = cal.border_keep(test.box, SIZE_HW, border)
