@@ -50,14 +50,20 @@ FPS = 10.0  # Ped2 (the clips' headers say 10 frames/s)
 SIZE_HW = (240, 360)
 
 
-def _measure(series: list[np.ndarray], labels: list[np.ndarray] | None, thr: float) -> dict[str, float]:
-    """False alarms per hour of normal footage, and anomalous intervals touched, at threshold ``thr``."""
+def _measure(series: list[np.ndarray], labels: list[np.ndarray] | None, thr: float,
+             names: list[str] | None = None) -> dict[str, object]:
+    """False alarms per hour of normal footage, and anomalous intervals touched, at threshold ``thr``;
+    with ``names`` (one per series) also where each false alarm was."""
     gap, length = cal.event_frames(FPS)
     false = hit = intervals = normal = 0
+    where = []
     for k, s in enumerate(series):
         lab = labels[k] if labels is not None else np.zeros(len(s), np.int8)
         found = events(s, thr, FPS, gap, length)
-        false += sum(1 for e in found if not (lab[e.start:e.end + 1] == 1).any())
+        wrong = [e for e in found if not (lab[e.start:e.end + 1] == 1).any()]
+        false += len(wrong)
+        if names:
+            where += [f"{names[k]}: frames {e.start}-{e.end}, peak {e.peak_score:.3f}" for e in wrong]
         normal += int((lab == 0).sum())
         for a, b in label_intervals(lab):
             intervals += 1
@@ -68,7 +74,8 @@ def _measure(series: list[np.ndarray], labels: list[np.ndarray] | None, thr: flo
             # Ped2 has minutes, not hours, of normal footage: "0 per hour" only means "below this"
             "false_alarms_per_hour_upper95": round(chi2.ppf(0.95, 2 * false + 2) / 2 / hours, 1) if hours
             else None,
-            "anomalous_intervals": intervals, "intervals_detected": hit}
+            "anomalous_intervals": intervals, "intervals_detected": hit,
+            **({"false_alarms_at": where} if names else {})}
 
 
 def from_frames(npz: str, key: str, gt: str, thresholds: list[float], out: str) -> int:
@@ -171,9 +178,12 @@ def main() -> int:
             thresholds[f"calibration {r:g}/h"] = cal.threshold_for_rate(dist, r)
         rows = {}
         hold_labels = [np.zeros(len(h), np.int8) for h in hold_series]
+        hold_names = [f"train {train.clips[i]['name']}" for i in cal.choose_clips(train, hold_clips)]
         for name, (thr, words) in thresholds.items():
-            rows[name] = {"threshold": round(thr, 4), "rule": words, "test": _measure(t_series, labels, thr),
-                          "held_out_normal_train_clips": _measure(hold_series, None, thr),
+            rows[name] = {"threshold": round(thr, 4), "rule": words,
+                          "test": _measure(t_series, labels, thr, [f"test {c['name']}" for c in test.clips]),
+                          "held_out_normal_train_clips": _measure(hold_series, None, thr,
+                                                                  hold_names),
                           "all_normal_footage": _measure(t_series + hold_series, labels + hold_labels, thr)}
         auroc = frame_auroc(np.concatenate(labels), np.concatenate(t_series))
         clip02 = [str(c["name"]) for c in test.clips].index("02")  # the demo's test clip (Test002)
