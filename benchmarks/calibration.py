@@ -122,6 +122,30 @@ def _cube_scores(path: str | None, model, ckpt, sc, test, train, t_all: list[int
     return t_fused, tr_fused
 
 
+def _compare(spec: str, train, tr_fused: np.ndarray, sc) -> dict[str, object]:
+    """The calibration that `statevad calibrate` stored from *videos* (the stream path of ``score``) against
+    the distribution rebuilt here from the same clips' prepared cubes: equal, or this benchmark does not
+    measure what ``score`` would do."""
+    path, _, names = spec.rpartition(":")
+    stored = load_checkpoint(path)[1].calibration
+    if not stored:
+        sys.exit(f"{path} carries no calibration")
+    border = float(stored["settings"]["border_min_px"])
+    clips = names.split(",")
+    series = cal.series_from_cubes(train, tr_fused, cal.choose_clips(train, clips), border, SIZE_HW)
+    ours = cal.score_distribution(series, FPS, cal.score_settings(sc, border), source="calibration",
+                                  footage="cubes")
+    same_grid = len(ours["thresholds"]) == len(stored["thresholds"])
+    rate = float(stored["false_alarms_per_hour"])
+    return {"model": path, "clips": clips, "frames": ours["n_frames"], "stored_frames": stored["n_frames"],
+            "quantiles_max_abs_diff": float(np.max(np.abs(np.subtract(ours["quantiles"]["values"],
+                                                                       stored["quantiles"]["values"])))),
+            "event_curve_equal": same_grid and ours["events"] == stored["events"]
+            and bool(np.array_equal(ours["thresholds"], stored["thresholds"])),
+            "rate_per_hour": rate, "threshold_stored": stored["threshold"],
+            "threshold_from_cubes": cal.threshold_for_rate(ours, rate)[0]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from-frames", default=None, metavar="NPZ",
@@ -134,6 +158,10 @@ def main() -> int:
     ap.add_argument("--calib-clips", default="04,05,06,07,09,10,11,12")
     ap.add_argument("--holdout-clips", default="13,14,15,16")
     ap.add_argument("--rates", default="1,10,60")
+    ap.add_argument("--compare", default=None, metavar="MODEL:CLIPS",
+                    help="a copy of --model calibrated by `statevad calibrate` on the videos of Ped2 "
+                         "training clips CLIPS (e.g. cal.pt:04,05): check that its stored distribution "
+                         "equals the one made here from the cubes (the stream and the cube path score alike)")
     ap.add_argument("--cube-scores", default=None, metavar="NPZ",
                     help="fused cube scores of the test split and the training clips: reused when the file "
                          "exists (same model and work dir, checked by sha256), else computed and saved there")
@@ -197,9 +225,11 @@ def main() -> int:
                         "thresholds": rows}
         print(json.dumps({tag: results[tag]}, indent=1))
 
+    compared = _compare(args.compare, train, tr_fused, sc) if args.compare else None
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     doc = {"command": "python " + " ".join(sys.argv), "git_commit": commit, "model": args.model,
+           "stream_vs_cubes": compared,
            "model_sha256": ckpt.sha256, "work": str(work), "score": cal.score_settings(sc, cal.BORDER_MIN_PX),
            "fps": FPS, "calibration_clips": calib_clips, "held_out_clips": hold_clips,
            "rates_per_hour": rates, "cube_scores": args.cube_scores,
