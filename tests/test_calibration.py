@@ -240,8 +240,12 @@ def test_calibrate_on_a_work_directory(trained: tuple[Path, Path], tmp_path: Pat
     out = tmp_path / "calibrated.pt"
     assert main(["calibrate", str(model), str(work), "--false-alarms-per-hour", "5", "--out", str(out),
                  "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "about 5 false alarm(s) per hour on footage like the calibration footage" in printed
+    # 8 frames cannot show 5 alarms an hour: said in a warning, not only inside the threshold's words
+    assert "warning: 0.0 min of footage cannot show 5 false alarm(s) per hour" in captured.err, captured.err
+    assert "calibrate on several times 12 min" in captured.err
     assert model.read_bytes() == before  # --out: the original is untouched
     _, ckpt = load_checkpoint(out)
     c = ckpt.calibration
