@@ -214,8 +214,13 @@ def test_info_prints_the_model_card(trained: tuple[Path, Path], capsys: pytest.C
     assert main(["info", str(trained[1])]) == 0
     out = capsys.readouterr().out
     for needle in ("training footage: ped2 (fake), 2 clips, 8 frames", "colour: grey", "fps: unknown",
-                   "training scores: ", "training statistics"):
+                   "training scores: ", "training statistics: raw_mean ",
+                   # what `score` alarms above without a threshold flag, and why: this model's footage is
+                   # not on the machine, so its distribution has no border rule and `score` (border rule
+                   # on) falls back to the automatic rule
+                   "score's default threshold: ", "auto: 3 x (", "does not apply"):
         assert needle in out, out
+    assert "{'" not in out, out  # settings read as words, not as Python dict reprs
     assert main(["info", str(trained[1]), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["card"]["frames"] == 8 and doc["preset"] == "ped2"
@@ -223,7 +228,9 @@ def test_info_prints_the_model_card(trained: tuple[Path, Path], capsys: pytest.C
 
 def test_info_on_a_model_without_a_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(tiny_model(tmp_path / "old.pt"))]) == 0
-    assert "model card: none" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model card: none" in out
+    assert "score's default threshold: " in out and "auto: 3 x (" in out, out
 
 
 def test_calibrate_on_a_work_directory(trained: tuple[Path, Path], tmp_path: Path,
@@ -233,8 +240,12 @@ def test_calibrate_on_a_work_directory(trained: tuple[Path, Path], tmp_path: Pat
     out = tmp_path / "calibrated.pt"
     assert main(["calibrate", str(model), str(work), "--false-alarms-per-hour", "5", "--out", str(out),
                  "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "about 5 false alarm(s) per hour on footage like the calibration footage" in printed
+    # 8 frames cannot show 5 alarms an hour: said in a warning, not only inside the threshold's words
+    assert "warning: 0.0 min of footage cannot show 5 false alarm(s) per hour" in captured.err, captured.err
+    assert "calibrate on several times 12 min" in captured.err
     assert model.read_bytes() == before  # --out: the original is untouched
     _, ckpt = load_checkpoint(out)
     c = ckpt.calibration

@@ -228,6 +228,24 @@ def test_a_model_file_carrying_pickled_code_is_not_executed(trained: tuple[Path,
     assert not flag.exists()
 
 
+@pytest.mark.parametrize("kind", ["pickled code", "text"])
+def test_a_rejected_model_file_is_never_met_with_advice_to_unpickle_it(kind: str, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]
+                                                                       ) -> None:
+    """torch's weights-only error opens with "re-running with weights_only=False will likely succeed";
+    cut to one line it lost the warning that this runs the file's code. The error keeps only the cause."""
+    bad = tmp_path / "model.pt"
+    if kind == "text":
+        bad.write_text("garbage, not a model\n")
+    else:
+        torch.save({"x": _Boom(str(tmp_path / "pwned"))}, bad)
+    line = _fails(["info", str(bad)], capsys, "model.pt", "not a statevad model file",
+                  "not a plain-data torch file")
+    for advice in ("weights_only", "add_safe_globals", "safe_globals"):
+        assert advice not in line, line
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_pickled_reference_boxes_need_an_explicit_opt_in(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from statevad.errors import UserError

@@ -92,6 +92,12 @@ def calibrate(model_path: str | Path, footage: Sequence[str], opts: CalibrateOpt
         series, fps, desc = _stream_series(model_path, footage, fps, opts)
     dist = score_distribution(series, fps, score_settings(sc, border), source="calibration", footage=desc)
     threshold, meaning = threshold_for_rate(dist, rate)
+    minutes = dist["hours"] * 60
+    if rate * dist["hours"] < 1:  # the words say "extrapolated"; one reading only the number must know too
+        _warn(f"{minutes:.1f} min of footage cannot show {rate:g} false alarm(s) per hour (one such alarm "
+              f"takes {60 / rate:g} min), so the threshold is extrapolated from the highest scores and the "
+              "real rate may be far off (benchmarks/README.md, 'Calibrated alarms'); calibrate on several "
+              f"times {60 / rate:g} min of normal footage of the camera")
     dist.update({"false_alarms_per_hour": rate, "threshold": threshold, "meaning": meaning,
                  "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
     save_with_calibration(model_path, out, dist)

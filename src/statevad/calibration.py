@@ -135,8 +135,8 @@ def format_card(path: Path, ckpt: Any) -> dict[str, Any]:
     p = ckpt.preset
     doc: dict[str, Any] = {"model file": str(path), "format": ckpt.format, "sha256": ckpt.sha256,
                            "preset": p.name,
-                           "network": f"{p.model.n_layers} layers, widths {list(p.model.widths)}, "
-                                      f"{p.model.frames}-frame cubes"}
+                           "network": f"{p.model.n_layers} layer{'s' if p.model.n_layers != 1 else ''}, "
+                                      f"widths {list(p.model.widths)}, {p.model.frames}-frame cubes"}
     if not card:
         doc["model card"] = "none (written before statevad stored one, or imported weights)"
     else:
@@ -149,8 +149,8 @@ def format_card(path: Path, ckpt: Any) -> dict[str, Any]:
             "resolution": ", ".join(card.get("resolution") or []) or "unknown",
             "colour": card.get("colour"),
             "fps": ", ".join(f"{f:g}" for f in card.get("fps") or []) or "unknown",
-            "boxes": f"{card.get('box_source')} {card.get('box')}",
-            "flow": str(card.get("flow")), "cube": str(card.get("cube")),
+            "boxes": f"{card.get('box_source')} ({_settings_words(card.get('box'))})",
+            "flow": _settings_words(card.get("flow")), "cube": _settings_words(card.get("cube")),
         })
     if ckpt.stats:
         doc["training statistics"] = {k: round(v, 6) for k, v in ckpt.stats.items()}
@@ -160,7 +160,28 @@ def format_card(path: Path, ckpt: Any) -> dict[str, Any]:
     if ckpt.calibration:
         doc["calibrated threshold"] = (f"{ckpt.calibration['threshold']:.4f} "
                                        f"({ckpt.calibration['false_alarms_per_hour']:g} false alarms/hour)")
+    doc["score's default threshold"] = _default_threshold(ckpt)
     return doc
+
+
+def _settings_words(section: object) -> str:
+    """``key value, ...`` of a settings section (a Python dict repr is no reading for a user)."""
+    if not isinstance(section, dict):
+        return str(section)
+    return ", ".join(f"{k} {v}" for k, v in section.items())
+
+
+def _default_threshold(ckpt: Any) -> str:
+    """What ``statevad score --model THIS`` alarms above when given no threshold flag, and why: the user
+    should not have to run a clip to learn it."""
+    from statevad.settings import resolve
+
+    try:
+        thr, rule, notes = choose_threshold(ckpt, resolve(ckpt.preset, "score").score, BORDER_MIN_PX, None,
+                                            None)
+    except (UserError, KeyError, TypeError, ValueError) as exc:  # an odd stored distribution: say so
+        return f"not known ({exc})"
+    return f"{thr:.4f}: {rule}" + "".join(f" [{n}]" for n in notes)
 
 
 def describe_distribution(dist: dict[str, Any]) -> str:

@@ -141,9 +141,22 @@ def read_torch_file(path: str | Path, what: str, kind: str, fix: str) -> Any:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        detail = _load_failure(str(exc))
         raise UserError(f"{what} {path} is not {kind} (or is corrupted: {type(exc).__name__}"
                         f"{': ' + detail if detail else ''}); {fix}") from None
+
+
+def _load_failure(message: str) -> str:
+    """The cause in torch's message, in one short line. A weights-only failure starts with torch's advice to
+    re-run with ``weights_only=False`` -- cut at 200 characters it lost its warning that this runs the file's
+    code, and it is the wrong advice for a file that is not ours anyway -- so only the unpickler's own reason
+    is kept, up to its first full stop (after it torch suggests allow-listing the file's globals)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        _, _, after = message.partition("WeightsUnpickler error:")
+        why = next((ln.strip() for ln in after.splitlines() if ln.strip()), "").split(". ")[0]
+        return f"not a plain-data torch file: {why[:150]}" if why else "not a plain-data torch file"
+    return lines[0].split(". ")[0][:200] if lines else ""
 
 
 def _read_dict(path: Path, what: str) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def _model_info(path: str, as_json: bool) -> int:
         print(json.dumps({**doc, "card": ckpt.card}))
         return 0
     for key, value in doc.items():
-        print(f"{key}: {value}")
+        words = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        print(f"{key}: {words}")
     return 0
 
 
