@@ -6,7 +6,9 @@ machine slows all of them alike; the ratio to ``today`` is taken per round and i
 spread. Configurations (``--set`` values of ``statevad score``, the same model file for all):
 
 * ``today``   -- the path before issue 20: no overlap, every cube every frame (score.overlap=false);
-* ``default`` -- the current defaults (the network pass overlapped with the next frames' boxes and flow);
+* ``default`` -- the current defaults;
+* ``overlap`` -- the defaults with the network pass overlapped with the next frames' boxes and flow (off by
+  default until the signal tests pass with it);
 * ``fast``    -- the documented fast settings (config.FAST_SCORE: cubes every 3rd frame, no perturbation,
   bf16).
 
@@ -49,6 +51,7 @@ PED2 = HERE.parent.parent / "shared" / "data" / "ped2"
 CONFIGS: dict[str, list[str]] = {
     "today": ["score.overlap=false", "score.score_every=1"],
     "default": [],
+    "overlap": ["score.overlap=true"],
     "fast": fast_score_sets(),
 }
 

@@ -187,6 +187,17 @@ def test_a_distribution_made_with_other_settings_is_not_used() -> None:
         cal.choose_threshold(_ckpt(None), sc, 16.0, None, 1.0)
 
 
+def test_overlap_does_not_invalidate_a_distribution() -> None:
+    # the overlapped pipeline gives the same numbers, so a distribution made without it still applies, and
+    # one stored with the field (older files) too
+    sc = ScoreConfig()
+    dist = _dist(sc, 16.0)
+    assert not cal.choose_threshold(_ckpt(dist), ScoreConfig(overlap=True), 16.0, None, None)[2]
+    old = dict(dist, settings={**dist["settings"], "overlap": True})
+    rule, notes = cal.choose_threshold(_ckpt(old), sc, 16.0, None, None)[1:]
+    assert not notes and not rule.startswith("auto:")
+
+
 # --------------------------------------------------------------------------- model files and `info`
 def test_training_writes_the_model_card_and_score_distribution(trained: tuple[Path, Path]) -> None:
     work, model = trained

@@ -44,7 +44,8 @@ DEFAULT_FALSE_ALARMS_PER_HOUR = 1.0
 BORDER_MIN_PX = 16.0
 BORDER_MARGIN_PX = 1.0
 # Score settings that do not change a frame score (so a distribution stays valid when they differ).
-_NEUTRAL_SCORE_FIELDS = frozenset({"device", "batch_size", "bf16"})
+# ``overlap`` only reorders the work (the network pass of one batch runs beside the next frames' boxes/flow).
+_NEUTRAL_SCORE_FIELDS = frozenset({"device", "batch_size", "bf16", "overlap"})
 QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 TAIL_EVENTS = 10  # the tail fit uses the events above the lowest threshold that leaves at most this many
 # Grey: fewer than 1% of the pixels have channels more than 12 levels apart. Lossy codecs shift grey
@@ -418,9 +419,10 @@ def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | No
     for dist in (ckpt.calibration, ckpt.score_distribution):
         if not dist:
             continue
-        if dist.get("settings") != wanted:
-            diff = sorted(k for k in set(wanted) | set(dist.get("settings") or {})
-                          if wanted.get(k) != (dist.get("settings") or {}).get(k))
+        # older files stored the neutral fields too: they never decide whether a distribution applies
+        stored = {k: v for k, v in (dist.get("settings") or {}).items() if k not in _NEUTRAL_SCORE_FIELDS}
+        if stored != wanted:
+            diff = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
             warnings.append(f"the model's {dist['source']} score distribution was made with other scoring "
                             f"settings ({', '.join(diff)}), so it does not apply; run `statevad calibrate` "
                             "with these settings for a calibrated threshold")
