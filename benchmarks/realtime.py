@@ -10,7 +10,7 @@ spread. Configurations (``--set`` values of ``statevad score``, the same model f
 * ``overlap`` -- the defaults with the network pass overlapped with the next frames' boxes and flow (off by
   default until the signal tests pass with it);
 * ``fast``    -- the documented fast settings (config.FAST_SCORE: cubes every 3rd frame, no perturbation,
-  bf16).
+  overlapped).
 
 Accuracy (``--auroc``): all 12 Ped2 test clips scored by each configuration through ``statevad score``
 (frame micro AUROC of the concatenated frame scores against the official labels) and by ``statevad test`` on

@@ -128,6 +128,6 @@ def test_fast_settings_resolve_and_bad_values_fail() -> None:
     from statevad.settings import resolve
 
     sc = resolve(get_preset("ped2"), "score", sets=fast_score_sets()).score
-    assert (sc.score_every, sc.epsilon, sc.bf16, sc.overlap) == (3, 0.0, True, False)
+    assert (sc.score_every, sc.epsilon, sc.bf16, sc.overlap) == (3, 0.0, False, True)
     with pytest.raises(UserError, match="score_every"):
         resolve(get_preset("ped2"), "score", sets=["score.score_every=0"])

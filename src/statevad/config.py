@@ -343,9 +343,10 @@ def _shanghaitech() -> Preset:
 
 # The fast scoring settings (docs/REALTIME.md): `statevad score --set` each of these, or the same fields in a
 # --config file's [score] table. Every object's cube is scored every 3rd frame (scores carried by IoU tracks
-# in between), without the test-time perturbation, in bf16: about 3x fewer network passes, each a third of
-# the perturbed one's cost. Its accuracy cost on Ped2 is stated in docs/REALTIME.md.
-FAST_SCORE: dict[str, Any] = {"score_every": 3, "epsilon": 0.0, "bf16": True}
+# in between), without the test-time perturbation (no backward pass: 3.4x cheaper per cube,
+# benchmarks/results/net-speed.json), and with the overlapped pipeline. Not bf16: without native bf16 (this
+# project's 2-core CPU has none) autocast made a cube 10x slower in the same run.
+FAST_SCORE: dict[str, Any] = {"score_every": 3, "epsilon": 0.0, "overlap": True}
 
 
 def fast_score_sets() -> list[str]:
