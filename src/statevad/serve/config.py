@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statevad.calibration import BORDER_MIN_PX, EVENT_MIN_GAP_S, EVENT_MIN_LEN_S
 from statevad.errors import UserError
 
 # Camera names appear in URLs, file names and metric labels: a small alphabet keeps all three safe.
@@ -34,22 +35,36 @@ class CameraConfig:
     model: str
     loop: bool = False  # a video file starts again at its end (a camera stand-in)
     realtime: bool | None = None  # read a file at its frame rate (default: when looped); streams always are
-    threshold: float | None = None  # None: the automatic threshold of `statevad score`
+    # The scoring fields are `statevad score`'s (score_options): the same defaults, the same threshold rule
+    threshold: float | None = None  # None: from false_alarms_per_hour / the model's calibration, as `score`
+    false_alarms_per_hour: float | None = None
+    border_min_size: float = BORDER_MIN_PX  # px; `score --border-min-size` (0 = score every object)
+    allow_mismatch: bool = False  # score a camera unlike the training footage (else it is refused)
     boxes: str | None = None  # None: what the model was trained with
     perturb: bool = True
     fps: float | None = None  # override the source's frame rate
     config: str | None = None  # a `statevad score` settings file ([score] table)
-    queue: int = 8  # frames waiting for the scorer at most; a live source drops the oldest beyond
+    queue: int = 8  # frames waiting for the scorer at most (a live source's reader queue)
     batch_frames: int = 4
     max_objects: int = 64
-    min_gap_s: float = 0.5
-    min_len_s: float = 0.2
+    min_gap_s: float = EVENT_MIN_GAP_S
+    min_len_s: float = EVENT_MIN_LEN_S
     clip_s: float = 4.0  # seconds of the event clip, centred on the peak
     n_crops: int = 3  # most anomalous objects kept (boxes + crops) per event
 
     @property
     def paced(self) -> bool:
         return self.loop if self.realtime is None else self.realtime
+
+    def score_options(self) -> Any:
+        """This camera's :class:`statevad.stream.ScoreOptions` (what `statevad score` would be given)."""
+        from statevad.stream.driver import ScoreOptions
+
+        return ScoreOptions(threshold=self.threshold, false_alarms_per_hour=self.false_alarms_per_hour,
+                            border_min_px=self.border_min_size, allow_mismatch=self.allow_mismatch,
+                            boxes=self.boxes, perturb=self.perturb, fps=self.fps,
+                            batch_frames=self.batch_frames, max_objects=self.max_objects,
+                            min_gap_s=self.min_gap_s, min_len_s=self.min_len_s, video=False, progress=False)
 
 
 @dataclass
@@ -157,6 +172,13 @@ def check(cfg: ServeConfig) -> ServeConfig:
                 raise UserError(f"{where}: {key} must be > 0 seconds, got {getattr(cam, key)}")
         if cam.fps is not None and not 0.5 <= cam.fps <= 1000:
             raise UserError(f"{where}: fps must be between 0.5 and 1000 frames/s, got {cam.fps}")
+        from statevad.stream.driver import check_options
+
+        try:
+            check_options(cam.score_options())
+        except UserError as exc:  # the flag names of `statevad score`, said as this file's fields
+            msg = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(exc))
+            raise UserError(f"{where}: {msg}") from None
         if not Path(cam.model).expanduser().is_file():
             raise UserError(f"{where}: model {cam.model}: no such file; give a model written by "
                             "`statevad train`")

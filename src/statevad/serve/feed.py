@@ -1,26 +1,26 @@
-"""Frames of one camera with their arrival times, and the live-source drop policy.
+"""Frames of one camera with their arrival times; live sources go through ``statevad score``'s live policy.
 
-A live source (camera, stream URL, a file played at its frame rate) does not wait for the scorer: a reader
-thread keeps only the newest ``queue`` frames and drops the oldest when the scorer falls behind, counting
-every drop, so latency stays bounded instead of growing without end. A file read as fast as possible
-(``paced=False``) drops nothing: every frame is scored, as ``statevad score`` does.
+A live source (camera, stream URL, a file played at its frame rate) does not wait for the scorer: it is read
+by :class:`statevad.stream.live.LiveReader`, the reader ``statevad score`` uses, which keeps a short queue and
+drops frames evenly (and counts them) when the scorer falls behind, so latency stays bounded instead of
+growing without end. A file read as fast as possible (``paced=False``) drops nothing: every frame is scored,
+as ``statevad score`` does.
 
-The worker sees only :class:`Feed` (an iterator of :class:`Arrival` with ``dropped``), so another reader
-(issue 20's live reader) replaces this one in one place.
+The worker sees only :class:`Feed` (an iterator of :class:`Arrival` with ``dropped``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from statevad.io import fps_or_default, open_source
+from statevad.io import fps_or_default, open_source, valid_fps
+from statevad.stream.live import LiveReader
 
 
 @dataclass
@@ -36,35 +36,28 @@ class Feed:
     def __init__(self, spec: str, *, paced: bool, queue: int, fps: float | None = None) -> None:
         self.spec = spec
         self.src: Any = open_source(spec, strict=False)
-        self.fps = float(fps) if fps else fps_or_default(getattr(self.src, "fps", None))
+        own = valid_fps(getattr(self.src, "fps", None))
+        self.fps = float(fps) if fps else fps_or_default(own)
+        self.fps_known = bool(fps) or own is not None  # else the rate is assumed (a warning, as in score)
         self.live = getattr(self.src, "n_frames", None) is None  # cameras and URLs
         self.threaded = self.live or paced
         self.paced = paced and not self.live  # a live source is paced by itself
-        self.dropped = 0
         self.error: str | None = None
-        self._queue: deque[Arrival] = deque()
-        self._max = queue
-        self._cond = threading.Condition()
-        self._done = False
+        self._max = max(2, queue)  # LiveReader needs room for one waiting frame and one being thinned
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reader: LiveReader | None = None
 
     def __iter__(self) -> Iterator[Arrival]:
         if not self.threaded:
-            yield from self._read()
+            for f in self._frames():
+                yield Arrival(f, time.monotonic(), time.time())
             return
-        self._thread = threading.Thread(target=self._reader, name=f"feed-{self.spec}", daemon=True)
-        self._thread.start()
-        while True:
-            with self._cond:
-                while not self._queue and not self._done:
-                    self._cond.wait(0.5)
-                if not self._queue and self._done:
-                    return
-                item = self._queue.popleft()
-            yield item
+        self._reader = LiveReader(self._frames(), fps=self.fps, max_queue=self._max, keep_dropped=False)
+        for item in self._reader:
+            # the wall time of the arrival (event times), from the monotonic stamp the reader took
+            yield Arrival(item.frame, item.arrival, time.time() - (time.monotonic() - item.arrival))
 
-    def _read(self) -> Iterator[Arrival]:
+    def _frames(self) -> Iterator[np.ndarray]:
         period = 1.0 / self.fps
         t_next = time.monotonic()
         try:
@@ -78,23 +71,17 @@ class Feed:
                         self._stop.wait(wait)
                     else:
                         t_next = time.monotonic()  # fell behind: do not burst to catch up
-                yield Arrival(np.ascontiguousarray(f, np.uint8), time.monotonic(), time.time())
+                yield np.ascontiguousarray(f, np.uint8)
         except Exception as exc:  # noqa: BLE001 - a lost source ends this pass; the worker reconnects
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def _reader(self) -> None:
-        try:
-            for item in self._read():
-                with self._cond:
-                    self._queue.append(item)
-                    while len(self._queue) > self._max:  # the scorer is behind: drop the oldest
-                        self._queue.popleft()
-                        self.dropped += 1
-                    self._cond.notify()
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify()
+    @property
+    def dropped(self) -> int:
+        return self._reader.n_dropped if self._reader is not None else 0
+
+    def idle(self) -> bool:
+        """A live source with no frame waiting: the scorer may score its queued cubes now (latency)."""
+        return self._reader is not None and self._reader.waiting == 0
 
     @property
     def end_reason(self) -> str | None:
@@ -102,8 +89,8 @@ class Feed:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._reader is not None and not self._reader.close(timeout=10):
+            return  # the reader thread is still inside a read: it keeps the source it reads
         for name in ("close", "release"):
             fn = getattr(self.src, name, None)
             if callable(fn):

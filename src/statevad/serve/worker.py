@@ -26,56 +26,49 @@ from typing import Any
 import numpy as np
 
 from statevad import visualize as viz
-from statevad.checkpoint import load_checkpoint
 from statevad.errors import UserError
 from statevad.events import Event, EventTracker
-from statevad.flow import FlowEstimator
-from statevad.scoring import auto_threshold, motion_zscore
 from statevad.serve.config import CameraConfig
 from statevad.serve.db import Database, EventRow
 from statevad.serve.feed import Arrival, Feed
 from statevad.serve.media import MediaStore, crop, jpeg
-from statevad.settings import resolve
+from statevad.stream.driver import build_scorer
 from statevad.stream.engine import FrameResult, InputChanged, StreamScorer
-from statevad.stream.stages import box_fn, net_fn, stage_settings
-from statevad.tensors import resolve_device
 
 log = logging.getLogger("statevad.serve")
 FPS_WINDOW_S = 10.0
 
 
 class Scoring:
-    """The stages of one camera's model, built once (the network and the detector are the slow parts)."""
+    """One camera's model made ready to score: :func:`statevad.stream.driver.build_scorer` with the camera's
+    :class:`~statevad.stream.ScoreOptions`, the very function ``statevad score`` calls (stages, border rule,
+    threshold, event rule), built once (the network and the detector are the slow parts)."""
 
     def __init__(self, cam: CameraConfig) -> None:
         self.cam = cam
-        model, ckpt = load_checkpoint(cam.model, "cpu")
-        if not ckpt.stats:
-            raise UserError(f"camera {cam.name}: model {cam.model} carries no training statistics; use a "
-                            "model file written by `statevad train`")
-        flags = {"score": {"epsilon": None if cam.perturb else 0.0}}
-        self.preset = resolve(ckpt.preset, "score", config=cam.config, sets=None, flags=flags)
-        sc = self.preset.score
-        model.to(resolve_device(sc.device))
-        self.threshold = (float(cam.threshold) if cam.threshold is not None
-                          else auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion))
-        self.box_cfg, flow_cfg, self.box_source, self.detector_sha = stage_settings(
-            self.preset, ckpt.work_manifest, f"model file {cam.model}")
-        if sc.w_motion:
-            motion_zscore(np.zeros(0), ckpt.stats)  # no motion statistics: fail now, not at the first frame
-        self.flow = FlowEstimator(flow_cfg)
-        self.net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size))
-        self._boxes, self.box_desc = box_fn(self.box_cfg, cam.boxes or self.box_source, self.detector_sha)
+        try:
+            self.scorer = build_scorer(cam.model, cam.score_options(), config=cam.config)
+        except UserError as exc:
+            raise UserError(f"camera {cam.name}: {exc}") from None
+        for note in self.scorer.notes:
+            log.warning("camera %s: %s", cam.name, note)
+        self.threshold = self.scorer.threshold
+        self.box_desc = self.scorer.box_desc
+        self._checked = False
 
     def engine(self) -> StreamScorer:
-        spec = self.cam.boxes or ""
-        boxes = self._boxes
-        if spec.endswith((".npz", ".npy")):  # reference boxes count frames: every pass starts at frame 0
-            boxes, _ = box_fn(self.box_cfg, spec, self.detector_sha)
-        cube = self.preset.cube
-        return StreamScorer(length=cube.length, patch=cube.patch, box_fn=boxes, flow_fn=self.flow,
-                            net_fn=self.net, motion_thr=cube.motion_thr, batch_frames=self.cam.batch_frames,
-                            max_objects=self.cam.max_objects or None)
+        return self.scorer.engine()
+
+    def tracker(self, fps: float) -> EventTracker:
+        return EventTracker(self.threshold, fps, *self.scorer.event_rule(fps))
+
+    def check_input(self, frame: np.ndarray, fps: float, fps_known: bool) -> None:
+        """The first frame against the model card, once per camera (a refusal fails this camera only)."""
+        if self._checked:
+            return
+        for note in self.scorer.check_input(frame, fps, f"camera {self.cam.name}", fps_known=fps_known):
+            log.warning("camera %s: %s", self.cam.name, note)
+        self._checked = True
 
 
 class Recorder(threading.Thread):
@@ -192,6 +185,12 @@ class CameraWorker(threading.Thread):
             self._feed = feed
             try:
                 n = self._segment(feed)
+            except UserError as exc:  # the camera is unlike the model's footage: reconnecting cannot help
+                feed.close()
+                self._feed = None
+                self.status.state, self.status.error = "failed", str(exc)
+                log.error("camera %s: %s", self.cam.name, exc)
+                return
             except Exception as exc:  # noqa: BLE001 - a failing pass is retried, never fatal to the service
                 log.exception("camera %s: scoring failed", self.cam.name)
                 self.status.error, n = f"{type(exc).__name__}: {exc}", 0
@@ -221,19 +220,20 @@ class CameraWorker(threading.Thread):
         assert self.scoring is not None
         engine = self.scoring.engine()
         fps = feed.fps
-        tracker = EventTracker(self.scoring.threshold, fps, max(1, round(self.cam.min_gap_s * fps)),
-                               max(1, round(self.cam.min_len_s * fps)))  # the rules of `statevad score`
-        seg = _Segment(self, tracker, fps)
+        seg = _Segment(self, self.scoring.tracker(fps), fps)  # the event rule of `statevad score`
         try:
             for a in feed:
                 if self.stopping.is_set():
                     break
+                self.scoring.check_input(a.frame, fps, feed.fps_known)
                 seg.arrived[engine.n_received] = a
                 try:
                     results = engine.push(a.frame)
                 except InputChanged:  # the frame size changed: a new segment starts with the next pass
                     break
                 seg.emit(results)
+                if feed.idle():  # nothing waiting from a live source: score what is queued (latency)
+                    seg.emit(engine.flush())
             seg.emit(engine.finish())
         finally:
             seg.finish()
