@@ -234,6 +234,13 @@ def test_non_loopback_bind_needs_a_token(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[camera]]\nname = "a"\nsource = "0"\nmodel = "m.pt"\nqueue = "x"\n')
     fails_one_line(["serve", "--config", str(cfg)], capsys, "queue")
+    # the scoring fields are checked by `statevad score`'s own option check, named as the file's fields
+    for field, value, said in (("border_min_size", "-1.0", "border_min_size"),
+                               ("false_alarms_per_hour", "0.0", "false_alarms_per_hour"),
+                               ("max_objects", "-3", "max_objects"),
+                               ("threshold", "2.0\nfalse_alarms_per_hour = 1.0", "false_alarms_per_hour")):
+        cfg.write_text(f'[[camera]]\nname = "a"\nsource = "0"\nmodel = "{model}"\n{field} = {value}\n')
+        fails_one_line(["serve", "--config", str(cfg)], capsys, said)
     assert not (tmp_path / "d").exists()  # nothing written by a refused start
     assert os.environ.get("STATEVAD_TOKEN") is None
 

@@ -206,6 +206,8 @@ def check_options(opts: ScoreOptions) -> None:
             raise UserError(f"--fps must be a finite frame rate > 0 (frames per second), got {opts.fps!r}")
     if opts.false_alarms_per_hour is not None:
         check_rate(opts.false_alarms_per_hour)
+        if opts.threshold is not None:
+            raise UserError("give either --threshold or --false-alarms-per-hour, not both")
     try:
         border = float(opts.border_min_px)
     except (TypeError, ValueError):
