@@ -80,6 +80,15 @@ def main() -> int:
                     "10 frames/s (as in the soak run) instead of a looped file")
     ap.add_argument("--boxes", default=None, help="box source (default: the model's, i.e. the detector)")
     ap.add_argument("--no-perturb", action="store_true")
+    ap.add_argument("--trim-every", type=float, default=None, metavar="S",
+                    help="release malloc's free memory every S seconds, as `statevad serve` does "
+                    "(default: the service's release_memory_s; 0 = never)")
+    ap.add_argument("--malloc", choices=["serve", "keep"], default="serve",
+                    help="serve: large blocks mapped and returned when freed, as `statevad serve` sets it "
+                    "(statevad.allocator.return_large_blocks); keep: every other statevad command's setting "
+                    "(keep_freed_memory)")
+    ap.add_argument("--mmap-mib", type=float, default=None,
+                    help="with --malloc serve: the mmap threshold in MiB (default: return_large_blocks')")
     ap.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
     ap.add_argument("--model", default=None, help="model file (default: ped2 preset, random weights)")
     ap.add_argument("--size", default="tiny")
@@ -88,13 +97,15 @@ def main() -> int:
 
     import torch
 
-    from statevad.allocator import keep_freed_memory
-    from statevad.serve.config import CameraConfig
+    from statevad.allocator import keep_freed_memory, return_large_blocks
+    from statevad.serve.config import CameraConfig, ServeConfig
     from statevad.serve.db import Database
     from statevad.serve.media import MediaStore
-    from statevad.serve.worker import CameraWorker, Recorder
+    from statevad.serve.worker import CameraWorker, MemoryReleaser, Recorder
 
-    malloc_kept = keep_freed_memory()  # as every statevad command (STATEVAD_MALLOC=default turns it off)
+    malloc_kept = keep_freed_memory()  # as the CLI does before any command (STATEVAD_MALLOC=default: not)
+    kw = {} if args.mmap_mib is None else {"mmap_threshold": int(args.mmap_mib * (1 << 20))}
+    malloc_serve = return_large_blocks(**kw) if args.malloc == "serve" else False  # as `statevad serve`
     torch.set_num_threads(1)  # as `statevad serve` (torch_threads = 1)
     work = Path(tempfile.mkdtemp(prefix="serve-memprobe-"))
     model = Path(args.model) if args.model else _model(work / "model.pt", args.size)
@@ -115,8 +126,12 @@ def main() -> int:
         workers.append(CameraWorker(cam, db, MediaStore(work / "media"), rec))
     if args.tracemalloc:
         tracemalloc.start(8)
+    trim_s = ServeConfig().release_memory_s if args.trim_every is None else args.trim_every
+    releaser = MemoryReleaser(trim_s) if trim_s > 0 else None
     for w in workers:
         w.start()
+    if releaser is not None:
+        releaser.start()
     t0 = time.monotonic()
     samples, snap_early = [], None
     t_end = t0 + args.minutes * 60
@@ -139,6 +154,8 @@ def main() -> int:
             growth.append({"kib": round(st.size_diff / 1024, 1), "count": st.count_diff,
                            "where": [f"{f.filename.replace(str(REPO) + '/', '')}:{f.lineno}"
                                      for f in st.traceback[:4]]})
+    if releaser is not None:
+        releaser.stop()
     for w in workers:
         w.stop()
     for w in workers:
@@ -159,9 +176,10 @@ def main() -> int:
         "git_commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                      text=True).stdout.strip(),
         "settings": {"cameras": args.cameras, "minutes": args.minutes, "paced": args.paced,
-                     "mjpeg (every second camera)": args.mjpeg,
+                     "mjpeg (every second camera)": args.mjpeg, "release_memory_s": trim_s,
                      "boxes": args.boxes or "the model's (detector)", "perturb": not args.no_perturb,
                      "malloc_kept (statevad.allocator)": malloc_kept,
+                     "malloc_large_blocks_returned (serve)": malloc_serve, "mmap_mib": args.mmap_mib,
                      "STATEVAD_MALLOC": os.environ.get("STATEVAD_MALLOC"),
                      "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX"),
                      "model": str(args.model or f"ped2 preset, {args.size} network, random weights")},

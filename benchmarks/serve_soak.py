@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model file (default: ped2 preset, random weights)")
     ap.add_argument("--size", default="tiny", help="network size of the default model (tiny, fast, paper)")
     ap.add_argument("--out", required=True, help="results JSON")
+    ap.add_argument("--note", default=None, help="a note stored in the JSON (e.g. that the machine was shared)")
     args = ap.parse_args()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -155,7 +156,8 @@ def main() -> int:
                      "model": str(args.model or f"ped2 preset, {args.size} network, random weights"),
                      "serve defaults": "detector boxes (bundled NanoDet), perturbation on, auto threshold, "
                      "queue 8, batch_frames 4, 1 torch thread per camera"},
-        "machine": {"cpu_count": os.cpu_count(), "loadavg_at_end": [round(x, 2) for x in load]},
+        "machine": {"cpu_count": os.cpu_count(), "loadavg_at_end": [round(x, 2) for x in load],
+                    "note": args.note},
         "startup_s": round(start_s, 1),
         "exit_code_after_sigterm": code,
         "rss_mb": {"first": float(rss[0]) if len(rss) else None, "second_half_start": float(rss[half])

@@ -44,3 +44,52 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
+
+
+def release_free_memory() -> bool:
+    """Hand the free memory inside malloc's arenas back to the OS now (glibc's ``malloc_trim(0)``).
+
+    Why: a process that runs for days (``statevad serve``) allocates tensors of ever-changing sizes (the
+    number of objects per batch varies), so its heaps fragment: the bytes in use stay flat while the free
+    holes between them, which neither setting above ever returns, grow without end (measured:
+    ``benchmarks/serve_memprobe.py``). ``malloc_trim`` gives back whole free pages anywhere in every arena,
+    not only the top; the memory stays reserved, so a later allocation re-faults pages instead of
+    growing the heap. Returns False where there is no glibc (nothing done).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
+
+
+def return_large_blocks(mmap_threshold: int = 1 << 20) -> bool:
+    """Serve every block of ``mmap_threshold`` bytes or more with its own ``mmap``, unmapped when freed
+    (glibc): the opposite trade of :func:`keep_freed_memory`, for a process that runs for days.
+
+    Why: ``statevad serve`` scores batches whose tensors change size with the number of objects in view.
+    Served from the heap, such blocks fragment it: the bytes in use stay flat while the heap grows by
+    another block whenever no free hole is large enough, so RSS climbs for as long as the service runs
+    (``benchmarks/serve_memprobe.py``). Mapped blocks go back to the OS at once; the price is the page
+    faults of each new block. Setting the threshold also stops glibc from raising it on its own. Returns
+    False where there is no glibc, or when ``STATEVAD_MALLOC=default`` asks for glibc's defaults.
+    """
+    if os.environ.get(ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD,
+                                                                                    64 << 20))

@@ -79,6 +79,7 @@ class ServeConfig:
     webhook_retries: int = 3
     reconnect_max_s: float = 30.0
     torch_threads: int = 1  # per camera worker: cameras run in parallel, one core each
+    release_memory_s: float = 30.0  # malloc's free memory back to the OS this often (0 = never; see worker)
 
     @property
     def data_dir(self) -> Path:
@@ -186,6 +187,8 @@ def check(cfg: ServeConfig) -> ServeConfig:
         raise UserError(f"port {cfg.port}: expected 0-65535")
     if cfg.webhook_retries < 0 or cfg.torch_threads < 1 or not cfg.reconnect_max_s > 0:
         raise UserError("webhook_retries >= 0, torch_threads >= 1 and reconnect_max_s > 0 are required")
+    if not 0 <= cfg.release_memory_s <= 86400:
+        raise UserError(f"release_memory_s must be 0 (never) to 86400 seconds, got {cfg.release_memory_s}")
     if cfg.webhook and not cfg.webhook.lower().startswith(("http://", "https://")):
         raise UserError(f"webhook {cfg.webhook!r}: expected an http:// or https:// URL")
     if cfg.token is not None and len(cfg.token) < MIN_TOKEN_LEN:

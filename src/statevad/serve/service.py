@@ -15,13 +15,14 @@ from typing import Any
 
 import uvicorn
 
+from statevad.allocator import return_large_blocks
 from statevad.errors import UserError
 from statevad.serve.api import create_app
 from statevad.serve.config import ServeConfig
 from statevad.serve.db import Database
 from statevad.serve.media import MediaStore
 from statevad.serve.webhook import Webhook
-from statevad.serve.worker import CameraWorker, Recorder
+from statevad.serve.worker import CameraWorker, MemoryReleaser, Recorder
 
 log = logging.getLogger("statevad.serve")
 
@@ -40,6 +41,7 @@ class Service:
             c.name: CameraWorker(c, self.db, self.media, self.recorder, reconnect_max_s=cfg.reconnect_max_s,
                                  notify=notify) for c in cfg.cameras}
         self.closing = threading.Event()  # the HTTP side is stopping: live streams end
+        self.releaser = MemoryReleaser(cfg.release_memory_s) if cfg.release_memory_s > 0 else None
 
     def stopping(self) -> bool:
         return self.closing.is_set()
@@ -50,10 +52,14 @@ class Service:
             self.webhook.start()
         for w in self.workers.values():
             w.start()
+        if self.releaser is not None:
+            self.releaser.start()
 
     def stop(self, timeout: float = 120) -> None:
         """Finish every worker's frames, then the queued writes; close the database."""
         self.closing.set()
+        if self.releaser is not None:
+            self.releaser.stop()
         for w in self.workers.values():
             w.stop()
         for w in self.workers.values():
@@ -89,6 +95,9 @@ def run(cfg: ServeConfig) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(cfg.torch_threads)  # one core per camera: the cameras are the parallelism
+    # a service runs for days: large blocks are mapped and returned instead of kept in a fragmenting heap
+    # (the CLI's keep_freed_memory suits a command that ends; see statevad.allocator)
+    return_large_blocks()
     svc = Service(cfg)
     app = create_app(svc)
     server = _Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=False, log_level="info",

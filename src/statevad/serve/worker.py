@@ -98,6 +98,32 @@ class Recorder(threading.Thread):
         self.join(timeout)
 
 
+class MemoryReleaser(threading.Thread):
+    """Hands malloc's free memory back to the OS every ``every_s`` seconds until stopped.
+
+    The workers' tensors change size with every batch (the number of objects varies), so the heaps fragment
+    and the process's RSS grows without end while the memory in use stays flat (``benchmarks/
+    serve_memprobe.py`` measures both); a trim now and then keeps RSS near what is in use.
+    """
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__(name="memory-releaser", daemon=True)
+        self.every_s = every_s
+        self.stopping = threading.Event()
+        self.n_released = 0
+
+    def run(self) -> None:
+        from statevad.allocator import release_free_memory
+
+        while not self.stopping.wait(self.every_s):
+            if not release_free_memory():
+                return  # not glibc: nothing to do, ever
+            self.n_released += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
 @dataclass
 class CameraStatus:
     name: str
