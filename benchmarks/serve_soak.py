@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model file (default: ped2 preset, random weights)")
     ap.add_argument("--size", default="tiny", help="network size of the default model (tiny, fast, paper)")
     ap.add_argument("--out", required=True, help="results JSON")
-    ap.add_argument("--note", default=None, help="a note stored in the JSON (e.g. that the machine was shared)")
+    ap.add_argument("--note", default=None, help="a note stored in the JSON (e.g. the machine was shared)")
     args = ap.parse_args()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
