@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import Any
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -33,17 +34,32 @@ def keep_freed_memory() -> bool:
     Returns True when the setting took effect; False on other C libraries (macOS, Windows, musl), or when
     ``STATEVAD_MALLOC=default`` asks for glibc's defaults. Calling it again is harmless.
     """
-    if os.environ.get(ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _KEEP))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library this process already runs on when it is glibc (no library search), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(None)  # the C library this process already runs on; no library search
-        mallopt = libc.mallopt
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has mallopt as a no-op stub
     except (OSError, AttributeError):
-        return False
+        return None
+    return libc
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or None (not glibc, or ``STATEVAD_MALLOC=default``)."""
+    libc = _glibc()
+    if libc is None or os.environ.get(ENV, "").lower() == "default":
+        return None
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
+    return mallopt
 
 
 def release_free_memory() -> bool:
@@ -51,19 +67,15 @@ def release_free_memory() -> bool:
 
     Why: a process that runs for days (``statevad serve``) allocates tensors of ever-changing sizes (the
     number of objects per batch varies), so its heaps fragment: the bytes in use stay flat while the free
-    holes between them, which neither setting above ever returns, grow without end (measured:
-    ``benchmarks/serve_memprobe.py``). ``malloc_trim`` gives back whole free pages anywhere in every arena,
+    holes between them, which :func:`keep_freed_memory` never returns, grow for as long as it runs
+    (measured: ``benchmarks/serve_memprobe.py``). ``malloc_trim`` gives back whole free pages anywhere in every arena,
     not only the top; the memory stays reserved, so a later allocation re-faults pages instead of
     growing the heap. Returns False where there is no glibc (nothing done).
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return False
+    trim = libc.malloc_trim
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     trim(0)
@@ -81,15 +93,6 @@ def return_large_blocks(mmap_threshold: int = 1 << 20) -> bool:
     faults of each new block. Setting the threshold also stops glibc from raising it on its own. Returns
     False where there is no glibc, or when ``STATEVAD_MALLOC=default`` asks for glibc's defaults.
     """
-    if os.environ.get(ENV, "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                                    64 << 20))
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 64 << 20))
