@@ -68,9 +68,9 @@ def release_free_memory() -> bool:
     Why: a process that runs for days (``statevad serve``) allocates tensors of ever-changing sizes (the
     number of objects per batch varies), so its heaps fragment: the bytes in use stay flat while the free
     holes between them, which :func:`keep_freed_memory` never returns, grow for as long as it runs
-    (measured: ``benchmarks/serve_memprobe.py``). ``malloc_trim`` gives back whole free pages anywhere in every arena,
-    not only the top; the memory stays reserved, so a later allocation re-faults pages instead of
-    growing the heap. Returns False where there is no glibc (nothing done).
+    (measured: ``benchmarks/serve_memprobe.py``). ``malloc_trim`` gives back whole free pages anywhere in
+    every arena, not only the top; the memory stays reserved, so a later allocation re-faults pages
+    instead of growing the heap. Returns False where there is no glibc (nothing done).
     """
     libc = _glibc()
     if libc is None:
