@@ -241,6 +241,9 @@ def test_non_loopback_bind_needs_a_token(tmp_path, capsys, monkeypatch):
                                ("threshold", "2.0\nfalse_alarms_per_hour = 1.0", "false_alarms_per_hour")):
         cfg.write_text(f'[[camera]]\nname = "a"\nsource = "0"\nmodel = "{model}"\n{field} = {value}\n')
         fails_one_line(["serve", "--config", str(cfg)], capsys, said)
+    cfg.write_text('[serve]\nrelease_memory_s = -1.0\n'
+                   f'[[camera]]\nname = "a"\nsource = "0"\nmodel = "{model}"\n')
+    fails_one_line(["serve", "--config", str(cfg)], capsys, "release_memory_s")
     assert not (tmp_path / "d").exists()  # nothing written by a refused start
     assert os.environ.get("STATEVAD_TOKEN") is None
 

@@ -121,3 +121,17 @@ def test_webhook_retries_then_delivers(tmp_path):
     dead.notify("event.start", {"camera": "a"})
     assert _wait(lambda: dead.failed == 1, 20)  # bounded: 1 + 1 attempts, then given up
     dead.close()
+
+
+def test_memory_releaser_runs_until_stopped():
+    import platform
+
+    from statevad.serve.worker import MemoryReleaser
+
+    r = MemoryReleaser(0.05)
+    r.start()
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert _wait(lambda: r.n_released >= 2 or not glibc, 10)
+    r.stop()
+    r.join(5)
+    assert not r.is_alive()
