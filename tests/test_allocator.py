@@ -60,3 +60,42 @@ def test_freed_memory_is_reused_and_opt_out_keeps_defaults() -> None:
 def test_opt_out_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATEVAD_MALLOC", "default")
     assert keep_freed_memory() is False
+
+
+# A 64 MB block freed after keep_freed_memory stays in the process; after return_large_blocks (what
+# `statevad serve` sets) it goes back to the OS at once, and release_free_memory returns what a heap kept.
+RETURN_PROBE = """
+import json, re, sys
+import numpy as np
+from statevad.allocator import keep_freed_memory, release_free_memory, return_large_blocks
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+keep_freed_memory()
+if sys.argv[1] == "serve":
+    assert return_large_blocks()
+a = np.ones(64 << 20, np.uint8); before = rss(); del a; after_free = rss()
+released = release_free_memory(); after_release = rss()
+print(json.dumps({"before": before, "after_free": after_free, "after_release": after_release,
+                  "released": released}))
+"""
+
+
+@pytest.mark.skipif(not _glibc(), reason="the allocator setting is glibc-specific (Linux); elsewhere a no-op")
+def test_serve_returns_large_blocks_and_releases_free_memory() -> None:
+    def run(mode: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != "STATEVAD_MALLOC"}
+        out = subprocess.run([sys.executable, "-c", RETURN_PROBE, mode], env=env, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    keep, serve = run("keep"), run("serve")
+    assert keep["before"] - keep["after_free"] < 16  # kept in the heap (MB)
+    assert keep["released"] and keep["before"] - keep["after_release"] > 48  # malloc_trim gives it back
+    assert serve["before"] - serve["after_free"] > 48  # mapped, so unmapped when freed
+
+
+def test_serve_opt_out_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statevad.allocator import return_large_blocks
+
+    monkeypatch.setenv("STATEVAD_MALLOC", "default")
+    assert return_large_blocks() is False

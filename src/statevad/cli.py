@@ -401,6 +401,38 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- serve
+def _add_serve(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("serve", help="watch cameras continuously: events in a database, a browser dashboard")
+    p.add_argument("--config", metavar="CAMERAS.toml", default=None,
+                   help="[serve] settings and [[camera]] tables (see docs/SERVE.md)")
+    p.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
+                   help="a camera: index, RTSP/HTTP/MJPEG URL or video file (repeatable; needs --model)")
+    p.add_argument("--model", default=None, help="model file for the --camera cameras")
+    p.add_argument("--loop", action="store_true", help="--camera video files start again at their end")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; any other needs a "
+                   "token)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8780)")
+    p.add_argument("--data", default=None, help="the service's folder: SQLite file and media (default "
+                   "./statevad-serve)")
+    p.add_argument("--database", default=None, metavar="URL",
+                   help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="file holding the API token (else $STATEVAD_TOKEN; required off loopback)")
+    p.add_argument("--webhook", default=None, metavar="URL", help="POST a JSON alert on event start and end")
+    return _run_serve
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from statevad.serve import config
+    from statevad.serve.service import run
+
+    cfg = config.load(args.config, args.camera, args.model,
+                      {"loop": args.loop, "host": args.host, "port": args.port, "data": args.data,
+                       "database": args.database, "webhook": args.webhook, "token_file": args.token_file})
+    return run(cfg)
+
+
 # --------------------------------------------------------------------------------- import-original
 def _add_import_original(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser(
@@ -441,6 +473,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [
     _add_calibrate,
     _add_demo,
     _add_import_original,
+    _add_serve,
 ]
 
 

@@ -179,7 +179,7 @@ def _warn(msg: str) -> None:
     print(f"statevad score: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _check_options(opts: ScoreOptions) -> None:
+def check_options(opts: ScoreOptions) -> None:
     def positive_int(value: object, flag: str, zero_ok: bool = False) -> None:
         if value is None:
             return
@@ -206,6 +206,8 @@ def _check_options(opts: ScoreOptions) -> None:
             raise UserError(f"--fps must be a finite frame rate > 0 (frames per second), got {opts.fps!r}")
     if opts.false_alarms_per_hour is not None:
         check_rate(opts.false_alarms_per_hour)
+        if opts.threshold is not None:
+            raise UserError("give either --threshold or --false-alarms-per-hour, not both")
     try:
         border = float(opts.border_min_px)
     except (TypeError, ValueError):
@@ -300,19 +302,70 @@ def _disk_error(exc: OSError, out: Path) -> UserError:
                      "space or give another --out")
 
 
-def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.PathLike[str],
-          opts: ScoreOptions | None = None, *, config: str | os.PathLike[str] | None = None,
-          sets: list[str] | None = None) -> ScoreResult:
-    """Score ``input_spec`` with the model file; write every output into ``out``; return a summary.
+@dataclass
+class Scorer:
+    """A model file made ready to score with some :class:`ScoreOptions`: the stages (boxes with the border
+    rule, flow, network), the threshold and the event rule of ``statevad score``, built once (the network
+    and the detector are the slow parts). ``statevad serve`` builds its cameras with :func:`build_scorer`
+    too, so the events it stores for a file are the ones this command finds, by construction.
+    """
 
-    The scoring settings are the model's preset ← ``config`` (a TOML file) ← ``sets``
-    (``score.FIELD=VALUE``) ← the settings in ``opts`` (see :mod:`statevad.settings`).
+    model_path: str
+    opts: ScoreOptions
+    ckpt: Any  # statevad.checkpoint.Checkpoint
+    preset: Any  # statevad.config.Preset (the model's, with the settings file, --set and the flags)
+    threshold: float
+    threshold_rule: str
+    notes: list[str]  # warnings about the threshold (a score distribution made with other settings)
+    box_desc: str
+    flow_cfg: Any
+    box_cfg: Any
+    box_spec: str | None
+    detector_sha: str | None
+    flow: FlowEstimator
+    net: Any
+    _boxes: Any = None  # the box stage built with the scorer (a reference-box stage counts frames)
+
+    @property
+    def max_objects(self) -> int | None:
+        return self.opts.max_objects or None
+
+    def boxes(self) -> Any:
+        """The box stage of a new stream, with the border rule (objects cut by the frame border)."""
+        stage, self._boxes = self._boxes, None
+        if stage is None:
+            stage, _ = box_fn(self.box_cfg, self.box_spec, self.detector_sha)
+        if not self.box_desc.startswith("reference boxes"):
+            self._boxes = stage  # detector and motion stages hold no per-stream state: built once
+        # (a reference-box stage counts frames from the stream's start: each stream gets a new one)
+        return skip_border_boxes(stage, float(self.opts.border_min_px))
+
+    def engine(self) -> StreamScorer:
+        """A fresh streaming engine (one per stream: flows never pair frames of two streams)."""
+        sc, cube = self.preset.score, self.preset.cube
+        return StreamScorer(length=cube.length, patch=cube.patch, box_fn=self.boxes(), flow_fn=self.flow,
+                            net_fn=self.net, motion_thr=cube.motion_thr, batch_frames=self.opts.batch_frames,
+                            max_objects=self.max_objects, overlap=sc.overlap, score_every=sc.score_every)
+
+    def event_rule(self, fps: float) -> tuple[int, int]:
+        """(min_gap, min_len) in frames at ``fps``: :class:`statevad.events.EventTracker`'s rules."""
+        return max(1, round(self.opts.min_gap_s * fps)), max(1, round(self.opts.min_len_s * fps))
+
+    def check_input(self, first: np.ndarray, fps: float, spec: str, fps_known: bool = True) -> list[str]:
+        """Warnings for a stream unlike the training footage, or a UserError where its scores would be
+        meaningless (see :func:`statevad.calibration.check_input`; ``allow_mismatch`` relaxes it)."""
+        return check_input(self.ckpt.card, first, fps, spec, allow=self.opts.allow_mismatch,
+                           fps_known=fps_known)
+
+
+def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None = None, *,
+                 config: str | os.PathLike[str] | None = None, sets: list[str] | None = None) -> Scorer:
+    """Load the model file and build what scoring with ``opts`` needs (see :class:`Scorer`).
+
+    The scoring settings are the model's preset ← ``config`` ← ``sets`` ← the settings in ``opts``.
     """
     opts = opts or ScoreOptions()
-    _check_options(opts)
-    out = Path(out)
-    prepare_out(out, opts.overwrite)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
+    check_options(opts)
     model, ckpt = load_checkpoint(model_path, "cpu")
     if not ckpt.stats:
         raise UserError(f"model {model_path} carries no training statistics (needed to z-score the errors): "
@@ -324,20 +377,36 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     model.to(resolve_device(sc.device))
     threshold, rule, notes = choose_threshold(ckpt, sc, float(opts.border_min_px), opts.threshold,
                                               opts.false_alarms_per_hour)
-    for note in notes:
-        _warn(note)
     box_cfg, flow_cfg, box_source, detector_sha = stage_settings(preset, ckpt.work_manifest,
                                                                  f"model file {model_path}")
-    boxes, box_desc = box_fn(box_cfg, opts.boxes or box_source, detector_sha)
-    boxes = skip_border_boxes(boxes, float(opts.border_min_px))  # objects cut by the frame border
-    flow_est = FlowEstimator(flow_cfg)
+    spec = opts.boxes or box_source
+    boxes, box_desc = box_fn(box_cfg, spec, detector_sha)
     if sc.w_motion:
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
     net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size))
-    cap = opts.max_objects or None
-    engine = StreamScorer(length=preset.cube.length, patch=preset.cube.patch, box_fn=boxes, flow_fn=flow_est,
-                          net_fn=net, motion_thr=preset.cube.motion_thr, batch_frames=opts.batch_frames,
-                          max_objects=cap, overlap=sc.overlap, score_every=sc.score_every)
+    return Scorer(str(model_path), opts, ckpt, preset, threshold, rule, notes, box_desc, flow_cfg, box_cfg,
+                  spec, detector_sha, FlowEstimator(flow_cfg), net, boxes)
+
+
+def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.PathLike[str],
+          opts: ScoreOptions | None = None, *, config: str | os.PathLike[str] | None = None,
+          sets: list[str] | None = None) -> ScoreResult:
+    """Score ``input_spec`` with the model file; write every output into ``out``; return a summary.
+
+    The scoring settings are the model's preset ← ``config`` (a TOML file) ← ``sets``
+    (``score.FIELD=VALUE``) ← the settings in ``opts`` (see :mod:`statevad.settings`).
+    """
+    opts = opts or ScoreOptions()
+    check_options(opts)
+    out = Path(out)
+    prepare_out(out, opts.overwrite)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    scorer = build_scorer(model_path, opts, config=config, sets=sets)
+    for note in scorer.notes:
+        _warn(note)
+    ckpt, preset, sc, threshold = scorer.ckpt, scorer.preset, scorer.preset.score, scorer.threshold
+    engine = scorer.engine()
+    cap = scorer.max_objects
 
     src = open_source(input_spec, strict=False)
     if opts.fps:
@@ -357,10 +426,9 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         total = min(total, opts.max_frames) if total else opts.max_frames
     end = {"reason": "end of input"}
     fps_known = bool(opts.fps) or valid_fps(getattr(src, "fps", None)) is not None
-    frames, mismatch = _checked_frames(src, end, ckpt.card, fps, str(input_spec), opts.allow_mismatch,
-                                       fps_known)
-    sink = Outputs(out, threshold, fps, max(1, round(opts.min_gap_s * fps)),
-                   max(1, round(opts.min_len_s * fps)), video=opts.video, model_card=model_card(ckpt))
+    frames, mismatch = _checked_frames(src, end, scorer, fps, str(input_spec), fps_known)
+    sink = Outputs(out, threshold, fps, *scorer.event_rule(fps), video=opts.video,
+                   model_card=model_card(ckpt))
     # a live source is read in its own thread and thinned evenly when scoring falls behind; a file never
     reader = LiveReader(frames, fps=valid_fps(getattr(src, "fps", None))) \
         if isinstance(src, LiveSource) else None
@@ -387,12 +455,12 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         summary = {
             "input": str(input_spec), "model": str(model_path), "frames scored": len(sink.scores),
             "objects scored": sink.n_objects, "fps (input)": round(fps, 3),
-            "threshold": round(threshold, 4), "threshold rule": rule,
+            "threshold": round(threshold, 4), "threshold rule": scorer.threshold_rule,
             "border rule": (f"boxes touching the frame border with a side under {opts.border_min_px:g} px "
                             "are not scored" if opts.border_min_px else "off"),
             "perturbation epsilon": sc.epsilon, "w_raw": sc.w_raw, "w_flow": sc.w_flow,
-            "w_motion": sc.w_motion, "boxes": box_desc,
-            "flow": flow_cfg.method, "cube length": preset.cube.frames, "ended": end["reason"],
+            "w_motion": sc.w_motion, "boxes": scorer.box_desc,
+            "flow": scorer.flow_cfg.method, "cube length": preset.cube.frames, "ended": end["reason"],
         }
         if mismatch:
             summary["input vs training footage"] = mismatch
@@ -431,23 +499,24 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
                         "before it")
     engine.timing["outputs"] += time.perf_counter() - t0
     wall = time.perf_counter() - wall0
-    return ScoreResult(out, len(sink.scores), sink.n_objects, threshold, rule, sink.found, end["reason"],
+    return ScoreResult(out, len(sink.scores), sink.n_objects, threshold, scorer.threshold_rule, sink.found,
+                       end["reason"],
                        dict(engine.timing), wall, doc.get("AUROC (frame, --labels)"),
                        time.process_time() - cpu0, np.asarray(sink.scores, np.float64), sig.exit_code,
                        engine.n_capped, latency_summary(feed.latencies),
                        reader.n_dropped if reader is not None else 0, time.perf_counter() - loop0)
 
 
-def _checked_frames(src: Any, end: dict[str, str], card: dict[str, Any] | None, fps: float, spec: str,
-                    allow: bool, fps_known: bool = True) -> tuple[Iterator[np.ndarray], list[str]]:
+def _checked_frames(src: Any, end: dict[str, str], scorer: Scorer, fps: float, spec: str,
+                    fps_known: bool = True) -> tuple[Iterator[np.ndarray], list[str]]:
     """The source's frames, the first one compared with the model card first (warnings, or a refusal
-    before any output exists); see :func:`statevad.calibration.check_input`."""
+    before any output exists); see :meth:`Scorer.check_input`."""
     frames = _frames(src, end)
     first = next(frames, None)
     if first is None:
         return iter(()), []
     try:
-        notes = check_input(card, first, fps, spec, allow=allow, fps_known=fps_known)
+        notes = scorer.check_input(first, fps, spec, fps_known=fps_known)
     except UserError:
         _close_source(src)
         raise

@@ -82,6 +82,9 @@ class LiveReader:
     max_stride: int = 1
     max_queued: int = 0
     error: BaseException | None = None  # what ended the source, if it raised (re-raised by nothing)
+    # False: count the dropped frames without keeping their indices (a service reading a camera for weeks
+    # would otherwise keep one int per dropped frame, and re-sort the list on every thinning)
+    keep_dropped: bool = True
 
     def __post_init__(self) -> None:
         if self.max_queue < 2:
@@ -96,6 +99,7 @@ class LiveReader:
         self._busy = _Ema()
         self._thread = threading.Thread(target=self._read, name="statevad-live-reader", daemon=True)
         self._started = False
+        self._n_dropped = 0
 
     # -- the reader thread ---------------------------------------------------------------------
     def _read(self) -> None:
@@ -121,12 +125,12 @@ class LiveReader:
         self._last_arrival = now
         self.stride = self._wanted_stride()
         if self._last_kept is not None and i - self._last_kept < self.stride:
-            self.dropped.append(i)
+            self._drop([i])
             return
         if len(self._queue) >= self.max_queue:
             self._thin()
             if self._last_kept is not None and i - self._last_kept < self.stride:
-                self.dropped.append(i)
+                self._drop([i])
                 return
         self._queue.append(LiveFrame(i, now, frame))
         self._last_kept = i
@@ -146,8 +150,9 @@ class LiveReader:
         kept = list(self._queue)
         keep = kept[len(kept) - 1::-2][::-1]  # the newest and every second one before it
         gone = sorted({f.index for f in kept} - {f.index for f in keep})
-        self.dropped.extend(gone)
-        self.dropped.sort()  # a thinned frame is older than the frames dropped by the stride since
+        self._drop(gone)
+        if self.keep_dropped:
+            self.dropped.sort()  # a thinned frame is older than the frames dropped by the stride since
         self._queue = deque(keep)
         self.stride *= 2
         self.max_stride = max(self.max_stride, self.stride)
@@ -174,9 +179,14 @@ class LiveReader:
             handed = self.clock()
             yield item
 
+    def _drop(self, indices: list[int]) -> None:
+        self._n_dropped += len(indices)
+        if self.keep_dropped:
+            self.dropped.extend(indices)
+
     @property
     def n_dropped(self) -> int:
-        return len(self.dropped)
+        return self._n_dropped
 
     @property
     def waiting(self) -> int:
