@@ -14,7 +14,7 @@ from helpers import tiny_model
 from serve_fixtures import CHROMIUM, Served, free_port, serve_mjpeg, stop_mjpeg
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is absent: apt-get install chromium (Playwright must not download a browser)",
                 allow_module_level=True)
@@ -38,7 +38,8 @@ def _get(url: str) -> object:
         return json.loads(r.read())
 
 
-def test_serve_dashboard_end_to_end(tmp_path, synthetic_video_root):
+def test_serve_dashboard_end_to_end(tmp_path, synthetic_video_root, chromium_browser):
+    # the session's browser (tests/browser.py): a second sync_playwright() in one process is refused
     from statevad.io import read_frames
 
     model = tiny_model(tmp_path / "tiny.pt")
@@ -51,49 +52,47 @@ def test_serve_dashboard_end_to_end(tmp_path, synthetic_video_root):
     served = Served(cfg, port, tmp_path / "serve.log")
     try:
         served.wait_ready()
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-            # the page forbids eval (CSP); the test's own probes need it
-            page = browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-            page.goto(served.url + "/")
-            page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=30_000)
-            # live scores update: each camera's newest scored frame moves on, through the SSE stream
-            for cam in ("video1", "video2", "mjpeg"):
-                sel = f".tile[data-camera='{cam}']"
-                page.wait_for_function(f"Number(document.querySelector(\"{sel}\").dataset.frames) > 0",
-                                       timeout=90_000)
-                first = int(page.get_attribute(sel, "data-frames"))
-                page.wait_for_function(
-                    f"Number(document.querySelector(\"{sel}\").dataset.frames) > {first}", timeout=60_000)
-            page.wait_for_function("document.querySelector('.tile img.live').naturalWidth > 0",
-                                   timeout=30_000)
-            # an event appears, with its thumbnail
-            page.wait_for_function("[...document.querySelectorAll('#events tr.event img.thumb')]"
-                                   ".some(i => i.complete && i.naturalWidth > 0)", timeout=120_000)
-            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
-            event_id = int(page.locator("#events tr.event").first.get_attribute("data-id"))
-            row = page.locator(f"#events tr.event[data-id='{event_id}']")  # the list grows while we look
-            # its clip plays in the browser, its crops load
-            row.locator("img.thumb").click()
-            page.wait_for_function("(() => { const v = document.getElementById('clip');"
-                                   " return v.readyState >= 2 && v.duration > 0 && !v.error; })()",
-                                   timeout=30_000)
-            page.wait_for_function("[...document.querySelectorAll('#crops img')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
-            page.screenshot(path=str(shots / "event.png"), full_page=True)
-            # acknowledge it
-            row.locator("button.ack").click()
-            page.wait_for_selector(f"#events tr.event.acked[data-id='{event_id}']", timeout=15_000)
-            ev = _get(f"{served.url}/api/events/{event_id}")
-            assert ev["acked"] and ev["acked_by"] == "operator" and ev["peak_frame"] >= ev["start_frame"]
-            # restart: SIGTERM flushes and exits 0; the new process finds the event, still acknowledged
-            assert served.stop() == 0, served.log.read_text()
-            served = Served(cfg, port, tmp_path / "serve.log")
-            served.wait_ready()
-            page.goto(served.url + "/")
-            page.wait_for_selector(f"#events tr.event.acked[data-id='{event_id}'] img.thumb", timeout=30_000)
-            page.screenshot(path=str(shots / "after_restart.png"), full_page=True)
-            browser.close()
+        # the page forbids eval (CSP); the test's own probes need it
+        page = chromium_browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+        page.goto(served.url + "/")
+        page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=30_000)
+        # live scores update: each camera's newest scored frame moves on, through the SSE stream
+        for cam in ("video1", "video2", "mjpeg"):
+            sel = f".tile[data-camera='{cam}']"
+            page.wait_for_function(f"Number(document.querySelector(\"{sel}\").dataset.frames) > 0",
+                                   timeout=90_000)
+            first = int(page.get_attribute(sel, "data-frames"))
+            page.wait_for_function(
+                f"Number(document.querySelector(\"{sel}\").dataset.frames) > {first}", timeout=60_000)
+        page.wait_for_function("document.querySelector('.tile img.live').naturalWidth > 0",
+                               timeout=30_000)
+        # an event appears, with its thumbnail
+        page.wait_for_function("[...document.querySelectorAll('#events tr.event img.thumb')]"
+                               ".some(i => i.complete && i.naturalWidth > 0)", timeout=120_000)
+        page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+        event_id = int(page.locator("#events tr.event").first.get_attribute("data-id"))
+        row = page.locator(f"#events tr.event[data-id='{event_id}']")  # the list grows while we look
+        # its clip plays in the browser, its crops load
+        row.locator("img.thumb").click()
+        page.wait_for_function("(() => { const v = document.getElementById('clip');"
+                               " return v.readyState >= 2 && v.duration > 0 && !v.error; })()",
+                               timeout=30_000)
+        page.wait_for_function("[...document.querySelectorAll('#crops img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
+        page.screenshot(path=str(shots / "event.png"), full_page=True)
+        # acknowledge it
+        row.locator("button.ack").click()
+        page.wait_for_selector(f"#events tr.event.acked[data-id='{event_id}']", timeout=15_000)
+        ev = _get(f"{served.url}/api/events/{event_id}")
+        assert ev["acked"] and ev["acked_by"] == "operator" and ev["peak_frame"] >= ev["start_frame"]
+        # restart: SIGTERM flushes and exits 0; the new process finds the event, still acknowledged
+        assert served.stop() == 0, served.log.read_text()
+        served = Served(cfg, port, tmp_path / "serve.log")
+        served.wait_ready()
+        page.goto(served.url + "/")
+        page.wait_for_selector(f"#events tr.event.acked[data-id='{event_id}'] img.thumb", timeout=30_000)
+        page.screenshot(path=str(shots / "after_restart.png"), full_page=True)
+        page.close()
         again = _get(f"{served.url}/api/events/{event_id}")
         assert again == ev
     finally:
