@@ -15,13 +15,13 @@ import json
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from ped2 import _git_commit  # the Ped2 benchmarks' commit + dirty flag
 
 from statevad.checkpoint import load_checkpoint
 from statevad.model import inference_copy
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in times.items()}
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text().split("flags")[1].split("\n")[0] if cpuinfo.exists() else ""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    out = {"benchmark": "net-speed", "command": "python " + shlex.join(sys.argv), "commit": commit,
+    out = {"benchmark": "net-speed", "command": "python " + shlex.join(sys.argv), "commit": _git_commit(),
            "model": args.model, "threads": args.threads, "rounds": args.rounds,
            "machine": {"platform": platform.platform(), "torch": torch.__version__,
                        "native_bf16": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))},

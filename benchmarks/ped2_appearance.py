@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,11 +35,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ped2 import _git_commit  # noqa: E402  (the Ped2 benchmarks' commit + dirty flag)
+
 from statevad.boxes import Detector  # noqa: E402
 from statevad.checkpoint import load_checkpoint  # noqa: E402
 from statevad.io import read_frames  # noqa: E402
 from statevad.metrics import clip_bounds, evaluate  # noqa: E402
 from statevad.scoring import frame_scores  # noqa: E402
+from statevad.stream.tracking import iou_matrix  # noqa: E402
 from statevad.workdir import open_split  # noqa: E402
 
 CLASS_IOU = 0.3  # a dense cell describes a box when their IoU exceeds this (fixed before any run)
@@ -82,19 +84,6 @@ def latent_features(model, raw: np.ndarray, batch: int = 512) -> dict[str, np.nd
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-
-    def area(z: np.ndarray) -> np.ndarray:
-        return (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])
-
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
-
-
 def class_features(split, detector: Detector) -> np.ndarray:
     """(N cubes, 80): per class, the best score of the detector cells overlapping the cube's box."""
     feats = np.zeros((len(split.box), 80), np.float32)
@@ -112,7 +101,8 @@ def class_features(split, detector: Detector) -> np.ndarray:
             cell_boxes, cell_scores = detector.cells(frames[t])
             if not len(cell_boxes):
                 continue
-            over = _iou(np.asarray(split.box[idx], np.float32), cell_boxes) > CLASS_IOU  # (boxes, cells)
+            # (boxes, cells)
+            over = iou_matrix(np.asarray(split.box[idx], np.float32), cell_boxes) > CLASS_IOU
             for j, i in enumerate(idx):
                 if over[j].any():
                     feats[i] = cell_scores[over[j]].max(0)
@@ -197,12 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     count = {name: float(np.corrcoef(frame_scores(te.frame, z, n_frames)[normal], n_per[normal])[0, 1])
              for name, z in (("speed", z_speed), ("STATE", z_raw + z_flow))}
 
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    result = {"benchmark": "ped2-appearance", "command": "python " + shlex.join(sys.argv), "commit": commit,
+    result = {"benchmark": "ped2-appearance", "command": "python " + shlex.join(sys.argv),
+              "commit": _git_commit(),
               "run": str(run), "settings": {"fit_sample": args.fit_sample, "class_iou": CLASS_IOU,
                                             "held_out_clips": "index % 8 == 7", "epsilon": 0.0},
               "chosen_on_test_labels": [],

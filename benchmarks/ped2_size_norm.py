@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from ped2 import _git_commit  # noqa: E402  (the Ped2 benchmarks' commit + dirty flag)
 
 from statevad.checkpoint import load_checkpoint  # noqa: E402
 from statevad.metrics import clip_bounds, evaluate  # noqa: E402
@@ -74,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         ("raw + flow, both size-normalised", z["raw_size"] + z["flow_size"]),
         ("raw size-normalised + flow + speed", z["raw_size"] + z["flow"] + z["speed"]),
         ("speed (no learning)", z["speed"]))}
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    out = {"benchmark": "ped2-size-norm", "command": "python " + shlex.join(sys.argv), "commit": commit,
+    out = {"benchmark": "ped2-size-norm", "command": "python " + shlex.join(sys.argv),
+           "commit": _git_commit(),
            "run": args.run,
            "settings": {"epsilon": 0.0, "fit": "log error = a + b log height, training subsample",
                         "z": "held-out clips 08, 16"},
