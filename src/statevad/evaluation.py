@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from statevad.appearance import appearance_term
 from statevad.checkpoint import load_checkpoint
 from statevad.errors import UserError
 from statevad.files import atomic_path, atomic_write_json
@@ -164,7 +165,11 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     motion = cube_motion(test.flow)
     has_motion_stats = all(k in st for k in MOTION_KEYS) and st["motion_std"] > 0
     z_motion = motion_zscore(motion, st) if cfg.w_motion or has_motion_stats else None
-    cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion)
+    # the appearance term's z-scores are reported whenever the model and the cubes allow them
+    z_app = appearance_term(ckpt.appearance, test.classes, cfg.w_appearance or 1.0, f"{work}") if (
+        cfg.w_appearance or (ckpt.appearance is not None and test.classes is not None)) else None
+    cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion, z_app,
+                         cfg.w_appearance)
     frames = smooth(frame_scores(test.frame, cube_score, test.n_frames), cfg.smooth_sigma, bounds)
 
     # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
@@ -172,6 +177,8 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     cols = {"e_raw": e_raw, "e_flow": e_flow, "z_raw": z_raw, "z_flow": z_flow, "motion": motion}
     if has_motion_stats:
         cols["z_motion"] = z_motion
+    if z_app is not None:
+        cols["z_appearance"] = z_app
     cols["score"] = cube_score
     write_object_csv(out_dir / "objects.csv", test, bounds, cols)
     result = evaluate(frames, test.labels, bounds)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from statevad.boxes import BoxExtractor
 from statevad.calibration import (
     BORDER_MIN_PX,
     EVENT_MIN_GAP_S,
@@ -47,7 +48,7 @@ from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
 from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
-from statevad.stream.stages import box_fn, net_fn, stage_settings
+from statevad.stream.stages import DescribedBoxes, box_fn, net_fn, stage_settings
 from statevad.tensors import resolve_device
 
 # Objects scored per frame at most: a busy scene can give a thousand boxes a frame (each one a cube through
@@ -334,7 +335,7 @@ class Scorer:
         """The box stage of a new stream, with the border rule (objects cut by the frame border)."""
         stage, self._boxes = self._boxes, None
         if stage is None:
-            stage, _ = box_fn(self.box_cfg, self.box_spec, self.detector_sha)
+            stage, _ = box_stage(self.box_cfg, self.box_spec, self.detector_sha, self.preset.score)
         if not self.box_desc.startswith("reference boxes"):
             self._boxes = stage  # detector and motion stages hold no per-stream state: built once
         # (a reference-box stage counts frames from the stream's start: each stream gets a new one)
@@ -356,6 +357,18 @@ class Scorer:
         meaningless (see :func:`statevad.calibration.check_input`; ``allow_mismatch`` relaxes it)."""
         return check_input(self.ckpt.card, first, fps, spec, allow=self.opts.allow_mismatch,
                            fps_known=fps_known)
+
+
+def box_stage(box_cfg: Any, spec: str | None, detector_sha: str | None, sc: Any) -> tuple[Any, str]:
+    """The box stage (:func:`statevad.stream.stages.box_fn`), giving class descriptions with the boxes
+    when the score has an appearance term (a one-line error where the boxes cannot carry them)."""
+    stage, desc = box_fn(box_cfg, spec, detector_sha)
+    if not sc.w_appearance:
+        return stage, desc
+    if not isinstance(stage, BoxExtractor):
+        raise UserError(f"score.w_appearance is set but the boxes are {desc}, which carry no class "
+                        "descriptions: score with detector boxes or --set score.w_appearance=0")
+    return DescribedBoxes(stage), desc
 
 
 def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None = None, *,
@@ -380,10 +393,10 @@ def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None =
     box_cfg, flow_cfg, box_source, detector_sha = stage_settings(preset, ckpt.work_manifest,
                                                                  f"model file {model_path}")
     spec = opts.boxes or box_source
-    boxes, box_desc = box_fn(box_cfg, spec, detector_sha)
+    boxes, box_desc = box_stage(box_cfg, spec, detector_sha, sc)
     if sc.w_motion:
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
-    net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size))
+    net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size), ckpt.appearance)
     return Scorer(str(model_path), opts, ckpt, preset, threshold, rule, notes, box_desc, flow_cfg, box_cfg,
                   spec, detector_sha, FlowEstimator(flow_cfg), net, boxes)
 

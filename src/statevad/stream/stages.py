@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from statevad.boxes import BoxExtractor, bundled_detector, load_reference_boxes
+from statevad.appearance import AppearanceModel, appearance_term
+from statevad.boxes import N_CLASSES, BoxExtractor, bundled_detector, load_reference_boxes
 from statevad.config import BoxConfig, FlowConfig, Preset, ScoreConfig
 from statevad.errors import UserError
 from statevad.files import sha256_file
@@ -91,17 +92,48 @@ def _reference_boxes(path: Path) -> list[np.ndarray]:
     return load_reference_boxes(path, None)
 
 
-def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_batch: int) -> NetFn:
+def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_batch: int,
+           appearance: AppearanceModel | None = None) -> NetFn:
     """The network stage: perturbed errors of a batch of cubes (``max_batch`` at a time) and their fused
-    score with ``score``'s epsilon and weights, on the BatchNorm-folded copy of ``model``."""
+    score with ``score``'s epsilon and weights, on the BatchNorm-folded copy of ``model``. With
+    ``score.w_appearance`` it takes the boxes' class descriptions too (``classes=``, from
+    :class:`DescribedBoxes`) and adds ``appearance``'s z-scores."""
     model = inference_copy(model)  # BatchNorm folded into the convolutions: same numbers, less work
+
+    def errors(raw: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [perturbed_errors(model, raw[a:a + max_batch], flow[a:a + max_batch], epsilon=score.epsilon,
+                                  bf16=score.bf16) for a in range(0, len(raw), max_batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def net(raw: np.ndarray, flow: np.ndarray,
             speed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = [perturbed_errors(model, raw[a:a + max_batch], flow[a:a + max_batch], epsilon=score.epsilon,
-                                  bf16=score.bf16) for a in range(0, len(raw), max_batch)]
-        e_raw = np.concatenate([p[0] for p in parts])
-        e_flow = np.concatenate([p[1] for p in parts])
+        e_raw, e_flow = errors(raw, flow)
         return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion)
 
+    def net_appearance(raw: np.ndarray, flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e_raw, e_flow = errors(raw, flow)
+        z_app = appearance_term(appearance, classes, score.w_appearance, "the box stage")
+        return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion,
+                                   z_app, score.w_appearance)
+
+    if score.w_appearance:
+        appearance_term(appearance, np.zeros((0, N_CLASSES), np.float32), score.w_appearance, "")  # fail now
+        return net_appearance
     return net
+
+
+class DescribedBoxes:
+    """A box stage that also gives each box's class description (for the appearance term): wraps a
+    :class:`statevad.boxes.BoxExtractor` whose detector runs (the descriptions come from the same pass)."""
+
+    def __init__(self, extractor: BoxExtractor) -> None:
+        if not extractor.describes:
+            raise UserError("score.w_appearance is set but the boxes do not come from the detector (source "
+                            f"{extractor.source!r}), so they carry no class descriptions: score with "
+                            "--set score.w_appearance=0")
+        self.extractor = extractor
+
+    def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return self.extractor.with_classes(f_prev, f_cur, f_next)
