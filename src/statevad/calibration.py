@@ -253,6 +253,17 @@ def border_keep(boxes: np.ndarray, size_hw: tuple[int, int], min_px: float,
     return ~(touch & small)
 
 
+def check_border_min_px(value: object) -> float:
+    """``--border-min-size`` as a float, or a one-line :class:`UserError` (``score``, ``test``)."""
+    try:
+        border = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        border = math.nan
+    if not (math.isfinite(border) and 0 <= border <= 1e4):
+        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got {value!r}")
+    return border
+
+
 def skip_border_boxes(box_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
                       min_px: float) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """A box stage that drops what :func:`border_keep` skips (``min_px`` 0: the stage unchanged)."""

@@ -29,6 +29,7 @@ from statevad.calibration import (
     BORDER_MIN_PX,
     EVENT_MIN_GAP_S,
     EVENT_MIN_LEN_S,
+    check_border_min_px,
     check_input,
     check_rate,
     choose_threshold,
@@ -208,13 +209,7 @@ def check_options(opts: ScoreOptions) -> None:
         check_rate(opts.false_alarms_per_hour)
         if opts.threshold is not None:
             raise UserError("give either --threshold or --false-alarms-per-hour, not both")
-    try:
-        border = float(opts.border_min_px)
-    except (TypeError, ValueError):
-        border = math.nan
-    if not (math.isfinite(border) and 0 <= border <= 1e4):
-        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got "
-                        f"{opts.border_min_px!r}")
+    check_border_min_px(opts.border_min_px)
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
