@@ -373,7 +373,11 @@ class BoxExtractor:
         return remove_covered(dets, self.cfg.cover_thr)
 
     def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray) -> np.ndarray:
-        app = self.appearance(f_cur)
+        return self.with_motion(f_prev, f_cur, f_next, self.appearance(f_cur))
+
+    def with_motion(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray,
+                    app: np.ndarray) -> np.ndarray:
+        """The detections ``app`` followed by the motion boxes outside them (when the source has motion)."""
         if "motion" not in self.source:
             return app
         mot = motion_boxes(f_prev, f_cur, f_next, app, self.cfg)

@@ -48,7 +48,7 @@ from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
 from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
-from statevad.stream.stages import box_fn, net_fn, stage_settings
+from statevad.stream.stages import box_fn, net_fn, sparse_detector, stage_settings
 from statevad.tensors import resolve_device
 
 # Objects scored per frame at most: a busy scene can give a thousand boxes a frame (each one a cube through
@@ -332,7 +332,9 @@ class Scorer:
             stage, _ = box_fn(self.box_cfg, self.box_spec, self.detector_sha)
         if not self.box_desc.startswith("reference boxes"):
             self._boxes = stage  # detector and motion stages hold no per-stream state: built once
-        # (a reference-box stage counts frames from the stream's start: each stream gets a new one)
+        # (a reference-box stage counts frames from the stream's start: each stream gets a new one; the
+        # detector-every-k-th-frame wrapper keeps the last detections: a new one per stream, same detector)
+        stage = sparse_detector(stage, self.preset.score.detect_every)
         return skip_border_boxes(stage, float(self.opts.border_min_px))
 
     def engine(self) -> StreamScorer:
@@ -460,6 +462,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         if mismatch:
             summary["input vs training footage"] = mismatch
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
+        if sc.detect_every > 1:
+            summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
         if sc.score_every > 1:
             summary["objects scored every k-th frame"] = sc.score_every
             summary["objects carried (score from the track's last scored frame)"] = engine.n_carried

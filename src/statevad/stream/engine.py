@@ -40,7 +40,8 @@ from statevad.stream.tracking import IouTracker
 from statevad.tensors import cube_motion
 
 # (prev, cur, next) -> (n, 4); a box callable that also takes ``flow_prev=`` (the flow prev -> cur, None at
-# the first frame) gets it from the engine (the detector-every-k-th-frame stage moves boxes with it).
+# the first frame) and/or ``index=`` (the frame's index in the stream) gets them from the engine (the
+# detector-every-k-th-frame stage, stream.stages.SparseDetector, moves boxes with the flow).
 BoxFn = Callable[..., np.ndarray]
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64) -> (e_raw, e_flow, fused) each (N,)
@@ -98,12 +99,17 @@ class _Flight:
     future: Future[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def accepts_flow(fn: Callable[..., object]) -> bool:
-    """Whether a box callable takes the ``flow_prev`` keyword."""
+def accepts(fn: Callable[..., object], name: str) -> bool:
+    """Whether a box callable takes the keyword ``name`` (``flow_prev``, ``index``)."""
     try:
-        return "flow_prev" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def accepts_flow(fn: Callable[..., object]) -> bool:
+    """Whether a box callable takes the ``flow_prev`` keyword."""
+    return accepts(fn, "flow_prev")
 
 
 class StreamScorer:
@@ -155,7 +161,8 @@ class StreamScorer:
         self._ready: list[FrameResult] = []  # final results a failed call could not hand over yet
         self._finished = False
         self._last_done = False  # finish(): the last frame's flow and boxes are known
-        self._box_flow = accepts_flow(box_fn)
+        self._box_flow = accepts(box_fn, "flow_prev")
+        self._box_index = accepts(box_fn, "index")
         self.score_every = score_every
         self._tracker = IouTracker(track_iou) if score_every > 1 else None
         self._scheduled: dict[int, int] = {}  # track id -> last target frame sent through the network
@@ -275,7 +282,9 @@ class StreamScorer:
                                  f"{(*f_cur.shape[:2], 2)}")
         t1 = time.perf_counter()
         prev = self._frames[max(t - 1, 0)]
-        extra = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
+        extra: dict[str, object] = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
+        if self._box_index:
+            extra["index"] = t
         raw = np.asarray(self.box_fn(prev, f_cur, f_nxt, **extra), np.float32)
         if raw.size % 4:
             raise StageError(f"frame {t}: the box source returned an array of shape {raw.shape}, "

@@ -20,6 +20,7 @@ from statevad.model import inference_copy
 from statevad.scoring import fuse, perturbed_errors
 from statevad.settings import recorded_stages
 from statevad.stream.engine import BoxFn, NetFn
+from statevad.stream.tracking import flow_shift
 
 
 def detector_file(recorded: str | None, sha256: str | None) -> Path:
@@ -62,6 +63,47 @@ def box_fn(cfg: BoxConfig, spec: str | None, detector_sha256: str | None = None)
         cfg = dataclasses.replace(cfg, detector_path=str(detector_file(cfg.detector_path, detector_sha256)))
     ext = BoxExtractor(cfg, spec)
     return ext, f"{ext.source} ({ext.reason})"
+
+
+class SparseDetector:
+    """A box stage that runs the detector on every ``every``-th frame only (issue 20: the detector is most of
+    a frame's cost once the network is cheap). On the frames in between, the previous frame's detections are
+    moved by the optical flow t-1 -> t inside each box (:func:`statevad.stream.tracking.flow_shift`, clipped
+    to the frame); the motion boxes (spec 3.3) are still found on every frame, outside those detections.
+
+    The engine passes ``flow_prev`` and the frame ``index``; the detections are kept per index (this frame's
+    and the one before), so a frame whose step failed and is pushed again gets the same boxes. The detector
+    runs on frame 0, on every index divisible by ``every``, and whenever the previous frame's detections or
+    the flow are missing. ``every`` 1: the wrapped extractor's boxes, exactly.
+    """
+
+    def __init__(self, ext: BoxExtractor, every: int) -> None:
+        self.ext, self.every = ext, int(every)
+        self._app: dict[int, np.ndarray] = {}
+        self.n_detected = 0  # frames the detector ran on
+        self.n_moved = 0  # frames whose detections were moved by the flow
+
+    def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray,
+                 flow_prev: np.ndarray | None = None, index: int | None = None) -> np.ndarray:
+        last = self._app.get(index - 1) if index is not None else None
+        if index is None or index % self.every == 0 or last is None or flow_prev is None:
+            app = self.ext.appearance(f_cur)
+            self.n_detected += 1
+        else:
+            app = flow_shift(last, flow_prev)
+            self.n_moved += 1
+        boxes = self.ext.with_motion(f_prev, f_cur, f_next, app)
+        if index is not None:
+            self._app = {k: v for k, v in ((index - 1, last), (index, app)) if v is not None}
+        return boxes
+
+
+def sparse_detector(stage: BoxFn, every: int) -> BoxFn:
+    """``stage`` with its detector run every ``every``-th frame (:class:`SparseDetector`); unchanged when
+    ``every`` is 1 or the stage has no detector (motion boxes, reference boxes)."""
+    if every <= 1 or not isinstance(stage, BoxExtractor) or stage.detector is None:
+        return stage
+    return SparseDetector(stage, every)
 
 
 def stage_settings(preset: Preset, work_manifest: dict[str, Any] | None, where: str
