@@ -195,12 +195,13 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
                                                                                got.values()), 1)}
             if len(got) == len(chosen):
                 s = np.concatenate([got[i]["scores"] for i in chosen])
-                row.update(micro_auroc=round(float(frame_auroc(labels, s)), 5), frames=int(len(s)))
+                auc = frame_auroc(labels, s)  # None: one class only (a --clips subset)
+                row.update(micro_auroc=None if auc is None else round(float(auc), 5), frames=int(len(s)))
             out[name] = row
         test = out.get("statevad test", {}).get("micro_auroc")
         if test is not None:
             for name in args.configs:
-                if "micro_auroc" in out[name]:
+                if out[name].get("micro_auroc") is not None:
                     d = 100 * (out[name]["micro_auroc"] - test)
                     out[name]["points_vs_statevad_test"] = round(d, 2)
                     out[name]["within_0.3_points_of_statevad_test"] = bool(abs(d) <= 0.3)
