@@ -4,6 +4,9 @@ and their frame scores compared frame by frame (both with their default border r
 
     OMP_NUM_THREADS=1 python benchmarks/test_vs_score.py --model MODEL --work /tmp/w_ped2 --clip 03 \\
         --out benchmarks/results/test-vs-score-clip03.json
+
+or, from the output folders of two earlier commands (``statevad test --work W --model M --clips 03 --out T``
+and ``statevad score .../03.mkv --model M --out S``), ``--compare T S`` (nothing is scored again).
 """
 
 from __future__ import annotations
@@ -33,13 +36,46 @@ def _scores(path: Path) -> np.ndarray:
         return np.array([float(r["score"]) for r in csv.DictReader(fh)])
 
 
+def compare(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import json
+
+    t, sc = Path(args.compare[0]), Path(args.compare[1])
+    a, b = _scores(t / "scores.csv"), _scores(sc / "scores.csv")
+    m = json.loads((t / "metrics.json").read_text())
+    ev = json.loads((sc / "events.json").read_text())
+    with open(t / "objects.csv", newline="") as fh:
+        counted = sum(int(r["scored"]) for r in csv.DictReader(fh))
+    diff = np.abs(a - b) if len(a) == len(b) else None
+    doc = {"benchmark": "test-vs-score",
+           "command": "python benchmarks/test_vs_score.py "
+                      + shlex.join(argv if argv is not None else sys.argv[1:]),
+           "git_commit": _git_commit(), "model": m["model"], "clips": m["clips"], "chosen_on_test_labels": [],
+           "statevad test": {"frames": int(len(a)), "cubes": m["n_cubes"], "cubes_counted": counted,
+                             "border_rule": m["border_rule"], "micro_auroc": m["micro_auroc"]},
+           "statevad score": {"frames": ev["frames scored"], "objects_scored": ev["objects scored"],
+                              "border_rule": ev["border rule"], "input": ev["input"]},
+           "frame_score_max_abs_difference": None if diff is None else round(float(diff.max()), 7),
+           "frames_differing_by_more_than_1e-3": None if diff is None else int((diff > 1e-3).sum()),
+           "note": "score's scores.csv holds 4 decimals, test's 6 significant digits: differences up to 5e-5 "
+                   "are that rounding"}
+    atomic_write_json(args.out, doc)
+    print({k: doc[k] for k in ("frame_score_max_abs_difference", "frames_differing_by_more_than_1e-3")})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--work", required=True, help="a prepared Ped2 work dir (statevad prepare)")
+    ap.add_argument("--model")
+    ap.add_argument("--work", help="a prepared Ped2 work dir (statevad prepare)")
     ap.add_argument("--clip", default="03")
+    ap.add_argument("--compare", nargs=2, metavar=("TEST_OUT", "SCORE_OUT"),
+                    help="compare earlier `statevad test --clips CLIP` and `statevad score` outputs")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args, argv)
+    if not (args.model and args.work):
+        ap.error("--model and --work are needed (or --compare)")
     doc: dict[str, Any] = {
         "benchmark": "test-vs-score",
         "command": "python benchmarks/test_vs_score.py "
