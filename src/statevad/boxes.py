@@ -407,9 +407,11 @@ class BoxExtractor:
         return self.detector is not None
 
     def appearance(self, frame: np.ndarray) -> np.ndarray:
-        return self._appearance(frame)[0]
+        return self.detect(frame)[0]
 
-    def _appearance(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detections of ``frame`` after spec 3.1/3.2, and the detector's dense cells (boxes, 80 class
+        scores) they came from, for :func:`describe_boxes`; empty without a detector."""
         if self.detector is None:
             return _EMPTY, _EMPTY, np.zeros((0, N_CLASSES), np.float32)
         dets, cell_boxes, cell_scores = self.detector.detect_with_cells(frame)
@@ -423,12 +425,17 @@ class BoxExtractor:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """The boxes of ``__call__`` and their class descriptions (n, 80) (:func:`describe_boxes`; zeros
         without a detector), from the same detector pass."""
-        app, cell_boxes, cell_scores = self._appearance(f_cur)
-        boxes = app
-        if "motion" in self.source:
-            mot = motion_boxes(f_prev, f_cur, f_next, app, self.cfg)
-            boxes = np.concatenate([app, mot]).astype(np.float32) if len(mot) else app
+        app, cell_boxes, cell_scores = self.detect(f_cur)
+        boxes = self.with_motion(f_prev, f_cur, f_next, app)
         return boxes, describe_boxes(boxes, cell_boxes, cell_scores)
+
+    def with_motion(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray,
+                    app: np.ndarray) -> np.ndarray:
+        """The detections ``app`` followed by the motion boxes outside them (when the source has motion)."""
+        if "motion" not in self.source:
+            return app
+        mot = motion_boxes(f_prev, f_cur, f_next, app, self.cfg)
+        return np.concatenate([app, mot]).astype(np.float32) if len(mot) else app
 
 
 def clip_boxes(frames: Sequence[np.ndarray] | np.ndarray, extractor: BoxExtractor,

@@ -261,14 +261,31 @@ def border_keep(boxes: np.ndarray, size_hw: tuple[int, int], min_px: float,
     return ~(touch & small)
 
 
+def check_border_min_px(value: object) -> float:
+    """``--border-min-size`` as a float, or a one-line :class:`UserError` (``score``, ``test``)."""
+    try:
+        border = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        border = math.nan
+    if not (math.isfinite(border) and 0 <= border <= 1e4):
+        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got {value!r}")
+    return border
+
+
 def skip_border_boxes(box_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
                       min_px: float) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """A box stage that drops what :func:`border_keep` skips (``min_px`` 0: the stage unchanged)."""
+    """A box stage that drops what :func:`border_keep` skips (``min_px`` 0: the stage unchanged); the
+    engine's ``flow_prev`` / ``index`` keywords reach the wrapped stage when it takes them."""
     if min_px <= 0:
         return box_fn
+    from statevad.stream.engine import accepts
 
-    def boxes(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray) -> Any:
-        got = box_fn(prev, cur, nxt)
+    wanted = [k for k in ("flow_prev", "index") if accepts(box_fn, k)]
+
+    def boxes(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray, flow_prev: np.ndarray | None = None,
+              index: int | None = None) -> Any:
+        given = {"flow_prev": flow_prev, "index": index}
+        got = box_fn(prev, cur, nxt, **{k: given[k] for k in wanted})
         if isinstance(got, tuple):  # (boxes, class descriptions): the descriptions follow their boxes
             keep = border_keep(got[0], cur.shape[:2], min_px)
             return got[0][keep], got[1][keep]
@@ -407,6 +424,11 @@ def threshold_for_rate(dist: dict[str, Any], rate: float) -> tuple[float, str]:
                    f"peaks, scale {tail['beta']:.3g})")
 
 
+def _score_defaults(sc: Any) -> dict[str, Any]:
+    """The default value of every field of the score settings' dataclass (those with a plain default)."""
+    return {f.name: f.default for f in dataclasses.fields(sc) if f.default is not dataclasses.MISSING}
+
+
 def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | None,
                      rate: float | None) -> tuple[float, str, list[str]]:
     """(threshold, rule in words, warnings) for ``statevad score``.
@@ -432,6 +454,10 @@ def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | No
             continue
         # older files stored the neutral fields too: they never decide whether a distribution applies
         stored = {k: v for k, v in (dist.get("settings") or {}).items() if k not in _NEUTRAL_SCORE_FIELDS}
+        # a score field added after the distribution was made (e.g. detect_every) is missing from it: it was
+        # made with that field's default, the behaviour before the field existed
+        added = {k: v for k, v in _score_defaults(sc).items() if k in wanted and k not in stored}
+        stored = {**added, **stored}
         if stored != wanted:
             diff = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
             warnings.append(f"the model's {dist['source']} score distribution was made with other scoring "

@@ -246,12 +246,16 @@ class ScoreConfig:
     # through the network every score_every-th frame, carrying its outputs in between (1 = every frame)
     overlap: bool = False  # off until the Ctrl-C tests pass with it on a quiet machine (issue 20)
     score_every: int = 1
+    # the detector runs every detect_every-th frame; in between, the last detections are moved by the optical
+    # flow inside each box (the motion boxes are still found every frame); 1 = every frame
+    detect_every: int = 1
 
     def validate(self) -> None:
         c = _Check(self)
         c.number("epsilon", 0.0)
         c.flag("overlap")
         c.integer("score_every", 1, 1000)
+        c.integer("detect_every", 1, 1000)
         for name in ("w_raw", "w_flow", "w_motion", "w_appearance"):
             c.number(name, 0.0)
         c.number("smooth_sigma", 0.0)

@@ -30,6 +30,7 @@ from statevad.calibration import (
     BORDER_MIN_PX,
     EVENT_MIN_GAP_S,
     EVENT_MIN_LEN_S,
+    check_border_min_px,
     check_input,
     check_rate,
     choose_threshold,
@@ -48,7 +49,7 @@ from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
 from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
-from statevad.stream.stages import DescribedBoxes, box_fn, net_fn, stage_settings
+from statevad.stream.stages import box_fn, net_fn, stage_settings, stream_boxes
 from statevad.tensors import resolve_device
 
 # Objects scored per frame at most: a busy scene can give a thousand boxes a frame (each one a cube through
@@ -209,13 +210,7 @@ def check_options(opts: ScoreOptions) -> None:
         check_rate(opts.false_alarms_per_hour)
         if opts.threshold is not None:
             raise UserError("give either --threshold or --false-alarms-per-hour, not both")
-    try:
-        border = float(opts.border_min_px)
-    except (TypeError, ValueError):
-        border = math.nan
-    if not (math.isfinite(border) and 0 <= border <= 1e4):
-        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got "
-                        f"{opts.border_min_px!r}")
+    check_border_min_px(opts.border_min_px)
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -338,7 +333,10 @@ class Scorer:
             stage, _ = box_stage(self.box_cfg, self.box_spec, self.detector_sha, self.preset.score)
         if not self.box_desc.startswith("reference boxes"):
             self._boxes = stage  # detector and motion stages hold no per-stream state: built once
-        # (a reference-box stage counts frames from the stream's start: each stream gets a new one)
+        # (a reference-box stage counts frames from the stream's start: each stream gets a new one; the
+        # detector-every-k-th-frame wrapper keeps the last detections: a new one per stream, same detector)
+        sc = self.preset.score
+        stage = stream_boxes(stage, sc.detect_every, describe=bool(sc.w_appearance))
         return skip_border_boxes(stage, float(self.opts.border_min_px))
 
     def engine(self) -> StreamScorer:
@@ -360,15 +358,14 @@ class Scorer:
 
 
 def box_stage(box_cfg: Any, spec: str | None, detector_sha: str | None, sc: Any) -> tuple[Any, str]:
-    """The box stage (:func:`statevad.stream.stages.box_fn`), giving class descriptions with the boxes
-    when the score has an appearance term (a one-line error where the boxes cannot carry them)."""
+    """The box stage (:func:`statevad.stream.stages.box_fn`); a one-line error now when the score has an
+    appearance term and these boxes cannot carry class descriptions (each stream wraps the stage with
+    :func:`statevad.stream.stages.stream_boxes`)."""
     stage, desc = box_fn(box_cfg, spec, detector_sha)
-    if not sc.w_appearance:
-        return stage, desc
-    if not isinstance(stage, BoxExtractor):
+    if sc.w_appearance and not (isinstance(stage, BoxExtractor) and stage.describes):
         raise UserError(f"score.w_appearance is set but the boxes are {desc}, which carry no class "
                         "descriptions: score with detector boxes or --set score.w_appearance=0")
-    return DescribedBoxes(stage), desc
+    return stage, desc
 
 
 def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None = None, *,
@@ -478,6 +475,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         if mismatch:
             summary["input vs training footage"] = mismatch
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
+        if sc.detect_every > 1:
+            summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
         if sc.score_every > 1:
             summary["objects scored every k-th frame"] = sc.score_every
             summary["objects carried (score from the track's last scored frame)"] = engine.n_carried

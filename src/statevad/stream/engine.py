@@ -40,8 +40,9 @@ from statevad.stream.tracking import IouTracker
 from statevad.tensors import cube_motion
 
 # (prev, cur, next) -> (n, 4), or -> ((n, 4) boxes, (n, C) class descriptions) for the appearance term; a box
-# callable that also takes ``flow_prev=`` (the flow prev -> cur, None at the first frame) gets it from the
-# engine (the detector-every-k-th-frame stage moves boxes with it).
+# callable that also takes ``flow_prev=`` (the flow prev -> cur, None at the first frame) and/or ``index=``
+# (the frame's index in the stream) gets them from the engine (the detector-every-k-th-frame stage,
+# stream.stages.SparseDetector, moves boxes with the flow).
 BoxFn = Callable[..., np.ndarray | tuple[np.ndarray, np.ndarray]]
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64[, classes=(N, C) float32 when the box
@@ -101,16 +102,17 @@ class _Flight:
     future: Future[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def accepts_flow(fn: Callable[..., object]) -> bool:
-    """Whether a box callable takes the ``flow_prev`` keyword."""
-    return _takes(fn, "flow_prev")
-
-
-def _takes(fn: Callable[..., object], name: str) -> bool:
+def accepts(fn: Callable[..., object], name: str) -> bool:
+    """Whether a box callable takes the keyword ``name`` (``flow_prev``, ``index``)."""
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def accepts_flow(fn: Callable[..., object]) -> bool:
+    """Whether a box callable takes the ``flow_prev`` keyword."""
+    return accepts(fn, "flow_prev")
 
 
 class StreamScorer:
@@ -163,8 +165,9 @@ class StreamScorer:
         self._ready: list[FrameResult] = []  # final results a failed call could not hand over yet
         self._finished = False
         self._last_done = False  # finish(): the last frame's flow and boxes are known
-        self._box_flow = accepts_flow(box_fn)
-        self._net_classes = _takes(net_fn, "classes")
+        self._box_flow = accepts(box_fn, "flow_prev")
+        self._box_index = accepts(box_fn, "index")
+        self._net_classes = accepts(net_fn, "classes")
         self.score_every = score_every
         self._tracker = IouTracker(track_iou) if score_every > 1 else None
         self._scheduled: dict[int, int] = {}  # track id -> last target frame sent through the network
@@ -286,7 +289,9 @@ class StreamScorer:
                                  f"{(*f_cur.shape[:2], 2)}")
         t1 = time.perf_counter()
         prev = self._frames[max(t - 1, 0)]
-        extra = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
+        extra: dict[str, object] = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
+        if self._box_index:
+            extra["index"] = t
         got = self.box_fn(prev, f_cur, f_nxt, **extra)
         classes = None
         if isinstance(got, tuple):
