@@ -294,3 +294,38 @@ def test_the_a_priori_weight_rule() -> None:
     assert appearance_weight(ScoreConfig(w_raw=0.0, w_flow=0.5, w_motion=4.0)) == 0.5  # one branch's share
     assert appearance_weight(ScoreConfig(w_raw=2.0, w_flow=1.0)) == 1.5
     assert appearance_weight(ScoreConfig(w_raw=0.0, w_flow=0.0, w_motion=2.0)) == 2.0
+
+
+def test_sparse_detector_describes_moved_boxes_from_the_last_detector_frame() -> None:
+    """With the detector every k-th frame, a box moved by the flow takes its class description from the
+    cells of the last frame the detector ran on (the object is still under them)."""
+    from statevad.stream.stages import SparseDetector, stream_boxes
+
+    class Fake:
+        detector = object()
+        source = "detector"
+
+        @staticmethod
+        def box(t: int) -> np.ndarray:
+            return np.array([[4.0 + 2 * t, 3.0 + t, 14.0 + 2 * t, 13.0 + t]], np.float32)
+
+        def detect(self, frame: np.ndarray):
+            t = int(frame[0, 0, 0])
+            scores = np.zeros((1, N_CLASSES), np.float32)
+            scores[0, 2] = 0.1 * (t + 1)  # which frame's cells described the box
+            return self.box(t), self.box(t), scores
+
+        def with_motion(self, p, c, n, app):
+            return app
+
+    stage = SparseDetector(Fake(), 3, describe=True)
+    flow = np.broadcast_to(np.array([2.0, 1.0], np.float32), (40, 40, 2)).copy()
+    got = []
+    for t in range(5):
+        f = np.full((40, 40, 3), t, np.uint8)
+        boxes, classes = stage(f, f, f, flow_prev=None if t == 0 else flow, index=t)
+        np.testing.assert_allclose(boxes, Fake.box(t), atol=1e-5)
+        got.append(round(float(classes[0, 2]), 3))
+    assert got == [0.1, 0.1, 0.1, 0.4, 0.4]  # frames 0 and 3 ran the detector
+    with pytest.raises(UserError, match="w_appearance=0"):
+        stream_boxes(lambda p, c, n: np.zeros((0, 4)), 1, describe=True)  # reference boxes: no classes

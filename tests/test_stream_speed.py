@@ -168,6 +168,9 @@ class _FakeDetector:
         self.calls += 1
         return np.array([self.box(int(frame[0, 0, 0]))], np.float32)
 
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.appearance(frame), np.zeros((0, 4), np.float32), np.zeros((0, 80), np.float32)
+
     def with_motion(self, p, c, n, app):
         return app
 
