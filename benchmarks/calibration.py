@@ -115,8 +115,10 @@ def _cube_scores(path: str | None, model, ckpt, sc, test, train, t_all: list[int
             sys.exit(f"{path} holds cube scores of another model, work dir or settings; remove it")
         print(f"cube scores read from {path}", file=sys.stderr)
         return d["test"], d["train"]
-    t_fused = cal.split_cube_scores(model, test, ckpt.stats, sc, t_all, progress=True)
-    tr_fused = cal.split_cube_scores(model, train, ckpt.stats, sc, tr_clips, progress=True)
+    t_fused = cal.split_cube_scores(model, test, ckpt.stats, sc, t_all, progress=True,
+                                    appearance=ckpt.appearance)
+    tr_fused = cal.split_cube_scores(model, train, ckpt.stats, sc, tr_clips, progress=True,
+                                     appearance=ckpt.appearance)
     if path:
         np.savez_compressed(path, test=t_fused, train=tr_fused, key=json.dumps(key))
     return t_fused, tr_fused

@@ -117,31 +117,40 @@ def frame_flow_baseline(root: Path, flow_method: str, percentile: float = 99.9) 
 
 
 def evaluate_fusions(e_raw: np.ndarray, e_flow: np.ndarray, motion: np.ndarray, stats: dict[str, float], test,
-                     w: tuple[float, float, float], sigmas: tuple[float, ...],
-                     motion_sweep: tuple[float, ...] = ()) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Metrics of the fused (weights ``w`` = raw, flow, motion), raw-only and flow-only frame scores, and
-    with a motion term also of the fused score without it ("no_motion": STATE as published); each also
-    smoothed. ``motion_sweep``: extra motion weights (micro AUROC only; a test-set sweep). Returns the rows
-    and the frame scores of each variant."""
+                     w: tuple[float, ...], sigmas: tuple[float, ...],
+                     motion_sweep: tuple[float, ...] = (), z_appearance: np.ndarray | None = None
+                     ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Metrics of the fused (weights ``w`` = raw, flow, motion[, appearance]), raw-only and flow-only frame
+    scores; with a motion term also of the fused score without it ("no_motion"), with an appearance term of
+    the fused score without it ("no_appearance") and of the term alone ("appearance_only"), and of STATE as
+    published ("state_only": raw and flow, the same weights); each also smoothed. ``motion_sweep``: extra
+    motion weights (micro AUROC only; a test-set sweep). Returns the rows and the frame scores of each."""
     from statevad.metrics import clip_bounds, evaluate
     from statevad.scoring import frame_scores, fuse, smooth
 
+    w = (*w, 0.0)[:4] if len(w) == 3 else tuple(w)
     bounds = clip_bounds(test.clips)
     rows: dict[str, dict[str, object]] = {}
     scores: dict[str, np.ndarray] = {}
-    variants = {"fused": w, "raw_only": (1.0, 0.0, 0.0), "flow_only": (0.0, 1.0, 0.0)}
+    variants = {"fused": w, "raw_only": (1.0, 0.0, 0.0, 0.0), "flow_only": (0.0, 1.0, 0.0, 0.0)}
     if w[2]:
-        variants["no_motion"] = (w[0], w[1], 0.0)
-    for name, (wr, wf, wm) in variants.items():
-        cube = fuse(e_raw, e_flow, stats, wr, wf, motion, wm)
+        variants["no_motion"] = (w[0], w[1], 0.0, w[3])
+    if w[3]:
+        variants["no_appearance"] = (w[0], w[1], w[2], 0.0)
+    if w[2] or w[3]:
+        variants["state_only"] = (w[0], w[1], 0.0, 0.0)
+    if z_appearance is not None:
+        variants["appearance_only"] = (0.0, 0.0, 0.0, 1.0)
+    for name, (wr, wf, wm, wa) in variants.items():
+        cube = fuse(e_raw, e_flow, stats, wr, wf, motion, wm, z_appearance, wa)
         frames = scores[name] = frame_scores(test.frame, cube, test.n_frames)
         rows[name] = evaluate(frames, test.labels, bounds)
         for sigma in sigmas:
             rows[f"{name}_smooth{sigma:g}"] = evaluate(smooth(frames, sigma, bounds), test.labels, bounds)
     if motion_sweep:
         rows["motion_sweep"] = {f"{wm:g}": evaluate(frame_scores(test.frame, fuse(
-            e_raw, e_flow, stats, w[0], w[1], motion, wm), test.n_frames), test.labels, bounds)["micro_auroc"]
-            for wm in motion_sweep}
+            e_raw, e_flow, stats, w[0], w[1], motion, wm, z_appearance, w[3]), test.n_frames), test.labels,
+            bounds)["micro_auroc"] for wm in motion_sweep}
     return rows, scores
 
 
@@ -248,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t_motion = time.perf_counter()
     motion = cube_motion(test.flow)  # the motion term's input: part of the headline scoring pass's time
+    z_app = None  # the appearance term's z-scores (the model's kNN bank): part of that time too
+    if ckpt.appearance is not None and test.classes is not None:
+        z_app = ckpt.appearance.zscore(np.asarray(test.classes, np.float32))
     t_motion = time.perf_counter() - t_motion
     sigmas = tuple(float(s) for s in args.smooth_sigmas.split(",") if s)
     sweep = tuple(float(s) for s in args.motion_sweep.split(",") if s)
@@ -263,14 +275,20 @@ def main(argv: list[str] | None = None) -> int:
         if eps == float(cfg["epsilon"]):
             t_score = dt + t_motion
         rows, variants = evaluate_fusions(e_raw, e_flow, motion, ckpt.stats, test,
-                                          (sc.w_raw, sc.w_flow, sc.w_motion), sigmas, sweep)
+                                          (sc.w_raw, sc.w_flow, sc.w_motion, sc.w_appearance), sigmas, sweep,
+                                          z_appearance=z_app)
         frame_arrays[f"model_eps={eps:g}"] = variants["fused"]
-        if "no_motion" in variants:  # STATE as published, for the hard-frame tables
-            frame_arrays[f"state_eps={eps:g}"] = variants["no_motion"]
+        if "state_only" in variants:  # STATE as published, for the hard-frame tables
+            frame_arrays[f"state_eps={eps:g}"] = variants["state_only"]
+        for part in ("no_motion", "no_appearance", "appearance_only"):
+            if part in variants:
+                frame_arrays[f"{part}_eps={eps:g}"] = variants[part]
         passes[f"eps={eps:g}"] = {"seconds": round(dt, 1),
                                   **{k: v if k == "motion_sweep" else _brief(v) for k, v in rows.items()}}
     headline = passes[f"eps={float(cfg['epsilon']):g}"]["fused"]
-    state_only = passes[f"eps={float(cfg['epsilon']):g}"].get("no_motion", headline)
+    head_pass = passes[f"eps={float(cfg['epsilon']):g}"]
+    no_motion = head_pass.get("no_motion", headline)
+    state_only = head_pass.get("state_only", headline)
 
     from statevad.metrics import clip_bounds, evaluate
 
@@ -294,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         "boxes": manifest.get("box_source", args.boxes), "flow": args.flow, "seed": args.seed,
         "micro_auroc": headline["micro_auroc"], "macro_auroc": headline["macro_auroc"],
         "eer": headline["eer"],
-        "w_motion": float(cfg["w_motion"]), "selection": ckpt.selection,
-        "micro_auroc_without_motion_term": state_only["micro_auroc"],
+        "w_motion": float(cfg["w_motion"]), "w_appearance": float(ckpt.preset.score.w_appearance),
+        "selection": ckpt.selection,
+        "micro_auroc_without_motion_term": no_motion["micro_auroc"],
+        "micro_auroc_without_appearance_term": head_pass.get("no_appearance", headline)["micro_auroc"],
+        "micro_auroc_state_only": state_only["micro_auroc"],
+        "micro_auroc_appearance_only": head_pass.get("appearance_only", {}).get("micro_auroc"),
         "per_clip_auroc": headline["per_clip_auroc"],
         "baselines": baselines, "scoring_passes": passes, "model_vs_baselines_at_eer": versus,
         "frame_scores_file": out_npz.name,

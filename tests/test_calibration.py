@@ -198,6 +198,18 @@ def test_overlap_does_not_invalidate_a_distribution() -> None:
     assert not notes and not rule.startswith("auto:")
 
 
+def test_a_score_field_added_later_keeps_older_distributions() -> None:
+    # a distribution stored before `detect_every` existed was made with the detector on every frame: it
+    # applies at the default (1), not with the detector every 3rd frame
+    sc = ScoreConfig()
+    dist = _dist(sc, 16.0)
+    older = dict(dist, settings={k: v for k, v in dist["settings"].items() if k != "detect_every"})
+    rule, notes = cal.choose_threshold(_ckpt(older), sc, 16.0, None, None)[1:]
+    assert not notes and not rule.startswith("auto:")
+    notes = cal.choose_threshold(_ckpt(older), ScoreConfig(detect_every=3), 16.0, None, None)[2]
+    assert len(notes) == 1 and "detect_every" in notes[0]
+
+
 # --------------------------------------------------------------------------- model files and `info`
 def test_training_writes_the_model_card_and_score_distribution(trained: tuple[Path, Path]) -> None:
     work, model = trained

@@ -151,6 +151,30 @@ def test_caches_survive_a_moved_detector_file(fake: FakeDataset, tmp_path: Path,
     assert m["options"]["box"]["detector_path"] == str(copies[1].resolve())
 
 
+def test_detector_boxes_carry_class_descriptions(fake: FakeDataset, tmp_path: Path) -> None:
+    """Detector boxes come with each cube's 80 class scores (the appearance term's input), from the same
+    detector pass; motion boxes have none, and their work directory says so by lacking the array."""
+    from statevad.boxes import default_detector_path
+
+    if not default_detector_path().is_file():
+        pytest.skip(f"no bundled detector at {default_detector_path()}")
+    work = tmp_path / "w"
+    m = prep.prepare(fake, work, split="train", box_source="detector+motion", progress=False)
+    tr = open_split(work, "train", verify=True)
+    assert tr.classes is not None and tr.classes.shape == (len(tr), 80) and tr.classes.dtype == np.float16
+    assert "classes" in m["splits"]["train"]["checksums"]
+    plain = prep.prepare(fake, tmp_path / "m", split="train", box_source="motion", progress=False)
+    assert open_split(tmp_path / "m", "train").classes is None
+    assert "classes" not in plain["splits"]["train"]["shapes"]
+    # a flipped byte in the class descriptions is caught like one in the cubes
+    arr = np.load(work / "train" / "classes.npy", mmap_mode="r+")
+    if len(arr):
+        arr[0, 0] = arr[0, 0] + np.float16(1)
+        arr.flush()
+        with pytest.raises(UserError, match="classes.npy does not match its checksum"):
+            open_split(work, "train", verify=True)
+
+
 def test_failed_clip_leaves_no_partial_outputs(fake: FakeDataset, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "w"

@@ -131,3 +131,87 @@ def test_fast_settings_resolve_and_bad_values_fail() -> None:
     assert (sc.score_every, sc.epsilon, sc.bf16, sc.overlap) == (3, 0.0, False, True)
     with pytest.raises(UserError, match="score_every"):
         resolve(get_preset("ped2"), "score", sets=["score.score_every=0"])
+
+
+# ------------------------------------------------------------------- the detector every k-th frame
+def test_flow_shift_moves_a_box_by_the_flow_inside_it() -> None:
+    from statevad.stream.tracking import flow_shift
+
+    h, w = 60, 80
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[10:30, 20:40] = (3.0, -2.0)  # an object translating right and up; the background is still
+    boxes = np.array([[18, 8, 42, 32],    # the object, with a margin of background: moves with it
+                      [50, 40, 70, 55],   # still background: stays
+                      [75, 5, 80, 12]], np.float32)
+    flow[5:12, 75:80] = (9.0, 0.0)  # moves out of the frame: dropped
+    out = flow_shift(boxes, flow)
+    np.testing.assert_allclose(out, [[21, 6, 45, 30], [50, 40, 70, 55]])
+    # a uniform translation moves every box by it, clipped to the frame
+    uni = np.broadcast_to(np.array([-1.5, 2.5], np.float32), (h, w, 2))
+    np.testing.assert_allclose(flow_shift(np.array([[0.5, 10, 10, 58]], np.float32), uni),
+                               [[0, 12.5, 8.5, 60]])
+    assert flow_shift(np.zeros((0, 4), np.float32), flow).shape == (0, 4)
+
+
+class _FakeDetector:
+    """A 'detector' that finds the object where the frame says it is (index in pixel 0): 2 px right and 1 px
+    down per frame, exactly what the flow below says; no motion boxes."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def box(t: int) -> list[float]:
+        return [4.0 + 2 * t, 3.0 + t, 14.0 + 2 * t, 13.0 + t]
+
+    def appearance(self, frame: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.array([self.box(int(frame[0, 0, 0]))], np.float32)
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.appearance(frame), np.zeros((0, 4), np.float32), np.zeros((0, 80), np.float32)
+
+    def with_motion(self, p, c, n, app):
+        return app
+
+    def __call__(self, p, c, n):
+        return self.with_motion(p, c, n, self.appearance(c))
+
+
+def _translating_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(np.array([2.0, 1.0], np.float32), (*a.shape[:2], 2)).copy()
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_detector_every_kth_frame_moves_boxes_with_the_flow(every: int) -> None:
+    from statevad.calibration import skip_border_boxes
+    from statevad.stream.stages import SparseDetector
+
+    frames = [np.zeros((40, 64, 3), np.uint8) for _ in range(13)]
+    for t, f in enumerate(frames):
+        f[0, 0, 0] = t
+    det = _FakeDetector()
+    stage = skip_border_boxes(SparseDetector(det, every), 1.0)  # the border rule passes the keywords on
+    eng = stream.StreamScorer(length=1, patch=8, box_fn=stage, flow_fn=_translating_flow, net_fn=_net,
+                              batch_frames=2)
+    out = [r for f in frames for r in eng.push(f)] + eng.finish()
+    assert [r.index for r in out] == list(range(13))
+    for r in out:
+        np.testing.assert_allclose(r.boxes, [det.box(r.index)], atol=1e-5)
+    assert det.calls == (13 if every == 1 else 5)  # frames 0, 3, 6, 9, 12
+
+
+def test_detect_every_one_is_the_extractor_and_the_field_is_validated() -> None:
+    from statevad.boxes import BoxExtractor
+    from statevad.config import BoxConfig, get_preset
+    from statevad.errors import UserError
+    from statevad.settings import resolve
+    from statevad.stream.stages import sparse_detector
+
+    ext = BoxExtractor(BoxConfig(), "motion")
+    assert sparse_detector(ext, 1) is ext and sparse_detector(ext, 3) is ext  # no detector: nothing to skip
+    assert resolve(get_preset("ped2"), "score", sets=["score.detect_every=2"]).score.detect_every == 2
+    assert get_preset("ped2").score.detect_every == 1
+    for bad in ("0", "1.5", "true"):
+        with pytest.raises(UserError, match="detect_every"):
+            resolve(get_preset("ped2"), "score", sets=[f"score.detect_every={bad}"])

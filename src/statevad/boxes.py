@@ -38,6 +38,10 @@ _NANODET_CLASSES = 80
 # Cells whose best class score is below this are never decoded: a pure speed cut, far below any
 # sensible score threshold.
 _NANODET_PREFILTER = 0.05
+N_CLASSES = _NANODET_CLASSES  # the length of a box's class description (describe_boxes)
+# A detector cell describes a box when their IoU exceeds this (fixed before any Ped2 run: a box and the
+# cells of the object in it overlap by more, neighbours' cells by less; benchmarks/ped2_appearance.py).
+CLASS_IOU = 0.3
 
 
 def bundled_detector() -> Path:
@@ -89,20 +93,20 @@ class Detector:
         self._centres = [_cell_centres(_NANODET_SIZE // s, s) for s in _NANODET_STRIDES]
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        parts = [self._detect(frame[:, x0:x1], x0) for x0, x1 in _tile_columns(frame.shape[1], self.tiles)]
+        return self.detect_with_cells(frame)[0]
+
+    def detect_with_cells(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections (n, 6) as ``__call__`` gives them, and the dense cells they came from: boxes (m, 4)
+        and 80 class scores (m, 80) (:meth:`cells` over every tile), for :func:`describe_boxes`."""
+        parts = [self.cells(frame[:, x0:x1], x0) for x0, x1 in _tile_columns(frame.shape[1], self.tiles)]
         b = np.concatenate([p[0] for p in parts])
-        s = np.concatenate([p[1] for p in parts])
-        k = np.concatenate([p[2] for p in parts])
+        cls = np.concatenate([p[1] for p in parts])
         if len(b) == 0:
-            return np.zeros((0, 6), np.float32)
+            return np.zeros((0, 6), np.float32), b, cls
+        s, k = cls.max(axis=1), cls.argmax(axis=1)
         keep = _nms_per_class(b, s, k, self.score_thr, self.nms_iou)
         out = np.concatenate([b[keep], s[keep, None], k[keep, None].astype(np.float32)], axis=1)
-        return out[np.argsort(-out[:, 4], kind="stable")].astype(np.float32)
-
-    def _detect(self, image: np.ndarray, x_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Decoded boxes (frame pixels), best-class scores and classes of one image region, before NMS."""
-        b, cls = self.cells(image, x_offset)
-        return b, cls.max(axis=1), cls.argmax(axis=1)
+        return out[np.argsort(-out[:, 4], kind="stable")].astype(np.float32), b, cls
 
     def cells(self, image: np.ndarray, x_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Every decoded cell of one image region before NMS: boxes (n, 4) in frame pixels and the full
@@ -127,6 +131,37 @@ class Detector:
         h, w = image.shape[:2]
         b = np.clip(b, 0, [w, h, w, h]).astype(np.float32) + np.array([x_offset, 0, x_offset, 0], np.float32)
         return b, np.concatenate(scores).astype(np.float32)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4), x1 y1 x2 y2: (n, m) float64."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def describe_boxes(boxes: np.ndarray, cell_boxes: np.ndarray, cell_scores: np.ndarray,
+                   min_iou: float = CLASS_IOU) -> np.ndarray:
+    """What each box holds, as the detector sees it: (n, 80) float32, per COCO class the best score of the
+    detector cells overlapping the box with IoU > ``min_iou`` (zeros where no cell does).
+
+    Every box gets one, also a motion box the detector did not report: its cells still score what is
+    there (a bicycle at 0.2 is not a detection at 0.4, but it is not a person either).
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    out = np.zeros((len(boxes), N_CLASSES), np.float32)
+    if not len(boxes) or not len(cell_boxes):
+        return out
+    over = iou_matrix(boxes, cell_boxes) > min_iou  # (boxes, cells)
+    for j in np.flatnonzero(over.any(axis=1)):
+        out[j] = cell_scores[over[j]].max(axis=0)
+    return out
 
 
 def _tile_columns(width: int, tiles: int, overlap: float = 0.2) -> list[tuple[int, int]]:
@@ -366,14 +401,37 @@ class BoxExtractor:
                                      nms_iou=cfg.nms_iou, letterbox=cfg.detector_letterbox,
                                      tiles=cfg.detector_tiles)
 
+    @property
+    def describes(self) -> bool:
+        """Whether :meth:`with_classes` gives real class descriptions (a detector runs)."""
+        return self.detector is not None
+
     def appearance(self, frame: np.ndarray) -> np.ndarray:
+        return self.detect(frame)[0]
+
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detections of ``frame`` after spec 3.1/3.2, and the detector's dense cells (boxes, 80 class
+        scores) they came from, for :func:`describe_boxes`; empty without a detector."""
         if self.detector is None:
-            return _EMPTY
-        dets = filter_detections(self.detector(frame), self.cfg.score_thr, self.cfg.min_area)
-        return remove_covered(dets, self.cfg.cover_thr)
+            return _EMPTY, _EMPTY, np.zeros((0, N_CLASSES), np.float32)
+        dets, cell_boxes, cell_scores = self.detector.detect_with_cells(frame)
+        dets = filter_detections(dets, self.cfg.score_thr, self.cfg.min_area)
+        return remove_covered(dets, self.cfg.cover_thr), cell_boxes, cell_scores
 
     def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray) -> np.ndarray:
-        app = self.appearance(f_cur)
+        return self.with_classes(f_prev, f_cur, f_next)[0]
+
+    def with_classes(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The boxes of ``__call__`` and their class descriptions (n, 80) (:func:`describe_boxes`; zeros
+        without a detector), from the same detector pass."""
+        app, cell_boxes, cell_scores = self.detect(f_cur)
+        boxes = self.with_motion(f_prev, f_cur, f_next, app)
+        return boxes, describe_boxes(boxes, cell_boxes, cell_scores)
+
+    def with_motion(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray,
+                    app: np.ndarray) -> np.ndarray:
+        """The detections ``app`` followed by the motion boxes outside them (when the source has motion)."""
         if "motion" not in self.source:
             return app
         mot = motion_boxes(f_prev, f_cur, f_next, app, self.cfg)
@@ -383,10 +441,19 @@ class BoxExtractor:
 def clip_boxes(frames: Sequence[np.ndarray] | np.ndarray, extractor: BoxExtractor,
                progress: bool = False, desc: str = "boxes") -> list[np.ndarray]:
     """Boxes of every frame, neighbours replicated at the clip's edges (the original's 'hard' border)."""
+    return clip_boxes_and_classes(frames, extractor, progress, desc)[0]
+
+
+def clip_boxes_and_classes(frames: Sequence[np.ndarray] | np.ndarray, extractor: BoxExtractor,
+                           progress: bool = False, desc: str = "boxes"
+                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`clip_boxes` and each box's class description (:meth:`BoxExtractor.with_classes`)."""
     from tqdm import tqdm
 
     n = len(frames)
-    out = []
+    boxes, classes = [], []
     for t in tqdm(range(n), desc=desc, unit="frame", disable=not progress, leave=False, file=sys.stderr):
-        out.append(extractor(frames[max(t - 1, 0)], frames[t], frames[min(t + 1, n - 1)]))
-    return out
+        b, c = extractor.with_classes(frames[max(t - 1, 0)], frames[t], frames[min(t + 1, n - 1)])
+        boxes.append(b)
+        classes.append(c)
+    return boxes, classes

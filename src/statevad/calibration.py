@@ -155,6 +155,14 @@ def format_card(path: Path, ckpt: Any) -> dict[str, Any]:
         })
     if ckpt.stats:
         doc["training statistics"] = {k: round(v, 6) for k, v in ckpt.stats.items()}
+    sc = p.score
+    doc["scoring"] = (f"eps {sc.epsilon:g}, weights raw {sc.w_raw:g} / flow {sc.w_flow:g} / motion "
+                      f"{sc.w_motion:g} / appearance {sc.w_appearance:g}"
+                      + (" (label-free selection at training)" if ckpt.selection else ""))
+    app = getattr(ckpt, "appearance", None)
+    doc["appearance term"] = (f"kNN (k {app.k}) over {len(app.bank)} training boxes' detector class "
+                              f"descriptions, z-scored on {app.n_reference} held-out cubes" if app is not None
+                              else "none (trained without the detector's class descriptions)")
     for key, dist in (("training scores", ckpt.score_distribution), ("calibration", ckpt.calibration)):
         if dist:
             doc[key] = describe_distribution(dist)
@@ -253,15 +261,35 @@ def border_keep(boxes: np.ndarray, size_hw: tuple[int, int], min_px: float,
     return ~(touch & small)
 
 
+def check_border_min_px(value: object) -> float:
+    """``--border-min-size`` as a float, or a one-line :class:`UserError` (``score``, ``test``)."""
+    try:
+        border = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        border = math.nan
+    if not (math.isfinite(border) and 0 <= border <= 1e4):
+        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got {value!r}")
+    return border
+
+
 def skip_border_boxes(box_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
                       min_px: float) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """A box stage that drops what :func:`border_keep` skips (``min_px`` 0: the stage unchanged)."""
+    """A box stage that drops what :func:`border_keep` skips (``min_px`` 0: the stage unchanged); the
+    engine's ``flow_prev`` / ``index`` keywords reach the wrapped stage when it takes them."""
     if min_px <= 0:
         return box_fn
+    from statevad.stream.engine import accepts
 
-    def boxes(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        b = box_fn(prev, cur, nxt)
-        return b[border_keep(b, cur.shape[:2], min_px)]
+    wanted = [k for k in ("flow_prev", "index") if accepts(box_fn, k)]
+
+    def boxes(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray, flow_prev: np.ndarray | None = None,
+              index: int | None = None) -> Any:
+        given = {"flow_prev": flow_prev, "index": index}
+        got = box_fn(prev, cur, nxt, **{k: given[k] for k in wanted})
+        if isinstance(got, tuple):  # (boxes, class descriptions): the descriptions follow their boxes
+            keep = border_keep(got[0], cur.shape[:2], min_px)
+            return got[0][keep], got[1][keep]
+        return got[np.asarray(border_keep(got, cur.shape[:2], min_px))]
 
     return boxes
 
@@ -396,6 +424,11 @@ def threshold_for_rate(dist: dict[str, Any], rate: float) -> tuple[float, str]:
                    f"peaks, scale {tail['beta']:.3g})")
 
 
+def _score_defaults(sc: Any) -> dict[str, Any]:
+    """The default value of every field of the score settings' dataclass (those with a plain default)."""
+    return {f.name: f.default for f in dataclasses.fields(sc) if f.default is not dataclasses.MISSING}
+
+
 def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | None,
                      rate: float | None) -> tuple[float, str, list[str]]:
     """(threshold, rule in words, warnings) for ``statevad score``.
@@ -421,6 +454,10 @@ def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | No
             continue
         # older files stored the neutral fields too: they never decide whether a distribution applies
         stored = {k: v for k, v in (dist.get("settings") or {}).items() if k not in _NEUTRAL_SCORE_FIELDS}
+        # a score field added after the distribution was made (e.g. detect_every) is missing from it: it was
+        # made with that field's default, the behaviour before the field existed
+        added = {k: v for k, v in _score_defaults(sc).items() if k in wanted and k not in stored}
+        stored = {**added, **stored}
         if stored != wanted:
             diff = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
             warnings.append(f"the model's {dist['source']} score distribution was made with other scoring "
@@ -435,8 +472,9 @@ def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | No
         raise UserError("--false-alarms-per-hour needs a score distribution that matches these scoring "
                         "settings, and the model has none: run `statevad calibrate MODEL NORMAL_FOOTAGE` "
                         "first (or give --threshold)")
-    terms = "|w_raw| + |w_flow|" + (" + |w_motion|" if sc.w_motion else "")
-    return (auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion),
+    terms = ("|w_raw| + |w_flow|" + (" + |w_motion|" if sc.w_motion else "")
+             + (" + |w_appearance|" if sc.w_appearance else ""))
+    return (auto_threshold(sc.w_raw, sc.w_flow, w_motion=sc.w_motion, w_appearance=sc.w_appearance),
             f"auto: {AUTO_Z:g} x ({terms}) training-z units (no calibrated score distribution in the model)",
             warnings)
 
@@ -444,14 +482,15 @@ def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | No
 # --------------------------------------------------------------------------- frame scores of a split
 def split_series(model: Any, split: Any, stats: dict[str, float], sc: Any, border_min_px: float,
                  size_hw: tuple[int, int] | None, *, clips: Sequence[str] | None = None,
-                 max_cubes: int | None = None, progress: bool = False) -> list[np.ndarray]:
+                 max_cubes: int | None = None, progress: bool = False,
+                 appearance: Any = None) -> list[np.ndarray]:
     """Frame scores, one array per clip, of a prepared split (:func:`statevad.workdir.open_split`), made
     with :mod:`statevad.scoring`'s functions and the border rule, like ``score`` makes them on a stream.
 
     ``clips`` limits it to those clip names; ``max_cubes`` to whole clips, in order, up to that many cubes.
     """
     chosen = choose_clips(split, clips, max_cubes)
-    fused = split_cube_scores(model, split, stats, sc, chosen, progress=progress)
+    fused = split_cube_scores(model, split, stats, sc, chosen, progress=progress, appearance=appearance)
     return series_from_cubes(split, fused, chosen, border_min_px, size_hw)
 
 
@@ -475,8 +514,10 @@ def choose_clips(split: Any, clips: Sequence[str] | None = None, max_cubes: int 
 
 
 def split_cube_scores(model: Any, split: Any, stats: dict[str, float], sc: Any, chosen: Sequence[int], *,
-                      progress: bool = False) -> np.ndarray:
-    """Fused score of every cube of the ``chosen`` clips (NaN elsewhere), by :mod:`statevad.scoring`."""
+                      progress: bool = False, appearance: Any = None) -> np.ndarray:
+    """Fused score of every cube of the ``chosen`` clips (NaN elsewhere), by :mod:`statevad.scoring`;
+    ``appearance``: the model's :class:`statevad.appearance.AppearanceModel` (for ``sc.w_appearance``)."""
+    from statevad.appearance import appearance_term
     from statevad.scoring import fuse, score_cubes
     from statevad.tensors import cube_motion
 
@@ -489,7 +530,10 @@ def split_cube_scores(model: Any, split: Any, stats: dict[str, float], sc: Any, 
         e_raw, e_flow = score_cubes(model, split.raw[a:b], split.flow[a:b], sc, progress=progress,
                                     desc=f"clip {split.clips[i]['name']}")
         speed = cube_motion(split.flow[a:b]) if sc.w_motion else None
-        fused[a:b] = fuse(e_raw, e_flow, stats, sc.w_raw, sc.w_flow, speed, sc.w_motion)
+        classes = None if getattr(split, "classes", None) is None else split.classes[a:b]
+        z_app = appearance_term(appearance, classes, sc.w_appearance, "the work directory")
+        fused[a:b] = fuse(e_raw, e_flow, stats, sc.w_raw, sc.w_flow, speed, sc.w_motion, z_app,
+                          sc.w_appearance)
     return fused
 
 
@@ -511,7 +555,8 @@ def series_from_cubes(split: Any, fused: np.ndarray, chosen: Sequence[int], bord
 
 
 def training_record(model: Any, data: Any, stats: dict[str, float], preset: Any, n_used: int, *,
-                    progress: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                    progress: bool = False, appearance: Any = None
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(model card, training score distribution) of a finished training run, for the model file.
 
     The distribution scores the training clips (whole clips, up to :data:`MAX_DISTRIBUTION_CUBES` cubes)
@@ -527,7 +572,7 @@ def training_record(model: Any, data: Any, stats: dict[str, float], preset: Any,
     size_hw = sizes[0] if len(sizes) == 1 else None  # several sizes: the border rule needs each clip's own
     fps = card["fps"][0] if card["fps"] else DEFAULT_FPS
     series = split_series(model, data, stats, preset.score, BORDER_MIN_PX, size_hw,
-                          max_cubes=MAX_DISTRIBUTION_CUBES, progress=False)
+                          max_cubes=MAX_DISTRIBUTION_CUBES, progress=False, appearance=appearance)
     footage = f"{len(series)} training clip(s)" + ("" if card["fps"] else f", fps unknown: {fps:g} assumed")
     dist = score_distribution(series, fps, score_settings(preset.score, BORDER_MIN_PX if size_hw else 0.0),
                               source="training", footage=footage)

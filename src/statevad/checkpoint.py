@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from statevad.appearance import from_payload as appearance_from_payload
 from statevad.config import Preset
 from statevad.errors import UserError
 from statevad.files import atomic_write_bytes
@@ -52,6 +53,7 @@ class Checkpoint:
     card: dict[str, Any] | None = None  # the training footage (statevad.calibration.build_card)
     score_distribution: dict[str, Any] | None = None  # frame scores of the training footage
     calibration: dict[str, Any] | None = None  # frame scores of the camera's footage (`statevad calibrate`)
+    appearance: Any = None  # statevad.appearance.AppearanceModel, when training fitted one
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -171,7 +173,8 @@ def _read_dict(path: Path, what: str) -> dict[str, Any]:
 def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: dict[str, float] | None,
                     work_manifest: dict[str, Any] | None, history: list[float] | None = None, *,
                     selection: dict[str, Any] | None = None, card: dict[str, Any] | None = None,
-                    score_distribution: dict[str, Any] | None = None) -> Path:
+                    score_distribution: dict[str, Any] | None = None,
+                    appearance: dict[str, Any] | None = None) -> Path:
     """Write the final model file atomically (format: docs/ARCHITECTURE.md).
 
     ``history`` (mean training loss per epoch) is the loss curve: it lets a distributed or resumed run
@@ -195,7 +198,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, preset: Preset, stats: d
         # the label-free selection of the scoring settings (statevad.selection), when training made one
         "selection": selection,
     }
-    for key, value in (("card", card), ("score_distribution", score_distribution)):
+    # appearance: statevad.appearance.AppearanceModel.to_payload() (one float16 tensor and numbers)
+    for key, value in (("card", card), ("score_distribution", score_distribution),
+                       ("appearance", appearance)):
         if value is not None:
             payload[key] = value
     path = Path(path)
@@ -245,7 +250,7 @@ def _check_fields(data: dict[str, Any], path: Path) -> None:
     """Fields of the wrong type (a hand-edited or foreign file) are one clear line, not a traceback later."""
     kinds = {"preset": dict, "model_config": dict, "stats": dict, "work_manifest": dict, "history": dict,
              "versions": dict, "selection": dict, "card": dict, "score_distribution": dict,
-             "calibration": dict}
+             "calibration": dict, "appearance": dict}
     for key, kind in kinds.items():
         if data.get(key) is not None and not isinstance(data[key], kind):
             raise UserError(f"model file {path}: field {key!r} is a {type(data[key]).__name__}, expected "
@@ -298,7 +303,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
                       stats={k: float(v) for k, v in stats.items()} if isinstance(stats, dict) else None,
                       work_manifest=data.get("work_manifest"), sha256=digest, card=data.get("card"),
                       score_distribution=_distribution(data, "score_distribution", path),
-                      calibration=_distribution(data, "calibration", path), selection=data.get("selection"))
+                      calibration=_distribution(data, "calibration", path), selection=data.get("selection"),
+                      appearance=appearance_from_payload(data.get("appearance"), path))
     return model, ckpt
 
 

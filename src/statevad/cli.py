@@ -243,6 +243,9 @@ def _add_test(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="sets",
                    help="override any scoring field, e.g. --set score.batch_size=512 (section: score)")
     p.add_argument("--clips", help="comma-separated test clip names: score only these (quick check)")
+    p.add_argument("--border-min-size", type=float, default=None, metavar="PX",
+                   help="border rule, as in score: objects touching the frame border with a short side under "
+                   "PX pixels do not count in the frame scores (default 16; 0 = score every object)")
     p.add_argument("--out", help="results folder (default: WORK/results/<model name>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return _run_test
@@ -259,7 +262,7 @@ def _run_test(args: argparse.Namespace) -> int:
                        smooth_sigma=args.smooth_sigma, batch_size=args.batch_size, device=args.device,
                        bf16=args.bf16, stats=args.stats,
                        clips=[c for c in args.clips.split(",") if c] if args.clips else None,
-                       progress=not args.quiet)
+                       progress=not args.quiet, border_min_px=args.border_min_size)
     keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc")
     print(json.dumps({k: res[k] for k in keys}))
     return 0

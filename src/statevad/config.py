@@ -201,6 +201,10 @@ class TrainConfig:
     # pseudo-anomalies made from them. The model file stores the selection; no label is ever used.
     select: bool = False
     holdout_every: int = 8
+    # Fit the appearance term (statevad.appearance: a kNN bank of the detector's class descriptions of the
+    # training boxes) when the work directory has them; training then sets score.w_appearance by the
+    # a-priori rule of statevad.training.appearance_weight. Our addition, not in STATE.
+    appearance: bool = False
 
     def validate(self) -> None:
         c = _Check(self)
@@ -218,6 +222,7 @@ class TrainConfig:
         c.integer("workers", 0)
         c.flag("select")
         c.integer("holdout_every", 2)
+        c.flag("appearance")
 
 
 @dataclass
@@ -229,6 +234,9 @@ class ScoreConfig:
     w_flow: float = 1.0
     # + w_motion * z-scored flow speed of the cube: our addition, 0 = STATE as published (DEVIATIONS.md)
     w_motion: float = 0.0
+    # + w_appearance * z-scored kNN distance of the box's detector class description to the training boxes'
+    # (statevad.appearance): our addition, 0 = off; needs a model trained with train.appearance
+    w_appearance: float = 0.0
     smooth_sigma: float = 0.0  # Gaussian smoothing of frame scores, in frames; 0 = published protocol
     batch_size: int = 256
     bf16: bool = False
@@ -238,13 +246,17 @@ class ScoreConfig:
     # through the network every score_every-th frame, carrying its outputs in between (1 = every frame)
     overlap: bool = False  # off until the Ctrl-C tests pass with it on a quiet machine (issue 20)
     score_every: int = 1
+    # the detector runs every detect_every-th frame; in between, the last detections are moved by the optical
+    # flow inside each box (the motion boxes are still found every frame); 1 = every frame
+    detect_every: int = 1
 
     def validate(self) -> None:
         c = _Check(self)
         c.number("epsilon", 0.0)
         c.flag("overlap")
         c.integer("score_every", 1, 1000)
-        for name in ("w_raw", "w_flow", "w_motion"):
+        c.integer("detect_every", 1, 1000)
+        for name in ("w_raw", "w_flow", "w_motion", "w_appearance"):
             c.number(name, 0.0)
         c.number("smooth_sigma", 0.0)
         c.integer("batch_size", 1)
@@ -318,7 +330,8 @@ def _ped2() -> Preset:
         # With train.select (on here) these four are only the fallback: training replaces them by the
         # label-free selection of statevad.selection. `--set train.select=false` restores them.
         score=ScoreConfig(epsilon=0.002, w_raw=1.0, w_flow=1.0, w_motion=4.0),
-        train=TrainConfig(select=True),
+        # appearance: the detector's class descriptions (label-free, a-priori weight; docs/ANALYSIS.md 6, 9)
+        train=TrainConfig(select=True, appearance=True),
     )
 
 

@@ -12,10 +12,12 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
+from statevad.boxes import N_CLASSES
 from statevad.config import CubeConfig
 from statevad.errors import UserError
 
@@ -90,17 +92,30 @@ def motion_energy(flow_cubes: np.ndarray) -> np.ndarray:
     return (f.astype(np.float64) ** 2).sum(axis=(2, 3, 4)).mean(axis=1)
 
 
+class TargetCubes(NamedTuple):
+    """The cubes of one target frame after the motion filter, and which of the frame's boxes they are."""
+
+    raw: np.ndarray  # (k, T, P, P, 3) uint8
+    flow: np.ndarray  # (k, T, P, P, 2) float16
+    boxes: np.ndarray  # (k, 4) float32, the boxes kept
+    keep: np.ndarray  # (n,) bool over the frame's boxes: per-box data (class descriptions) follows it
+
+    @property
+    def n_dropped(self) -> int:
+        return int((~self.keep).sum())
+
+
 def target_cubes(win_frames: np.ndarray, win_flows: np.ndarray, boxes: np.ndarray, cfg: CubeConfig
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                 ) -> TargetCubes:
     """The cubes of one target frame that pass the motion filter (spec 4.4): raw uint8, flow float16 (the
-    filter sees the float32 values before the cast), the boxes kept, and how many were dropped.
+    filter sees the float32 values before the cast), the boxes kept and the mask of them.
 
     ``statevad prepare`` (:func:`clip_cubes`) and the streaming scorer both cube through here, which is
     what makes a scored file give exactly the cubes of a prepared one.
     """
     raw, fl = frame_cubes(win_frames, win_flows, boxes, cfg.patch)
     keep = motion_energy(fl) > cfg.motion_thr
-    return raw[keep], fl[keep].astype(np.float16), boxes[keep], int((~keep).sum())
+    return TargetCubes(raw[keep], fl[keep].astype(np.float16), boxes[keep], keep)
 
 
 @dataclass
@@ -112,6 +127,7 @@ class CubeSet:
     frame: np.ndarray  # (n,) int64, clip-local
     box: np.ndarray  # (n, 4) float32
     n_dropped: int = 0
+    classes: np.ndarray | None = None  # (n, 80) float16 class descriptions of the boxes, when given
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -124,8 +140,12 @@ def empty_cubeset(cfg: CubeConfig) -> CubeSet:
 
 
 def clip_cubes(frames: np.ndarray, flows: np.ndarray, boxes_per_frame: Sequence[np.ndarray],
-               cfg: CubeConfig, progress: bool = False, desc: str = "cubes") -> CubeSet:
-    """All cubes of a clip, in frame order then box order, after the motion filter (spec 4.4)."""
+               cfg: CubeConfig, progress: bool = False, desc: str = "cubes",
+               classes_per_frame: Sequence[np.ndarray] | None = None) -> CubeSet:
+    """All cubes of a clip, in frame order then box order, after the motion filter (spec 4.4).
+
+    ``classes_per_frame`` (the boxes' class descriptions, :func:`statevad.boxes.describe_boxes`) follow
+    their boxes into :attr:`CubeSet.classes`."""
     from tqdm import tqdm
 
     n = len(frames)
@@ -133,22 +153,27 @@ def clip_cubes(frames: np.ndarray, flows: np.ndarray, boxes_per_frame: Sequence[
         raise ValueError(f"frames ({n}), flows ({len(flows)}) and boxes ({len(boxes_per_frame)}) differ")
     if n < cfg.frames:
         elastic_window(0, n, cfg.length)  # raises ClipTooShort with the explanation
-    raws, fls, idx, bxs = [], [], [], []
+    raws, fls, idx, bxs, cls = [], [], [], [], []
     dropped = 0
     for t in tqdm(range(n), desc=desc, unit="frame", disable=not progress, leave=False, file=sys.stderr):
         b = np.asarray(boxes_per_frame[t], np.float32).reshape(-1, 4)
         if len(b) == 0:
             continue
         win = elastic_window(t, n, cfg.length)
-        raw, fl, kept, n_dropped = target_cubes(frames[win[0]:win[-1] + 1], flows[win[0]:win[-1] + 1], b, cfg)
-        dropped += n_dropped
-        raws.append(raw)
-        fls.append(fl)
-        idx.append(np.full(len(kept), t, np.int64))
-        bxs.append(kept)
+        tc = target_cubes(frames[win[0]:win[-1] + 1], flows[win[0]:win[-1] + 1], b, cfg)
+        dropped += tc.n_dropped
+        raws.append(tc.raw)
+        fls.append(tc.flow)
+        idx.append(np.full(len(tc.boxes), t, np.int64))
+        bxs.append(tc.boxes)
+        if classes_per_frame is not None:
+            c = np.asarray(classes_per_frame[t], np.float32).reshape(len(b), -1)
+            cls.append(c[tc.keep].astype(np.float16))
     if not raws:
         out = empty_cubeset(cfg)
         out.n_dropped = dropped
+        if classes_per_frame is not None:
+            out.classes = np.zeros((0, N_CLASSES), np.float16)
         return out
     return CubeSet(np.concatenate(raws), np.concatenate(fls), np.concatenate(idx), np.concatenate(bxs),
-                   dropped)
+                   dropped, np.concatenate(cls) if classes_per_frame is not None else None)

@@ -160,7 +160,7 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     res = stream.score(spec, model, out / "report", stream.ScoreOptions(
         labels=labels, device=opts.device, max_frames=settings.max_test_frames, progress=opts.progress,
         overwrite=True, title=f"statevad demo: {sample}, held-out clip {name}",
-        threshold=auto_threshold(sc.w_raw, sc.w_flow, sc.w_motion)))
+        threshold=auto_threshold(sc.w_raw, sc.w_flow, sc.w_motion, w_appearance=sc.w_appearance)))
     minutes = (time.perf_counter() - t0) / 60
     print(stream.format_summary(res))
     if res.auroc is not None:

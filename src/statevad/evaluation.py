@@ -3,6 +3,12 @@
 The driver above scoring and training: it opens the prepared split (:mod:`statevad.workdir`), the model file
 (:mod:`statevad.checkpoint`), scores every cube (:mod:`statevad.scoring`), evaluates the frame scores
 (:mod:`statevad.metrics`) and writes ``scores.csv``, ``objects.csv``, ``roc.png`` and ``metrics.json``.
+
+The frame scores follow ``statevad score``'s border rule (:func:`statevad.calibration.border_keep`): a cube
+whose box touches the frame border with a short side under ``border_min_px`` is not counted in its frame's
+score (it stays in ``objects.csv``, ``scored`` 0), and a frame left without a counted cube scores
+:data:`statevad.scoring.EMPTY_FRAME_SCORE`, as ``score`` scores a frame without objects. So ``test`` and
+``score`` give the same frame scores for the same cubes.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from statevad.appearance import appearance_term
+from statevad.calibration import (
+    BORDER_MARGIN_PX,
+    BORDER_MIN_PX,
+    border_keep,
+    check_border_min_px,
+    probe_source,
+)
 from statevad.checkpoint import load_checkpoint
 from statevad.errors import UserError
 from statevad.files import atomic_path, atomic_write_json
@@ -90,6 +105,32 @@ def write_object_csv(path: Path, split_data: SplitData, bounds: list[tuple[str, 
     _write_csv(path, ["clip", "frame", "x1", "y1", "x2", "y2", *names], rows())
 
 
+def border_mask(split_data: SplitData, manifest: dict[str, Any], min_px: float
+                ) -> tuple[np.ndarray, list[str]]:
+    """(mask of the cubes the border rule keeps, names of the clips whose frame size is unknown).
+
+    Each clip's frame size comes from its footage's header (as the model card's); a clip whose footage is
+    not on this machine keeps every cube (the rule needs the size), and is named in the second list.
+    """
+    keep = np.ones(len(split_data.frame), bool)
+    unknown: list[str] = []
+    if min_px <= 0:
+        return keep, unknown
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    cube_clip = np.asarray(split_data.clip)
+    box = np.asarray(split_data.box)
+    for i, c in enumerate(split_data.clips):
+        idx = np.flatnonzero(cube_clip == i)
+        if not len(idx):
+            continue
+        size_hw, _ = probe_source(str(c.get("source", "")), dataset.get("root"))
+        if size_hw is None:
+            unknown.append(str(c["name"]))
+            continue
+        keep[idx] = border_keep(box[idx], size_hw, min_px)
+    return keep, unknown
+
+
 def check_options(work: Path, manifest: dict[str, Any], model_manifest: dict[str, Any] | None,
                   model_path: Path) -> None:
     """The work directory's cubes must come from the box / flow / cube options the model was trained on
@@ -123,15 +164,17 @@ def check_options(work: Path, manifest: dict[str, Any], model_manifest: dict[str
 def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None = None,
              overrides: dict[str, Any] | None = None, stats: str | None = None,
              clips: list[str] | None = None, progress: bool = True, config: str | Path | None = None,
-             sets: list[str] | None = None) -> dict[str, Any]:
+             sets: list[str] | None = None, border_min_px: float = BORDER_MIN_PX) -> dict[str, Any]:
     """Score ``work``'s test split with a trained model and evaluate it (spec 7); write the result files.
 
     Settings: the model's preset ← ``config`` (a TOML file) ← ``sets`` (``score.FIELD=VALUE``) ←
     ``overrides`` (ScoreConfig fields given as flags; None = not given), see :mod:`statevad.settings`.
     ``stats``: None (use the checkpoint's), ``"train"`` (compute them on ``work``'s training cubes, for
     imported weights) or a JSON file. ``clips``: score and evaluate only these test clips (a quick check,
-    not the published protocol). Returns the content of ``metrics.json``.
+    not the published protocol). ``border_min_px``: ``statevad score``'s border rule (0 = off; see the module
+    docstring). Returns the content of ``metrics.json``.
     """
+    border = check_border_min_px(border_min_px)
     work, model_path = Path(work), Path(model_path)
     model, ckpt = load_checkpoint(model_path, device="cpu")
     cfg = resolve(ckpt.preset, "test", config=config, sets=sets, flags={"score": overrides or {}}).score
@@ -164,22 +207,41 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     motion = cube_motion(test.flow)
     has_motion_stats = all(k in st for k in MOTION_KEYS) and st["motion_std"] > 0
     z_motion = motion_zscore(motion, st) if cfg.w_motion or has_motion_stats else None
-    cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion)
-    frames = smooth(frame_scores(test.frame, cube_score, test.n_frames), cfg.smooth_sigma, bounds)
+    # the appearance term's z-scores are reported whenever the model and the cubes allow them
+    z_app = appearance_term(ckpt.appearance, test.classes, cfg.w_appearance or 1.0, f"{work}") if (
+        cfg.w_appearance or (ckpt.appearance is not None and test.classes is not None)) else None
+    cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion, z_app,
+                         cfg.w_appearance)
+    keep, unsized = border_mask(test, full_test.manifest, border)
+    if unsized:
+        print(f"statevad test: warning: the frame size of test clip(s) {', '.join(unsized[:6])}"
+              f"{' ...' if len(unsized) > 6 else ''} is unknown (footage not found), so the border rule "
+              "is off for them", file=sys.stderr, flush=True)
+    frames = smooth(frame_scores(np.asarray(test.frame)[keep], cube_score[keep], test.n_frames),
+                    cfg.smooth_sigma, bounds)
 
     # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
     write_frame_csv(out_dir / "scores.csv", frames, test.labels, bounds)
     cols = {"e_raw": e_raw, "e_flow": e_flow, "z_raw": z_raw, "z_flow": z_flow, "motion": motion}
     if has_motion_stats:
         cols["z_motion"] = z_motion
+    if z_app is not None:
+        cols["z_appearance"] = z_app
     cols["score"] = cube_score
+    cols["scored"] = keep.astype(np.int64)  # 0: skipped by the border rule (not in the frame score)
     write_object_csv(out_dir / "objects.csv", test, bounds, cols)
     result = evaluate(frames, test.labels, bounds)
     save_roc(out_dir / "roc.png", test.labels, frames,
              title=f"{model_path.stem}: micro AUROC {result['micro_auroc']:.4f}")
     full = {**result, "clips": clips or "all", "model": str(model_path), "model_sha256": ckpt.sha256,
             "work": str(work),
-            "score": dataclasses.asdict(cfg), "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
+            "score": dataclasses.asdict(cfg),
+            "border_rule": {"min_px": border, "margin_px": BORDER_MARGIN_PX,
+                            "meaning": (f"cubes whose box touches the frame border with a side under "
+                                        f"{border:g} px are not counted in the frame scores (as in statevad "
+                                        "score)" if border else "off"),
+                            "cubes_skipped": int((~keep).sum()), "clips_without_frame_size": unsized},
+            "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
             "scoring_seconds": round(seconds, 3),
             "cubes_per_second": round(len(e_raw) / seconds, 2) if seconds > 0 else None}
     atomic_write_json(out_dir / "metrics.json", full)

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 import statevad
+from statevad.boxes import N_CLASSES
 from statevad.config import BoxConfig, CubeConfig, FlowConfig, Preset, get_preset, override
 from statevad.errors import UserError
 from statevad.files import (
@@ -49,9 +50,9 @@ from statevad.files import (
     sha256_file,
 )
 from statevad.settings import resolve
-from statevad.workdir import ARRAYS, FORMAT, SPLITS, read_manifest
+from statevad.workdir import ARRAYS, FORMAT, OPTIONAL_ARRAYS, SPLITS, read_manifest
 
-CACHE_FORMAT = "statevad-clip/2"  # /2: arrays carry a sha256
+CACHE_FORMAT = "statevad-clip/3"  # /2: arrays carry a sha256; /3: detector boxes carry classes
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -158,10 +159,11 @@ def cache_name(clip_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(clip_name)).strip("._") or "clip"
 
 
-def cache_checksum(raw: np.ndarray, flow: np.ndarray, frame: np.ndarray, box: np.ndarray) -> str:
+def cache_checksum(raw: np.ndarray, flow: np.ndarray, frame: np.ndarray, box: np.ndarray,
+                   classes: np.ndarray | None = None) -> str:
     """sha256 over dtype, shape and bytes of a cache's arrays: a flipped bit is caught, not trained on."""
     h = hashlib.sha256()
-    for a in (raw, flow, frame, box):
+    for a in (raw, flow, frame, box) + (() if classes is None else (classes,)):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
@@ -175,16 +177,20 @@ def read_cache(path: Path, fingerprint: str, cfg: CubeConfig) -> dict[str, Any] 
             if str(z["fingerprint"]) != fingerprint:
                 return None
             data = {k: z[k] for k in ("raw", "flow", "frame", "box", "n_dropped")}
+            data["classes"] = z["classes"] if "classes" in z.files else None
             checksum = str(z["checksum"])
     except Exception:  # missing, truncated or foreign file: any failure means "recompute"
         return None
-    if cache_checksum(data["raw"], data["flow"], data["frame"], data["box"]) != checksum:
+    if cache_checksum(data["raw"], data["flow"], data["frame"], data["box"], data["classes"]) != checksum:
         return None
     n = len(data["frame"])
     t, p = cfg.frames, cfg.patch
     if (data["raw"].shape != (n, t, p, p, 3) or data["flow"].shape != (n, t, p, p, 2)
             or data["box"].shape != (n, 4) or data["raw"].dtype != np.uint8
             or data["flow"].dtype != np.float16):
+        return None
+    if data["classes"] is not None and (data["classes"].shape != (n, N_CLASSES)
+                                        or data["classes"].dtype != np.float16):
         return None
     return data
 
@@ -223,7 +229,7 @@ class ClipResult:
 def process_clip(index: int, clip: Any, options: PrepareOptions, fingerprint: str, dest: Path,
                  ref_boxes: list[np.ndarray] | None, progress: bool = False) -> ClipResult:
     """Boxes, flow and cubes of one clip, written atomically to ``dest`` (its cache)."""
-    from statevad.boxes import clip_boxes
+    from statevad.boxes import clip_boxes_and_classes
     from statevad.cubes import ClipTooShort, clip_cubes, elastic_window
     from statevad.flow import clip_flow
 
@@ -236,22 +242,29 @@ def process_clip(index: int, clip: Any, options: PrepareOptions, fingerprint: st
     t0 = time.perf_counter()
     frames = clip.read()
     t1 = time.perf_counter()
+    classes = None  # class descriptions come with detector boxes (the same detector pass)
     if ref_boxes is None:
-        boxes = clip_boxes(frames, extractor, progress=progress, desc=f"boxes {clip.name}")
+        boxes, classes = clip_boxes_and_classes(frames, extractor, progress=progress,
+                                                desc=f"boxes {clip.name}")
+        if not extractor.describes:
+            classes = None
     else:
         boxes = ref_boxes
     t2 = time.perf_counter()
     flows = clip_flow(frames, estimator, progress=progress, desc=f"flow {clip.name}")
     _check_finite_flow(flows, clip.name)
     t3 = time.perf_counter()
-    cubes = clip_cubes(frames, flows, boxes, options.cube, progress=progress, desc=f"cubes {clip.name}")
+    cubes = clip_cubes(frames, flows, boxes, options.cube, progress=progress, desc=f"cubes {clip.name}",
+                       classes_per_frame=classes)
     t4 = time.perf_counter()
     sec = {"read": t1 - t0, "boxes": t2 - t1, "flow": t3 - t2, "cubes": t4 - t3}
     n_boxes = np.array([len(b) for b in boxes], np.int64)
-    checksum = cache_checksum(cubes.raw, cubes.flow, cubes.frame, cubes.box)
+    checksum = cache_checksum(cubes.raw, cubes.flow, cubes.frame, cubes.box, cubes.classes)
+    extra = {} if cubes.classes is None else {"classes": cubes.classes}
     atomic_write_with(dest, lambda tmp: np.savez(
         tmp, fingerprint=np.array(fingerprint), raw=cubes.raw, flow=cubes.flow, frame=cubes.frame,
-        box=cubes.box, n_dropped=np.int64(cubes.n_dropped), n_boxes=n_boxes, checksum=np.array(checksum)))
+        box=cubes.box, n_dropped=np.int64(cubes.n_dropped), n_boxes=n_boxes, checksum=np.array(checksum),
+        **extra))
     return ClipResult(index, len(cubes), cubes.n_dropped, clip.n_frames, sec)
 
 
@@ -539,7 +552,7 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
     from tqdm import tqdm
 
     out_dir = work / split
-    lengths, dropped = [], []
+    lengths, dropped, described = [], [], []
     for i, p in enumerate(paths):
         if i in skipped:
             lengths.append(0)
@@ -548,10 +561,13 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
         with np.load(p, allow_pickle=False) as z:
             lengths.append(len(z["frame"]))
             dropped.append(int(z["n_dropped"]))
+            described.append("classes" in z.files)
     n = int(sum(lengths))
     t, pt = options.cube.frames, options.cube.patch
     shapes = {"raw": (n, t, pt, pt, 3), "flow": (n, t, pt, pt, 2), "frame": (n,), "clip": (n,), "box": (n, 4)}
     dtypes = {"raw": np.uint8, "flow": np.float16, "frame": np.int64, "clip": np.int32, "box": np.float32}
+    if described and all(described):  # every clip's boxes came with class descriptions
+        shapes["classes"], dtypes["classes"] = (n, N_CLASSES), np.float16
     if (old_entry and old_entry.get("clip_fingerprints") == fps and old_entry.get("n_cubes") == n
             and _arrays_match(out_dir, shapes, dtypes)
             and _checksums_match(out_dir, old_entry.get("checksums"))):
@@ -569,9 +585,14 @@ def _merge_split(split: str, clips: list[Any], paths: list[Path], fps: list[str]
                     arrs["flow"][sl] = z["flow"]
                     arrs["frame"][sl] = z["frame"] + clips[i].start
                     arrs["box"][sl] = z["box"]
+                    if "classes" in arrs:
+                        arrs["classes"][sl] = z["classes"]
                 arrs["clip"][sl] = i
                 pos += lengths[i]
-        checksums = {k: sha256_file(out_dir / f"{k}.npy") for k in ARRAYS}
+        checksums = {k: sha256_file(out_dir / f"{k}.npy") for k in shapes}
+        for k in OPTIONAL_ARRAYS:
+            if k not in shapes:  # a stale optional array must not pass as this merge's
+                (out_dir / f"{k}.npy").unlink(missing_ok=True)
     return {
         "clips": len(clips),
         "n_frames": int(sum(c.n_frames for c in clips)),
@@ -590,14 +611,15 @@ def _checksums_match(out_dir: Path, checksums: Any) -> bool:
     if not isinstance(checksums, dict):
         return False
     try:
-        return all(sha256_file(out_dir / f"{k}.npy") == checksums.get(k) for k in ARRAYS)
+        return set(checksums) >= set(ARRAYS) and all(sha256_file(out_dir / f"{k}.npy") == v
+                                                     for k, v in checksums.items())
     except OSError:
         return False
 
 
 def _arrays_match(out_dir: Path, shapes: dict[str, tuple], dtypes: dict[str, Any]) -> bool:
     try:
-        for k in ARRAYS:
+        for k in shapes:
             a = np.load(out_dir / f"{k}.npy", mmap_mode="r")
             if a.shape != shapes[k] or a.dtype != dtypes[k]:
                 return False
@@ -617,7 +639,7 @@ class _atomic_arrays:
         arrs: dict[str, np.ndarray] = {}
         self._arrs = arrs
         try:
-            for k in ARRAYS:
+            for k in self.shapes:
                 ctx = atomic_path(self.out_dir / f"{k}.npy")
                 tmp = ctx.__enter__()
                 self._ctx.append(ctx)

@@ -234,5 +234,7 @@ def model_card(ckpt: Any) -> dict[str, Any]:
             f"selected without labels: eps {sel.get('epsilon')}, weights raw {sel.get('w_raw')} / flow "
             f"{sel.get('w_flow')} / motion {sel.get('w_motion')}, {sel.get('stats_source')} statistics "
             f"(pseudo-anomaly AUROC {float(sel.get('objective', float('nan'))):.3f} on "
-            f"{sel.get('n_held_out')} held-out cubes)"))
+            f"{sel.get('n_held_out')} held-out cubes)"
+            + (f"; appearance {sel['appearance'].get('w_appearance')} (a-priori rule)"
+               if isinstance(sel.get("appearance"), Mapping) else "")))
     return card

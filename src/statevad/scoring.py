@@ -99,22 +99,25 @@ def motion_zscore(motion: np.ndarray, stats: dict[str, float]) -> np.ndarray:
 
 
 def fuse(e_raw: np.ndarray, e_flow: np.ndarray, stats: dict[str, float], w_raw: float = 1.0,
-         w_flow: float = 1.0, motion: np.ndarray | None = None, w_motion: float = 0.0) -> np.ndarray:
-    """Cube score s = w_raw * z_raw + w_flow * z_flow (spec 7.2) [+ w_motion * z_motion].
+         w_flow: float = 1.0, motion: np.ndarray | None = None, w_motion: float = 0.0,
+         z_appearance: np.ndarray | None = None, w_appearance: float = 0.0) -> np.ndarray:
+    """Cube score s = w_raw * z_raw + w_flow * z_flow (spec 7.2) [+ w_motion * z_motion]
+    [+ w_appearance * z_appearance].
 
     A zero weight drops that term. The motion term (``motion`` = :func:`statevad.tensors.cube_motion`) is
     our addition, off by default: on Ped2 the model and the speed of an object err on different frames
-    (docs/DEVIATIONS.md).
+    (docs/DEVIATIONS.md). So is the appearance term (``z_appearance``, already z-scored by
+    :class:`statevad.appearance.AppearanceModel`).
     """
     z_raw, z_flow = zscores(e_raw, e_flow, stats)
     if w_motion and motion is None:
         raise ValueError("w_motion is set but no cube motion was given")
     z_motion = motion_zscore(motion, stats) if w_motion else None
-    return combine(z_raw, z_flow, z_motion, w_raw, w_flow, w_motion)
+    return combine(z_raw, z_flow, z_motion, w_raw, w_flow, w_motion, z_appearance, w_appearance)
 
 
 def combine(z_raw: np.ndarray, z_flow: np.ndarray, z_motion: np.ndarray | None, w_raw: float, w_flow: float,
-            w_motion: float) -> np.ndarray:
+            w_motion: float, z_appearance: np.ndarray | None = None, w_appearance: float = 0.0) -> np.ndarray:
     """The weighted sum of already z-scored terms (what :func:`fuse` returns); a zero weight drops a term."""
     s = np.zeros_like(z_raw)
     if w_raw:
@@ -123,6 +126,10 @@ def combine(z_raw: np.ndarray, z_flow: np.ndarray, z_motion: np.ndarray | None, 
         s += w_flow * z_flow
     if w_motion:
         s += w_motion * z_motion
+    if w_appearance:
+        if z_appearance is None:
+            raise ValueError("w_appearance is set but no appearance z-scores were given")
+        s += w_appearance * np.asarray(z_appearance, np.float64)
     return s
 
 
@@ -133,9 +140,10 @@ def combine(z_raw: np.ndarray, z_flow: np.ndarray, z_motion: np.ndarray | None, 
 AUTO_Z = 3.0
 
 
-def auto_threshold(w_raw: float, w_flow: float, w_motion: float = 0.0, z: float = AUTO_Z) -> float:
+def auto_threshold(w_raw: float, w_flow: float, w_motion: float = 0.0, z: float = AUTO_Z,
+                   w_appearance: float = 0.0) -> float:
     """Default frame threshold: ``z`` times the largest possible std of the fused training score."""
-    return float(z * (abs(w_raw) + abs(w_flow) + abs(w_motion)))
+    return float(z * (abs(w_raw) + abs(w_flow) + abs(w_motion) + abs(w_appearance)))
 
 
 def frame_scores(cube_frame: np.ndarray, cube_score: np.ndarray, n_frames: int,

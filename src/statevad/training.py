@@ -9,6 +9,7 @@ and the per-epoch resume state are written by :mod:`statevad.checkpoint`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -315,12 +316,21 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
             preset = _with_selection(preset, chosen)
             selection = chosen.to_dict() | {"train_stats": stats}
             stats = dict(chosen.stats, n_cubes=stats["n_cubes"])
+        appearance = _fit_appearance(data, cfg, progress) if cfg.appearance else None
+        if appearance is not None:
+            stats = dict(stats, **appearance.stats())
+            weight = appearance_weight(preset.score)
+            preset = dataclasses.replace(preset, score=override(preset.score, w_appearance=weight))
+            if selection is not None:
+                selection["appearance"] = {"w_appearance": weight, "rule": APPEARANCE_RULE}
         from statevad.calibration import training_record  # the model card and training score distribution
 
         # after the selection: the training score distribution is of the settings the model will score with
-        card, dist = training_record(net, data, stats, preset, len(indices), progress=progress)
+        card, dist = training_record(net, data, stats, preset, len(indices), progress=progress,
+                                     appearance=appearance)
         save_checkpoint(out, net, preset, stats, getattr(data, "manifest", None), history, card=card,
-                        score_distribution=dist, selection=selection)
+                        score_distribution=dist, selection=selection,
+                        appearance=None if appearance is None else appearance.to_payload())
         rpath.unlink(missing_ok=True)
     ctx.barrier()  # no rank returns before the model file exists
     return out
@@ -341,6 +351,34 @@ def _held_out(data: SplitData, cfg: TrainConfig, progress: bool) -> np.ndarray |
                   file=sys.stderr)
         return None
     return mask
+
+
+APPEARANCE_RULE = ("a-priori: the appearance term weighs as much as one branch of the reconstruction score "
+                   "(the mean of the non-zero w_raw, w_flow; w_motion when both are 0); no pseudo-anomaly "
+                   "changes what the detector sees, so the selection cannot weigh it")
+
+
+def appearance_weight(score: Any) -> float:
+    """:data:`APPEARANCE_RULE`: the weight of the appearance term given the other weights (label-free)."""
+    branches = [w for w in (score.w_raw, score.w_flow) if w]
+    if branches:
+        return float(np.mean(branches))
+    return float(score.w_motion) or 1.0
+
+
+def _fit_appearance(data: SplitData, cfg: TrainConfig, progress: bool) -> Any:
+    """The appearance model of the training cubes (statevad.appearance), or None and a line saying why."""
+    from statevad.appearance import fit_appearance
+
+    if data.classes is None:
+        why = ("the work directory has no class descriptions of its boxes (boxes not from the detector, or "
+               "prepared by an older statevad)")
+        fitted = None
+    else:
+        fitted, why = fit_appearance(data.classes, data.clip, data.frame, seed=cfg.seed)
+    if progress:
+        print(f"statevad train: appearance term {'fitted: ' if fitted else 'off: '}{why}", file=sys.stderr)
+    return fitted
 
 
 def _with_selection(preset: Preset, chosen: Any) -> Preset:

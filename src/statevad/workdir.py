@@ -22,6 +22,10 @@ from statevad.files import sha256_file
 FORMAT = "statevad-work/1"
 SPLITS = ("train", "test")
 ARRAYS = ("raw", "flow", "frame", "clip", "box")
+# Written when the boxes came from the detector: each cube's class description (N, 80) float16
+# (statevad.boxes.describe_boxes), what the appearance term of the score reads. Work directories
+# without it stay valid; they only cannot give that term.
+OPTIONAL_ARRAYS = ("classes",)
 
 
 def _hint(work: Path) -> str:
@@ -73,6 +77,7 @@ class SplitData:
     labels: np.ndarray | None  # (n_frames,) int8, test only
     n_frames: int
     manifest: dict[str, Any]
+    classes: np.ndarray | None = None  # (N, 80) float16 class descriptions, when prepared with a detector
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -93,14 +98,15 @@ def open_split(work: str | os.PathLike[str], split: str, *, verify: bool = False
     shapes, n_frames, checksums = _entry_fields(entry, work, split)
     d = work / split
     arrs = {}
+    names = ARRAYS + tuple(k for k in OPTIONAL_ARRAYS if k in shapes)
     try:
-        for k in ARRAYS:
+        for k in names:
             arrs[k] = np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False)
         clips = json.loads((d / "frames.json").read_text())
         labels = np.load(d / "labels.npy", allow_pickle=False) if split == "test" else None
     except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{work}/{split} is incomplete ({_short(exc)}): {hint}") from None
-    for k in ARRAYS:
+    for k in names:
         if list(arrs[k].shape) != shapes[k]:
             raise UserError(f"{d / (k + '.npy')} has shape {arrs[k].shape}, manifest says "
                             f"{shapes[k]}: {hint}")
@@ -110,8 +116,12 @@ def open_split(work: str | os.PathLike[str], split: str, *, verify: bool = False
                         f"labels: {hint}")
     if verify:
         verify_arrays(d, checksums, hint)
+    classes = arrs.get("classes")
+    if classes is not None and (classes.shape[0] != arrs["frame"].shape[0] or classes.dtype != np.float16):
+        raise UserError(f"{d / 'classes.npy'} holds {classes.dtype} {classes.shape}, expected "
+                        f"({arrs['frame'].shape[0]}, 80) float16: {hint}")
     return SplitData(arrs["raw"], arrs["flow"], arrs["frame"], arrs["clip"], arrs["box"], clips, labels,
-                     n_frames, manifest)
+                     n_frames, manifest, classes)
 
 
 def _short(exc: BaseException, n: int = 200) -> str:
@@ -132,7 +142,7 @@ def _entry_fields(entry: dict[str, Any], work: Path,
     shapes = entry.get("shapes")
     if (not isinstance(shapes, dict) or set(ARRAYS) - set(shapes)
             or not all(isinstance(shapes[k], list) and all(_is_int(v) and v >= 0 for v in shapes[k])
-                       for k in ARRAYS)):
+                       for k in ARRAYS + OPTIONAL_ARRAYS if k in shapes)):
         raise UserError(f"{where}.shapes is missing or not a list of sizes per array: {fix}")
     n_frames = entry.get("n_frames")
     if not _is_int(n_frames) or n_frames < 0:
@@ -164,7 +174,7 @@ def verify_arrays(folder: Path, checksums: dict[str, str], hint: str) -> None:
     """The sha256 of every merged array that has one in the manifest (all of them for a work directory that
     ``statevad prepare`` wrote). Costs one read of each file: about 0.5 s per 600 MB here, less than
     opening a video."""
-    for k in ARRAYS:
+    for k in ARRAYS + OPTIONAL_ARRAYS:
         if k in checksums and sha256_file(folder / f"{k}.npy") != checksums[k]:
             raise UserError(f"{folder / (k + '.npy')} does not match its checksum in manifest.json (the file "
                             f"was modified or is corrupted): {hint}")
@@ -202,4 +212,5 @@ def select_clips(split_data: SplitData, names: list[str] | None) -> SplitData:
     clip = np.concatenate([np.full(hi - lo, new_id, np.int32) for lo, hi, new_id, _ in parts])
     labels = None if split_data.labels is None else np.asarray(split_data.labels)[np.concatenate(frame_maps)]
     return dataclasses.replace(split_data, raw=cat(split_data.raw), flow=cat(split_data.flow), frame=frame,
-                               clip=clip, box=cat(split_data.box), clips=clips, labels=labels, n_frames=start)
+                               clip=clip, box=cat(split_data.box), clips=clips, labels=labels, n_frames=start,
+                               classes=None if split_data.classes is None else cat(split_data.classes))

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from statevad.boxes import BoxExtractor
 from statevad.calibration import (
     BORDER_MIN_PX,
     EVENT_MIN_GAP_S,
     EVENT_MIN_LEN_S,
+    check_border_min_px,
     check_input,
     check_rate,
     choose_threshold,
@@ -47,7 +49,7 @@ from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
 from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
-from statevad.stream.stages import box_fn, net_fn, stage_settings
+from statevad.stream.stages import box_fn, net_fn, stage_settings, stream_boxes
 from statevad.tensors import resolve_device
 
 # Objects scored per frame at most: a busy scene can give a thousand boxes a frame (each one a cube through
@@ -208,13 +210,7 @@ def check_options(opts: ScoreOptions) -> None:
         check_rate(opts.false_alarms_per_hour)
         if opts.threshold is not None:
             raise UserError("give either --threshold or --false-alarms-per-hour, not both")
-    try:
-        border = float(opts.border_min_px)
-    except (TypeError, ValueError):
-        border = math.nan
-    if not (math.isfinite(border) and 0 <= border <= 1e4):
-        raise UserError(f"--border-min-size must be a size in pixels >= 0 (0 = off), got "
-                        f"{opts.border_min_px!r}")
+    check_border_min_px(opts.border_min_px)
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -334,10 +330,13 @@ class Scorer:
         """The box stage of a new stream, with the border rule (objects cut by the frame border)."""
         stage, self._boxes = self._boxes, None
         if stage is None:
-            stage, _ = box_fn(self.box_cfg, self.box_spec, self.detector_sha)
+            stage, _ = box_stage(self.box_cfg, self.box_spec, self.detector_sha, self.preset.score)
         if not self.box_desc.startswith("reference boxes"):
             self._boxes = stage  # detector and motion stages hold no per-stream state: built once
-        # (a reference-box stage counts frames from the stream's start: each stream gets a new one)
+        # (a reference-box stage counts frames from the stream's start: each stream gets a new one; the
+        # detector-every-k-th-frame wrapper keeps the last detections: a new one per stream, same detector)
+        sc = self.preset.score
+        stage = stream_boxes(stage, sc.detect_every, describe=bool(sc.w_appearance))
         return skip_border_boxes(stage, float(self.opts.border_min_px))
 
     def engine(self) -> StreamScorer:
@@ -356,6 +355,17 @@ class Scorer:
         meaningless (see :func:`statevad.calibration.check_input`; ``allow_mismatch`` relaxes it)."""
         return check_input(self.ckpt.card, first, fps, spec, allow=self.opts.allow_mismatch,
                            fps_known=fps_known)
+
+
+def box_stage(box_cfg: Any, spec: str | None, detector_sha: str | None, sc: Any) -> tuple[Any, str]:
+    """The box stage (:func:`statevad.stream.stages.box_fn`); a one-line error now when the score has an
+    appearance term and these boxes cannot carry class descriptions (each stream wraps the stage with
+    :func:`statevad.stream.stages.stream_boxes`)."""
+    stage, desc = box_fn(box_cfg, spec, detector_sha)
+    if sc.w_appearance and not (isinstance(stage, BoxExtractor) and stage.describes):
+        raise UserError(f"score.w_appearance is set but the boxes are {desc}, which carry no class "
+                        "descriptions: score with detector boxes or --set score.w_appearance=0")
+    return stage, desc
 
 
 def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None = None, *,
@@ -380,10 +390,10 @@ def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None =
     box_cfg, flow_cfg, box_source, detector_sha = stage_settings(preset, ckpt.work_manifest,
                                                                  f"model file {model_path}")
     spec = opts.boxes or box_source
-    boxes, box_desc = box_fn(box_cfg, spec, detector_sha)
+    boxes, box_desc = box_stage(box_cfg, spec, detector_sha, sc)
     if sc.w_motion:
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
-    net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size))
+    net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size), ckpt.appearance)
     return Scorer(str(model_path), opts, ckpt, preset, threshold, rule, notes, box_desc, flow_cfg, box_cfg,
                   spec, detector_sha, FlowEstimator(flow_cfg), net, boxes)
 
@@ -465,6 +475,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         if mismatch:
             summary["input vs training footage"] = mismatch
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
+        if sc.detect_every > 1:
+            summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
         if sc.score_every > 1:
             summary["objects scored every k-th frame"] = sc.score_every
             summary["objects carried (score from the track's last scored frame)"] = engine.n_carried

@@ -39,12 +39,15 @@ from statevad.scoring import EMPTY_FRAME_SCORE
 from statevad.stream.tracking import IouTracker
 from statevad.tensors import cube_motion
 
-# (prev, cur, next) -> (n, 4); a box callable that also takes ``flow_prev=`` (the flow prev -> cur, None at
-# the first frame) gets it from the engine (the detector-every-k-th-frame stage moves boxes with it).
-BoxFn = Callable[..., np.ndarray]
+# (prev, cur, next) -> (n, 4), or -> ((n, 4) boxes, (n, C) class descriptions) for the appearance term; a box
+# callable that also takes ``flow_prev=`` (the flow prev -> cur, None at the first frame) and/or ``index=``
+# (the frame's index in the stream) gets them from the engine (the detector-every-k-th-frame stage,
+# stream.stages.SparseDetector, moves boxes with the flow).
+BoxFn = Callable[..., np.ndarray | tuple[np.ndarray, np.ndarray]]
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64) -> (e_raw, e_flow, fused) each (N,)
-NetFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64[, classes=(N, C) float32 when the box
+# stage gives them]) -> (e_raw, e_flow, fused) each (N,)
+NetFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 STAGES = ("decode", "boxes", "flow", "cubes", "network", "outputs")
 
@@ -86,6 +89,7 @@ class _Pending:
     n_dropped: int
     ids: np.ndarray | None = None  # (n,) track ids (score_every > 1)
     due: np.ndarray | None = None  # (n,) bool: through the network now (else carried); None: all
+    classes: np.ndarray | None = None  # (n, C) class descriptions of the boxes, when the box stage gives them
 
 
 @dataclass
@@ -98,12 +102,17 @@ class _Flight:
     future: Future[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def accepts_flow(fn: Callable[..., object]) -> bool:
-    """Whether a box callable takes the ``flow_prev`` keyword."""
+def accepts(fn: Callable[..., object], name: str) -> bool:
+    """Whether a box callable takes the keyword ``name`` (``flow_prev``, ``index``)."""
     try:
-        return "flow_prev" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def accepts_flow(fn: Callable[..., object]) -> bool:
+    """Whether a box callable takes the ``flow_prev`` keyword."""
+    return accepts(fn, "flow_prev")
 
 
 class StreamScorer:
@@ -148,6 +157,7 @@ class StreamScorer:
         self._frames: dict[int, np.ndarray] = {}
         self._flows: dict[int, np.ndarray] = {}
         self._boxes: dict[int, np.ndarray] = {}
+        self._classes: dict[int, np.ndarray | None] = {}  # each frame's boxes' class descriptions, if given
         self._n = 0  # frames received
         self._next = 0  # next target frame to cube
         self._batch: list[_Pending] = []
@@ -155,7 +165,9 @@ class StreamScorer:
         self._ready: list[FrameResult] = []  # final results a failed call could not hand over yet
         self._finished = False
         self._last_done = False  # finish(): the last frame's flow and boxes are known
-        self._box_flow = accepts_flow(box_fn)
+        self._box_flow = accepts(box_fn, "flow_prev")
+        self._box_index = accepts(box_fn, "index")
+        self._net_classes = accepts(net_fn, "classes")
         self.score_every = score_every
         self._tracker = IouTracker(track_iou) if score_every > 1 else None
         self._scheduled: dict[int, int] = {}  # track id -> last target frame sent through the network
@@ -183,8 +195,8 @@ class StreamScorer:
                                f"{self._shape}")
         k = self._n
         if k >= 1:  # computed before anything changes: a failing stage leaves the engine untouched
-            flow, boxes = self._flow_and_boxes(k - 1, nxt=k, nxt_frame=frame)
-            self._flows[k - 1], self._boxes[k - 1] = flow, boxes
+            flow, boxes, classes = self._flow_and_boxes(k - 1, nxt=k, nxt_frame=frame)
+            self._flows[k - 1], self._boxes[k - 1], self._classes[k - 1] = flow, boxes, classes
         self._shape = frame.shape
         self._frames[k] = frame
         self._n += 1
@@ -218,8 +230,8 @@ class StreamScorer:
             self._finished = True
             return []
         if not self._last_done:
-            flow, boxes = self._flow_and_boxes(n - 1, nxt=n - 1)
-            self._flows[n - 1], self._boxes[n - 1] = flow, boxes
+            flow, boxes, classes = self._flow_and_boxes(n - 1, nxt=n - 1)
+            self._flows[n - 1], self._boxes[n - 1], self._classes[n - 1] = flow, boxes, classes
             self._last_done = True
         if n >= self.size:
             for t in range(self._next, n):
@@ -241,6 +253,7 @@ class StreamScorer:
         self._frames.clear()
         self._flows.clear()
         self._boxes.clear()
+        self._classes.clear()
         return out
 
     def flush(self) -> list[FrameResult]:
@@ -261,8 +274,9 @@ class StreamScorer:
 
     # -- internals ------------------------------------------------------------------------------
     def _flow_and_boxes(self, t: int, nxt: int, nxt_frame: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """Flow t -> nxt (the last frame reuses t-1 -> t) and boxes of t from (t-1, t, nxt); pure."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Flow t -> nxt (the last frame reuses t-1 -> t), boxes of t from (t-1, t, nxt) and their class
+        descriptions (None when the box stage gives none); pure."""
         f_cur = self._frames[t]
         f_nxt = self._frames[nxt] if nxt_frame is None else nxt_frame
         t0 = time.perf_counter()
@@ -275,24 +289,39 @@ class StreamScorer:
                                  f"{(*f_cur.shape[:2], 2)}")
         t1 = time.perf_counter()
         prev = self._frames[max(t - 1, 0)]
-        extra = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
-        raw = np.asarray(self.box_fn(prev, f_cur, f_nxt, **extra), np.float32)
+        extra: dict[str, object] = {"flow_prev": self._flows.get(t - 1)} if self._box_flow else {}
+        if self._box_index:
+            extra["index"] = t
+        got = self.box_fn(prev, f_cur, f_nxt, **extra)
+        classes = None
+        if isinstance(got, tuple):
+            got, classes = got
+        raw = np.asarray(got, np.float32)
         if raw.size % 4:
             raise StageError(f"frame {t}: the box source returned an array of shape {raw.shape}, "
                              "expected (n, 4)")
         boxes = raw.reshape(-1, 4)
         if not np.isfinite(boxes).all():
             raise StageError(f"frame {t}: the box source returned non-finite coordinates (NaN or inf)")
-        boxes = self._cap(boxes, flow)
+        if classes is not None:
+            classes = np.asarray(classes, np.float32)
+            if classes.ndim != 2 or len(classes) != len(boxes) or not np.isfinite(classes).all():
+                raise StageError(f"frame {t}: the box source returned {len(boxes)} boxes but class "
+                                 f"descriptions of shape {classes.shape} (or non-finite ones)")
+        keep = self._cap(boxes, flow)
+        if keep is not None:
+            boxes = boxes[keep]
+            classes = None if classes is None else classes[keep]
         t2 = time.perf_counter()
         self.timing["flow"] += t1 - t0
         self.timing["boxes"] += t2 - t1
-        return flow, boxes
+        return flow, boxes, classes
 
-    def _cap(self, boxes: np.ndarray, flow: np.ndarray) -> np.ndarray:
-        """At most ``max_objects`` boxes (most motion, then largest, then first), in their original order."""
+    def _cap(self, boxes: np.ndarray, flow: np.ndarray) -> np.ndarray | None:
+        """The indices of at most ``max_objects`` boxes (most motion, then largest, then first), in their
+        original order; None: all of them."""
         if self.max_objects is None or len(boxes) <= self.max_objects:
-            return boxes
+            return None
         h, w = flow.shape[:2]
         speed = np.hypot(flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64))
         integral = np.zeros((h + 1, w + 1), np.float64)
@@ -306,24 +335,27 @@ class StreamScorer:
         area = (boxes[:, 2] - boxes[:, 0]).astype(np.float64) * (boxes[:, 3] - boxes[:, 1])
         order = np.lexsort((np.arange(len(boxes)), -area, -np.round(motion, 6)))
         self.n_capped += 1
-        return boxes[np.sort(order[: self.max_objects])]
+        return np.sort(order[: self.max_objects])
 
     def _cube(self, t: int, start: int) -> None:
         t0 = time.perf_counter()
         if self._last_queued() >= t:  # queued by a call that was interrupted right after
             self._next = t + 1
             self._boxes.pop(t, None)
+            self._classes.pop(t, None)
             return
-        boxes = self._boxes[t]
+        boxes, classes = self._boxes[t], self._classes.get(t)
         ids = due = None
         if len(boxes):
             win = range(start, start + self.size)
             frames = np.stack([self._frames[i] for i in win])
             flows = np.stack([self._flows[i] for i in win])
-            raw, fl, kept, n_dropped = target_cubes(frames, flows, boxes, self._cube_cfg)
-            item = _Pending(t, kept, raw, fl, n_dropped)
+            tc = target_cubes(frames, flows, boxes, self._cube_cfg)
+            item = _Pending(t, tc.boxes, tc.raw, tc.flow, tc.n_dropped,
+                            classes=None if classes is None else classes[tc.keep])
         else:
-            item = _Pending(t, boxes, _no_raw(self.size, self.patch), _no_flow(self.size, self.patch), 0)
+            item = _Pending(t, boxes, _no_raw(self.size, self.patch), _no_flow(self.size, self.patch), 0,
+                            classes=classes)
         if self._tracker is not None:  # computed first, committed with the item: a retry sees the same
             ids = self._tracker.peek(item.boxes)
             due = np.array([t - self._scheduled.get(i, -self.score_every) >= self.score_every
@@ -335,6 +367,7 @@ class StreamScorer:
             for i in ids[due].tolist():
                 self._scheduled[i] = t
         del self._boxes[t]
+        self._classes.pop(t, None)
         self._next = t + 1
         self.timing["cubes"] += time.perf_counter() - t0
 
@@ -355,7 +388,9 @@ class StreamScorer:
         speed = cube_motion(flow) if len(flow) else np.zeros(0, np.float64)  # reported, and the motion term's
         due = np.concatenate([p.due if p.due is not None else np.ones(len(p.raw), bool) for p in batch])
         raw = np.concatenate([p.raw for p in batch])
-        net_in = (raw, flow, speed) if due.all() else (raw[due], flow[due], speed[due])
+        classes = self._batch_classes(batch)
+        net_in = (raw, flow, speed, classes) if due.all() else (
+            raw[due], flow[due], speed[due], None if classes is None else classes[due])
         t0 = time.perf_counter()
         if self._pool is None or wait:
             res = self._net(*net_in)
@@ -367,21 +402,33 @@ class StreamScorer:
         self._batch = []
         return []
 
-    def _net(self, raw: np.ndarray, flow: np.ndarray, speed: np.ndarray
+    def _batch_classes(self, batch: list[_Pending]) -> np.ndarray | None:
+        """The batch's class descriptions when the network stage takes them (every frame then has them)."""
+        if not self._net_classes:
+            return None
+        parts = [p.classes for p in batch if len(p.raw)]
+        if any(c is None for c in parts):
+            raise StageError("the network stage scores appearance, but the box stage gave no class "
+                             "descriptions")
+        return np.concatenate(parts) if parts else None
+
+    def _net(self, raw: np.ndarray, flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not len(raw):
             z = np.zeros(0, np.float64)
             return z, z, z
-        e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in self.net_fn(raw, flow, speed))
+        extra = {"classes": classes} if self._net_classes else {}
+        out = self.net_fn(raw, flow, speed, **extra)
+        e_raw, e_flow, fused = (np.asarray(a, np.float64) for a in out)
         if not (len(e_raw) == len(e_flow) == len(fused) == len(raw)):
             raise StageError(f"the network stage returned {len(fused)} scores for {len(raw)} cubes")
         return e_raw, e_flow, fused
 
-    def _timed_net(self, raw: np.ndarray, flow: np.ndarray, speed: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _timed_net(self, raw: np.ndarray, flow: np.ndarray, speed: np.ndarray,
+                   classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
         try:
-            return self._net(raw, flow, speed)
+            return self._net(raw, flow, speed, classes)
         finally:
             self.network_busy += time.perf_counter() - t0
 

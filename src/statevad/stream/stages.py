@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from statevad.boxes import BoxExtractor, bundled_detector, load_reference_boxes
+from statevad.appearance import AppearanceModel, appearance_term
+from statevad.boxes import N_CLASSES, BoxExtractor, bundled_detector, describe_boxes, load_reference_boxes
 from statevad.config import BoxConfig, FlowConfig, Preset, ScoreConfig
 from statevad.errors import UserError
 from statevad.files import sha256_file
@@ -20,6 +21,7 @@ from statevad.model import inference_copy
 from statevad.scoring import fuse, perturbed_errors
 from statevad.settings import recorded_stages
 from statevad.stream.engine import BoxFn, NetFn
+from statevad.stream.tracking import flow_shift
 
 
 def detector_file(recorded: str | None, sha256: str | None) -> Path:
@@ -64,6 +66,61 @@ def box_fn(cfg: BoxConfig, spec: str | None, detector_sha256: str | None = None)
     return ext, f"{ext.source} ({ext.reason})"
 
 
+class SparseDetector:
+    """A box stage that runs the detector on every ``every``-th frame only (issue 20: the detector is most of
+    a frame's cost once the network is cheap). On the frames in between, the previous frame's detections are
+    moved by the optical flow t-1 -> t inside each box (:func:`statevad.stream.tracking.flow_shift`, clipped
+    to the frame); the motion boxes (spec 3.3) are still found on every frame, outside those detections.
+    With ``describe`` it also gives each box's class description (the appearance term), from the detector
+    cells of the last frame it ran on: objects move a small part of their size per frame, so a box still
+    overlaps its object's cells there.
+
+    The engine passes ``flow_prev`` and the frame ``index``; the detections are kept per index (this frame's
+    and the one before), so a frame whose step failed and is pushed again gets the same boxes. The detector
+    runs on frame 0, on every index divisible by ``every``, and whenever the previous frame's detections or
+    the flow are missing. ``every`` 1: the wrapped extractor's boxes, exactly.
+    """
+
+    def __init__(self, ext: BoxExtractor, every: int, describe: bool = False) -> None:
+        self.ext, self.every, self.describe = ext, int(every), bool(describe)
+        self._app: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # index -> detections, cells
+        self.n_detected = 0  # frames the detector ran on
+        self.n_moved = 0  # frames whose detections were moved by the flow
+
+    def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray,
+                 flow_prev: np.ndarray | None = None, index: int | None = None
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        last = self._app.get(index - 1) if index is not None else None
+        if index is None or index % self.every == 0 or last is None or flow_prev is None:
+            cur = self.ext.detect(f_cur)
+            self.n_detected += 1
+        else:
+            cur = (flow_shift(last[0], flow_prev), last[1], last[2])
+            self.n_moved += 1
+        boxes = self.ext.with_motion(f_prev, f_cur, f_next, cur[0])
+        if index is not None:
+            self._app = {k: v for k, v in ((index - 1, last), (index, cur)) if v is not None}
+        return (boxes, describe_boxes(boxes, cur[1], cur[2])) if self.describe else boxes
+
+
+def sparse_detector(stage: BoxFn, every: int) -> BoxFn:
+    """``stage`` with its detector run every ``every``-th frame (:class:`SparseDetector`); unchanged when
+    ``every`` is 1 or the stage has no detector (motion boxes, reference boxes)."""
+    return stream_boxes(stage, every, describe=False)
+
+
+def stream_boxes(stage: BoxFn, every: int, describe: bool) -> BoxFn:
+    """The box stage of one stream: the detector every ``every``-th frame (:class:`SparseDetector`) when
+    ``every`` > 1 and the stage has a detector, the boxes' class descriptions with them when ``describe``
+    (:class:`DescribedBoxes`; a one-line error for a stage without a detector)."""
+    if describe and not isinstance(stage, BoxExtractor):
+        raise UserError("score.w_appearance is set but the boxes come from a file, so they carry no class "
+                        "descriptions: score with detector boxes or --set score.w_appearance=0")
+    if every > 1 and isinstance(stage, BoxExtractor) and stage.detector is not None:
+        return SparseDetector(stage, every, describe)
+    return DescribedBoxes(stage) if describe else stage
+
+
 def stage_settings(preset: Preset, work_manifest: dict[str, Any] | None, where: str
                    ) -> tuple[BoxConfig, FlowConfig, str | None, str | None]:
     """Box config, flow config, box source and detector checksum the model was *trained* with.
@@ -91,17 +148,48 @@ def _reference_boxes(path: Path) -> list[np.ndarray]:
     return load_reference_boxes(path, None)
 
 
-def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_batch: int) -> NetFn:
+def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_batch: int,
+           appearance: AppearanceModel | None = None) -> NetFn:
     """The network stage: perturbed errors of a batch of cubes (``max_batch`` at a time) and their fused
-    score with ``score``'s epsilon and weights, on the BatchNorm-folded copy of ``model``."""
+    score with ``score``'s epsilon and weights, on the BatchNorm-folded copy of ``model``. With
+    ``score.w_appearance`` it takes the boxes' class descriptions too (``classes=``, from
+    :class:`DescribedBoxes`) and adds ``appearance``'s z-scores."""
     model = inference_copy(model)  # BatchNorm folded into the convolutions: same numbers, less work
+
+    def errors(raw: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [perturbed_errors(model, raw[a:a + max_batch], flow[a:a + max_batch], epsilon=score.epsilon,
+                                  bf16=score.bf16) for a in range(0, len(raw), max_batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def net(raw: np.ndarray, flow: np.ndarray,
             speed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = [perturbed_errors(model, raw[a:a + max_batch], flow[a:a + max_batch], epsilon=score.epsilon,
-                                  bf16=score.bf16) for a in range(0, len(raw), max_batch)]
-        e_raw = np.concatenate([p[0] for p in parts])
-        e_flow = np.concatenate([p[1] for p in parts])
+        e_raw, e_flow = errors(raw, flow)
         return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion)
 
+    def net_appearance(raw: np.ndarray, flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e_raw, e_flow = errors(raw, flow)
+        z_app = appearance_term(appearance, classes, score.w_appearance, "the box stage")
+        return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion,
+                                   z_app, score.w_appearance)
+
+    if score.w_appearance:
+        appearance_term(appearance, np.zeros((0, N_CLASSES), np.float32), score.w_appearance, "")  # fail now
+        return net_appearance
     return net
+
+
+class DescribedBoxes:
+    """A box stage that also gives each box's class description (for the appearance term): wraps a
+    :class:`statevad.boxes.BoxExtractor` whose detector runs (the descriptions come from the same pass)."""
+
+    def __init__(self, extractor: BoxExtractor) -> None:
+        if not extractor.describes:
+            raise UserError("score.w_appearance is set but the boxes do not come from the detector (source "
+                            f"{extractor.source!r}), so they carry no class descriptions: score with "
+                            "--set score.w_appearance=0")
+        self.extractor = extractor
+
+    def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return self.extractor.with_classes(f_prev, f_cur, f_next)

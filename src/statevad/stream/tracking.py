@@ -14,18 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from statevad.boxes import iou_matrix  # one IoU for the whole package
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4), x1 y1 x2 y2: (n, m) float64."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
-    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+__all__ = ["iou_matrix", "greedy_match", "IouTracker"]
 
 
 def greedy_match(prev: np.ndarray, cur: np.ndarray, iou_thr: float) -> np.ndarray:
@@ -76,3 +67,34 @@ class IouTracker:
         ids = self.peek(boxes)
         self.commit(boxes, ids)
         return ids.copy()
+
+
+# A pixel "moves" when its flow is at least this long (pixels per frame): the object inside a box, not the
+# background around it, sets the box's shift.
+MOVING_PX = 0.5
+
+
+def flow_shift(boxes: np.ndarray, flow: np.ndarray, min_moving: float = 0.1) -> np.ndarray:
+    """``boxes`` (n, 4) of frame t-1 moved to frame t by ``flow`` (H, W, 2), the optical flow t-1 -> t.
+
+    Each box moves by the median flow (dx, dy) of its pixels that move (``|flow| >= MOVING_PX``); when fewer
+    than ``min_moving`` of its pixels move, by the median of all of them (a still object stays put). The
+    moved boxes are clipped to the frame; a box left under 1 px wide or high (moved out of view) is dropped.
+    Pure: float32 (m, 4), m <= n, in the input's order.
+    """
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    h, w = flow.shape[:2]
+    out = b.copy()
+    for j, (x1, y1, x2, y2) in enumerate(b.tolist()):
+        xa, xb = int(np.clip(np.floor(x1), 0, w)), int(np.clip(np.ceil(x2), 0, w))
+        ya, yb = int(np.clip(np.floor(y1), 0, h)), int(np.clip(np.ceil(y2), 0, h))
+        patch = np.asarray(flow[ya:yb, xa:xb], np.float32).reshape(-1, 2)
+        if not len(patch):
+            continue
+        moving = patch[np.hypot(patch[:, 0], patch[:, 1]) >= MOVING_PX]
+        dx, dy = np.median(moving if len(moving) >= min_moving * len(patch) else patch, axis=0)
+        if np.isfinite(dx) and np.isfinite(dy):
+            out[j] += np.array([dx, dy, dx, dy], np.float32)
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out[((out[:, 2] - out[:, 0]) >= 1) & ((out[:, 3] - out[:, 1]) >= 1)]
