@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"clips_done": int(sum(done)), "how": how}
         if all(done):
             m = evaluate(np.concatenate(parts), labels, bounds)  # type: ignore[arg-type]
-            row.update(micro_auroc=round(float(m["micro_auroc"]), 5), macro_auroc=round(float(m["macro_auroc"]),
-                       5), frames=int(start))
+            row.update(micro_auroc=round(float(m["micro_auroc"]), 5),
+                       macro_auroc=round(float(m["macro_auroc"]), 5), frames=int(start))
         res[key] = row
 
     on, off = [], []
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if test is not None and row.get("micro_auroc") is not None:
             row["points_vs_statevad_test"] = round(100 * (row["micro_auroc"] - test), 2)
     doc = {"benchmark": "realtime-auroc (recovered)",
-           "command": "python benchmarks/realtime_recover.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+           "command": "python benchmarks/realtime_recover.py "
+                      + shlex.join(argv if argv is not None else sys.argv[1:]),
            "git_commit": _git_commit(), "chosen_on_test_labels": [], "auroc": res}
     atomic_write_json(args.out, doc)
     print({k: v.get("micro_auroc") for k, v in res.items()})
