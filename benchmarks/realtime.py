@@ -145,7 +145,8 @@ def _clip_item(name: str, clip: str, model: str, tmp: str) -> dict[str, Any]:
     return {"scores": res["scores"], "frames": res["frames"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _test_item(work: str, model: str, tmp: str, clips: list[str] | None) -> dict[str, Any]:
+def _test_item(work: str, model: str, tmp: str, clips: list[str] | None, per_clip: bool = False
+               ) -> dict[str, Any]:
     """`statevad test` with its defaults (the border rule on), and the AUROC of the same cube scores with
     the rule off (the published protocol), from its objects.csv."""
     import csv
@@ -156,13 +157,19 @@ def _test_item(work: str, model: str, tmp: str, clips: list[str] | None) -> dict
     from statevad.workdir import open_split, select_clips
 
     t0 = time.perf_counter()
-    out = Path(tmp) / "test"
+    out = Path(tmp) / ("test" if clips is None else "test_" + "_".join(clips))
     m = run_test(work, model, out=out, progress=False, clips=clips)
     seconds = time.perf_counter() - t0
     with open(out / "objects.csv", newline="") as fh:
         score = np.array([float(r["score"]) for r in csv.DictReader(fh)])
     split = select_clips(open_split(work, "test"), clips)
-    off = evaluate(frame_scores(split.frame, score, split.n_frames), split.labels, clip_bounds(split.clips))
+    off_frames = frame_scores(split.frame, score, split.n_frames)
+    with open(out / "scores.csv", newline="") as fh:
+        on_frames = np.array([float(r["score"]) for r in csv.DictReader(fh)])
+    if per_clip:  # one clip of a test run split clip by clip: its frame scores, combined by the caller
+        return {"on": on_frames, "off": off_frames, "seconds": round(seconds, 1), "n_cubes": m["n_cubes"],
+                "skipped": m["border_rule"]["cubes_skipped"], "border_rule": m["border_rule"]}
+    off = evaluate(off_frames, split.labels, clip_bounds(split.clips))
     return {"statevad test": {"micro_auroc": round(float(m["micro_auroc"]), 5),
                               "macro_auroc": round(float(m["macro_auroc"]), 5),
                               "border_rule": m["border_rule"],
@@ -170,6 +177,32 @@ def _test_item(work: str, model: str, tmp: str, clips: list[str] | None) -> dict
             "statevad test, border rule off": {
                 "micro_auroc": round(float(off["micro_auroc"]), 5),
                 "how": "the same run's cube scores (objects.csv, 6 digits), every cube counted: "
+                       "`statevad test --border-min-size 0`"}}
+
+
+def _combine_test(parts: dict[int, dict[str, Any]], chosen: list[int], labels: np.ndarray,
+                  lengths: list[int], names: list[str]) -> dict[str, Any]:
+    """`statevad test` run clip by clip (``--clips NN``, one run per clip): the frame scores concatenated in
+    clip order give the micro AUROC a single run gives (each clip's frame scores depend on its cubes only)."""
+    from statevad.metrics import evaluate
+
+    bounds, start = [], 0
+    for i in chosen:
+        bounds.append((names[i], start, start + lengths[i]))
+        start += lengths[i]
+    on = evaluate(np.concatenate([parts[i]["on"] for i in chosen]), labels, bounds)
+    off = evaluate(np.concatenate([parts[i]["off"] for i in chosen]), labels, bounds)
+    return {"statevad test": {"micro_auroc": round(float(on["micro_auroc"]), 5),
+                              "macro_auroc": round(float(on["macro_auroc"]), 5),
+                              "how": "one `statevad test --clips NN` run per clip (its defaults: border rule "
+                                     "on), frame scores concatenated in clip order",
+                              "border_rule": parts[chosen[0]]["border_rule"]["meaning"],
+                              "cubes_skipped": int(sum(parts[i]["skipped"] for i in chosen)),
+                              "n_cubes": int(sum(parts[i]["n_cubes"] for i in chosen)),
+                              "seconds": round(sum(parts[i]["seconds"] for i in chosen), 1)},
+            "statevad test, border rule off": {
+                "micro_auroc": round(float(off["micro_auroc"]), 5),
+                "how": "the same runs' cube scores (objects.csv, 6 digits), every cube counted: "
                        "`statevad test --border-min-size 0`"}}
 
 
@@ -210,7 +243,10 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
     names = [c.stem for c in clips]
     sub = [names[i] for i in chosen] if args.clips else None
     items: list[tuple[str, Any]] = []
-    if args.work:
+    test_parts: dict[int, dict[str, Any]] = {}
+    if args.work and args.test_per_clip:
+        items += [("test_clip", (args.work, args.model, str(tmp), [names[i]], True, i)) for i in chosen]
+    elif args.work:
         items.append(("test", (args.work, args.model, str(tmp), sub)))
     items += [(name, (name, str(clips[i]), args.model, str(tmp), i)) for name in args.configs for i in chosen]
     ctx = multiprocessing.get_context("spawn")
@@ -222,6 +258,8 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
         for kind, a in items:
             if kind == "test":
                 futs[pool.submit(_test_item, *a)] = (kind, None)
+            elif kind == "test_clip":
+                futs[pool.submit(_test_item, *a[:5])] = (kind, a[5])
             else:
                 futs[pool.submit(_clip_item, *a[:4])] = (kind, a[4])
         for fut in cf.as_completed(futs):
@@ -231,6 +269,11 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
                 out.update(res)
                 print(f"statevad test: {res['statevad test']['micro_auroc']} "
                       f"({res['statevad test']['seconds']} s)", file=sys.stderr)
+            elif kind == "test_clip":
+                test_parts[i] = res
+                print(f"statevad test --clips {names[i]}: {res['seconds']} s", file=sys.stderr)
+                if len(test_parts) == len(chosen):
+                    out.update(_combine_test(test_parts, chosen, labels, lengths, names))
             else:
                 if res["frames"] != lengths[i]:
                     raise SystemExit(f"{kind} {clips[i].name}: {res['frames']} frames scored of {lengths[i]}")
@@ -257,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --auroc: only these test clips (e.g. 01,02; a quick check, not the protocol)")
     ap.add_argument("--jobs", type=int, default=1, help="with --auroc: worker processes (one torch thread "
                     "each); 1 = in this process, with torch's default threads")
+    ap.add_argument("--test-per-clip", action="store_true", help="with --auroc --work: `statevad test` as "
+                    "one run per clip (spread over the --jobs workers), frame scores combined")
     ap.add_argument("--reference", default="today", help="speed: the configuration the ratios are taken to")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
