@@ -207,9 +207,11 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     motion = cube_motion(test.flow)
     has_motion_stats = all(k in st for k in MOTION_KEYS) and st["motion_std"] > 0
     z_motion = motion_zscore(motion, st) if cfg.w_motion or has_motion_stats else None
-    # the appearance term's z-scores are reported whenever the model and the cubes allow them
-    z_app = appearance_term(ckpt.appearance, test.classes, cfg.w_appearance or 1.0, f"{work}") if (
-        cfg.w_appearance or (ckpt.appearance is not None and test.classes is not None)) else None
+    # the appearance term's z-scores are reported whenever the model and the cubes allow them (and asked
+    # for, with its one-line error, when the weight needs them)
+    z_app = None
+    if cfg.w_appearance or (ckpt.appearance is not None and test.classes is not None):
+        z_app = appearance_term(ckpt.appearance, test.classes, 1.0, str(work))
     cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion, z_app,
                          cfg.w_appearance)
     keep, unsized = border_mask(test, full_test.manifest, border)

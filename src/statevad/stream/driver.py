@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from statevad.boxes import BoxExtractor
 from statevad.calibration import (
     BORDER_MIN_PX,
     EVENT_MIN_GAP_S,
@@ -49,7 +48,7 @@ from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
 from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
-from statevad.stream.stages import box_fn, net_fn, stage_settings, stream_boxes
+from statevad.stream.stages import box_fn, net_fn, require_descriptions, stage_settings, stream_boxes
 from statevad.tensors import resolve_device
 
 # Objects scored per frame at most: a busy scene can give a thousand boxes a frame (each one a cube through
@@ -362,9 +361,8 @@ def box_stage(box_cfg: Any, spec: str | None, detector_sha: str | None, sc: Any)
     appearance term and these boxes cannot carry class descriptions (each stream wraps the stage with
     :func:`statevad.stream.stages.stream_boxes`)."""
     stage, desc = box_fn(box_cfg, spec, detector_sha)
-    if sc.w_appearance and not (isinstance(stage, BoxExtractor) and stage.describes):
-        raise UserError(f"score.w_appearance is set but the boxes are {desc}, which carry no class "
-                        "descriptions: score with detector boxes or --set score.w_appearance=0")
+    if sc.w_appearance:
+        require_descriptions(stage)
     return stage, desc
 
 

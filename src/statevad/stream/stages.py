@@ -109,13 +109,21 @@ def sparse_detector(stage: BoxFn, every: int) -> BoxFn:
     return stream_boxes(stage, every, describe=False)
 
 
+def require_descriptions(stage: Any) -> None:
+    """One line when the appearance term is asked of a box stage whose boxes carry no class descriptions
+    (they come with the detector's boxes only: not with motion boxes or boxes read from a file)."""
+    if not (isinstance(stage, BoxExtractor) and stage.describes):
+        what = f"{stage.source} boxes" if isinstance(stage, BoxExtractor) else "boxes read from a file"
+        raise UserError(f"score.w_appearance is set but the boxes are {what}, which carry no class "
+                        "descriptions: score with detector boxes or --set score.w_appearance=0")
+
+
 def stream_boxes(stage: BoxFn, every: int, describe: bool) -> BoxFn:
     """The box stage of one stream: the detector every ``every``-th frame (:class:`SparseDetector`) when
     ``every`` > 1 and the stage has a detector, the boxes' class descriptions with them when ``describe``
     (:class:`DescribedBoxes`; a one-line error for a stage without a detector)."""
-    if describe and not isinstance(stage, BoxExtractor):
-        raise UserError("score.w_appearance is set but the boxes come from a file, so they carry no class "
-                        "descriptions: score with detector boxes or --set score.w_appearance=0")
+    if describe:
+        require_descriptions(stage)
     if every > 1 and isinstance(stage, BoxExtractor) and stage.detector is not None:
         return SparseDetector(stage, every, describe)
     return DescribedBoxes(stage) if describe else stage
@@ -184,10 +192,7 @@ class DescribedBoxes:
     :class:`statevad.boxes.BoxExtractor` whose detector runs (the descriptions come from the same pass)."""
 
     def __init__(self, extractor: BoxExtractor) -> None:
-        if not extractor.describes:
-            raise UserError("score.w_appearance is set but the boxes do not come from the detector (source "
-                            f"{extractor.source!r}), so they carry no class descriptions: score with "
-                            "--set score.w_appearance=0")
+        require_descriptions(extractor)
         self.extractor = extractor
 
     def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray
