@@ -154,6 +154,34 @@ def evaluate_fusions(e_raw: np.ndarray, e_flow: np.ndarray, motion: np.ndarray, 
     return rows, scores
 
 
+def _alternative_rule(ckpt, e_raw: np.ndarray, e_flow: np.ndarray, motion: np.ndarray,
+                      z_app: np.ndarray | None, test, eps: float) -> dict[str, object] | None:
+    """The frame metrics of the selection's other weight rule (statevad.selection records its choice), at the
+    headline's epsilon; None when the model has no such record, or its choice has another epsilon."""
+    from statevad.metrics import clip_bounds, evaluate
+    from statevad.scoring import frame_scores, fuse
+    from statevad.training import appearance_weight
+
+    alt = (ckpt.selection or {}).get("alternative")
+    if not alt:
+        return None
+    out: dict[str, object] = {k: alt.get(k) for k in ("weight_rule", "epsilon", "w_raw", "w_flow", "w_motion",
+                                                      "w_appearance", "stats_source")}
+    if float(alt["epsilon"]) != eps:
+        return {**out, "note": f"chose eps {alt['epsilon']}: not scored (the headline is at eps {eps:g})"}
+    stats = {**ckpt.selection["stats"], **alt["stats"]}  # held-out motion stats where the train stats lack it
+    if ckpt.appearance is not None:
+        stats.update(ckpt.appearance.stats())
+    w_app = alt.get("w_appearance")
+    if w_app is None and z_app is not None:  # the grid rule: the appearance term by the a-priori rule
+        w_app = appearance_weight(dataclasses.replace(ckpt.preset.score, w_raw=alt["w_raw"],
+                                                      w_flow=alt["w_flow"], w_motion=alt["w_motion"]))
+    cube = fuse(e_raw, e_flow, stats, alt["w_raw"], alt["w_flow"], motion, alt["w_motion"], z_app,
+                w_app or 0.0)
+    res = evaluate(frame_scores(test.frame, cube, test.n_frames), test.labels, clip_bounds(test.clips))
+    return {**out, "w_appearance": w_app, **_brief(res)}
+
+
 def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold where the false-positive and false-negative rates are closest (frames >= it flag)."""
     from sklearn.metrics import roc_curve
@@ -274,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t2
         if eps == float(cfg["epsilon"]):
             t_score = dt + t_motion
+            e_raw_head, e_flow_head = e_raw, e_flow
         rows, variants = evaluate_fusions(e_raw, e_flow, motion, ckpt.stats, test,
                                           (sc.w_raw, sc.w_flow, sc.w_motion, sc.w_appearance), sigmas, sweep,
                                           z_appearance=z_app)
@@ -285,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 frame_arrays[f"{part}_eps={eps:g}"] = variants[part]
         passes[f"eps={eps:g}"] = {"seconds": round(dt, 1),
                                   **{k: v if k == "motion_sweep" else _brief(v) for k, v in rows.items()}}
+    alternative = _alternative_rule(ckpt, e_raw_head, e_flow_head, motion, z_app, test, float(cfg["epsilon"]))
     headline = passes[f"eps={float(cfg['epsilon']):g}"]["fused"]
     head_pass = passes[f"eps={float(cfg['epsilon']):g}"]
     no_motion = head_pass.get("no_motion", headline)
@@ -318,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "micro_auroc_without_appearance_term": head_pass.get("no_appearance", headline)["micro_auroc"],
         "micro_auroc_state_only": state_only["micro_auroc"],
         "micro_auroc_appearance_only": head_pass.get("appearance_only", {}).get("micro_auroc"),
+        "other_weight_rule": alternative,
         "per_clip_auroc": headline["per_clip_auroc"],
         "baselines": baselines, "scoring_passes": passes, "model_vs_baselines_at_eer": versus,
         "frame_scores_file": out_npz.name,

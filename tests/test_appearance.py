@@ -151,13 +151,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_fits_the_term_and_test_scores_with_it(trained: Path, capsys) -> None:
     from statevad.checkpoint import load_checkpoint
     from statevad.cli import main
-    from statevad.training import appearance_weight
+    from statevad.training import TAIL_APPEARANCE_RULE
 
     _, ck = load_checkpoint(trained)
     assert ck.appearance is not None and {"appearance_mean", "appearance_std"} <= set(ck.stats)
     sc = ck.preset.score
-    assert sc.w_appearance == appearance_weight(sc) > 0  # the a-priori rule, recorded in the selection
-    assert ck.selection["appearance"]["w_appearance"] == sc.w_appearance
+    # weighed by the selection's tail rule with the other terms, and recorded there
+    assert sc.w_appearance == ck.selection["w_appearance"] > 0
+    assert ck.selection["appearance"] == {"w_appearance": sc.w_appearance, "rule": TAIL_APPEARANCE_RULE}
     work = trained.parent
     capsys.readouterr()
     assert main(["test", "--work", str(work), "--device", "cpu", "--quiet"]) == 0

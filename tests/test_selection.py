@@ -12,6 +12,8 @@ from statevad.selection import (
     holdout_mask,
     pseudo_anomalies,
     select,
+    tail_scale,
+    tail_weights,
 )
 
 
@@ -65,12 +67,58 @@ def test_select_finds_the_term_that_separates_the_pseudo_anomalies():
         held[eps] = _errors(300, rng)
         # only the motion separates at eps 0; at eps 0.01 the raw error separates even better
         pseudo[eps] = {k: _errors(200, rng, speed=1.3, raw=10.0 + 3.0 * (eps > 0)) for k in PSEUDO_KINDS}
-    chosen = select(held, pseudo, train)
+    chosen = select(held, pseudo, train, rule="grid")
+    assert chosen.weight_rule == "grid" and chosen.alternative["weight_rule"] == "tail"
     assert chosen.epsilon == 0.01 and chosen.w_raw > 0
     assert chosen.objective > 0.95 and set(chosen.per_kind) == set(PSEUDO_KINDS)
     assert chosen.state_only["epsilon"] == 0.01 and chosen.state_only["w_raw"] > 0
-    motion_only = select({0.0: held[0.0]}, {0.0: pseudo[0.0]}, train)
+    motion_only = select({0.0: held[0.0]}, {0.0: pseudo[0.0]}, train, rule="grid")
     assert motion_only.w_motion > 0 and motion_only.w_raw == motion_only.w_flow == 0
+
+
+def test_tail_scale_is_the_exponential_tails_scale():
+    rng = np.random.default_rng(0)
+    assert tail_scale(rng.exponential(2.0, 20000)) == pytest.approx(2.0, rel=0.05)  # memoryless
+    assert tail_scale(rng.normal(size=100)) is None  # 5 values above the 95th percentile: not measurable
+    assert tail_scale(np.ones(1000)) is None
+
+
+def test_tail_weights_give_a_heavy_tailed_term_less_weight():
+    rng = np.random.default_rng(1)
+    held = {"raw": rng.normal(size=4000), "flow": rng.standard_t(2, 4000) / np.sqrt(2),
+            "motion": rng.normal(size=4000)}
+    w, scales = tail_weights(held, ("raw", "flow", "motion"))
+    assert np.mean(list(w.values())) == pytest.approx(1.0, abs=1e-3)
+    assert w["flow"] < 0.6 * w["raw"] and w["raw"] == pytest.approx(w["motion"], rel=0.15)
+    assert scales["flow"] > scales["raw"]
+    few = {k: v[:100] for k, v in held.items()}  # too few cubes for any tail: every term weighs the same
+    assert set(tail_weights(few, ("raw", "flow"))[0].values()) == {1.0}
+
+
+def test_tail_rule_weighs_every_term_and_picks_epsilon_on_the_pseudo_anomalies():
+    rng = np.random.default_rng(2)
+    train = {"raw_mean": 10.0, "raw_std": 1.0, "flow_mean": 100.0, "flow_std": 10.0, "motion_mean": 1.0,
+             "motion_std": 0.1, "n_cubes": 100}
+    held, pseudo = {}, {}
+    for eps in (0.0, 0.01):
+        e = _errors(2000, rng)
+        e.flow = 100.0 + 10.0 * rng.standard_t(2, 2000)  # the flow error's normal tail is heavy
+        e.appearance = rng.normal(size=2000)
+        held[eps] = e
+        pseudo[eps] = {}
+        for k in PSEUDO_KINDS:  # the raw error separates only at eps 0.01
+            p = _errors(300, rng, speed=1.2, raw=10.0 + 2.0 * (eps > 0))
+            p.appearance = rng.normal(size=300)
+            pseudo[eps][k] = p
+    chosen = select(held, pseudo, train)
+    assert chosen.weight_rule == "tail" and chosen.stats_source == "held_out"
+    assert chosen.epsilon == 0.01
+    assert chosen.w_flow < chosen.w_raw and chosen.w_appearance is not None and chosen.w_appearance > 0
+    assert set(chosen.tail_scales) == {"raw", "flow", "motion", "appearance"}
+    assert chosen.state_only["w_raw"] > chosen.state_only["w_flow"] > 0
+    assert chosen.alternative["weight_rule"] == "grid"  # the other rule's choice is kept for the record
+    with pytest.raises(ValueError, match="unknown weight rule"):
+        select(held, pseudo, train, rule="best")
 
 
 def test_held_out_stats_keys_match_the_training_stats():

@@ -158,7 +158,8 @@ def format_card(path: Path, ckpt: Any) -> dict[str, Any]:
     sc = p.score
     doc["scoring"] = (f"eps {sc.epsilon:g}, weights raw {sc.w_raw:g} / flow {sc.w_flow:g} / motion "
                       f"{sc.w_motion:g} / appearance {sc.w_appearance:g}"
-                      + (" (label-free selection at training)" if ckpt.selection else ""))
+                      + (f" (label-free selection at training, {ckpt.selection.get('weight_rule', 'grid')} "
+                         "rule)" if ckpt.selection else ""))
     app = getattr(ckpt, "appearance", None)
     doc["appearance term"] = (f"kNN (k {app.k}) over {len(app.bank)} training boxes' detector class "
                               f"descriptions, z-scored on {app.n_reference} held-out cubes" if app is not None

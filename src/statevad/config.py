@@ -178,6 +178,7 @@ class ModelConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule
+WEIGHT_RULES = ("tail", "grid")  # TrainConfig.weight_rule (statevad.selection)
 
 
 @dataclass
@@ -201,9 +202,12 @@ class TrainConfig:
     # pseudo-anomalies made from them. The model file stores the selection; no label is ever used.
     select: bool = False
     holdout_every: int = 8
+    # how the selection weighs the terms: "tail" (1 / tail scale of each term's held-out normal z-scores)
+    # or "grid" (the best grid point on the pseudo-anomalies); statevad.selection says why tail is default
+    weight_rule: str = "tail"
     # Fit the appearance term (statevad.appearance: a kNN bank of the detector's class descriptions of the
     # training boxes) when the work directory has them; training then sets score.w_appearance by the
-    # a-priori rule of statevad.training.appearance_weight. Our addition, not in STATE.
+    # selection's rule (train.weight_rule; without a selection, statevad.training.appearance_weight). Ours.
     appearance: bool = False
 
     def validate(self) -> None:
@@ -222,6 +226,7 @@ class TrainConfig:
         c.integer("workers", 0)
         c.flag("select")
         c.integer("holdout_every", 2)
+        c.choice("weight_rule", WEIGHT_RULES)
         c.flag("appearance")
 
 

@@ -230,11 +230,13 @@ def model_card(ckpt: Any) -> dict[str, Any]:
         card.setdefault("preset", name)
     sel = getattr(ckpt, "selection", None)
     if isinstance(sel, Mapping) and "epsilon" in sel:  # statevad.selection's record (no label used)
+        rule = sel.get("weight_rule", "grid")
         card.setdefault("scoring settings", (
-            f"selected without labels: eps {sel.get('epsilon')}, weights raw {sel.get('w_raw')} / flow "
-            f"{sel.get('w_flow')} / motion {sel.get('w_motion')}, {sel.get('stats_source')} statistics "
-            f"(pseudo-anomaly AUROC {float(sel.get('objective', float('nan'))):.3f} on "
-            f"{sel.get('n_held_out')} held-out cubes)"
-            + (f"; appearance {sel['appearance'].get('w_appearance')} (a-priori rule)"
-               if isinstance(sel.get("appearance"), Mapping) else "")))
+            f"selected without labels ({rule} rule): eps {sel.get('epsilon')}, weights raw "
+            f"{sel.get('w_raw')} / flow {sel.get('w_flow')} / motion {sel.get('w_motion')}"
+            + (f" / appearance {sel['appearance'].get('w_appearance')}"
+               + (" (a-priori)" if sel.get("w_appearance") is None else "")
+               if isinstance(sel.get("appearance"), Mapping) else "")
+            + f", {sel.get('stats_source')} statistics (pseudo-anomaly AUROC "
+            f"{float(sel.get('objective', float('nan'))):.3f} on {sel.get('n_held_out')} held-out cubes)"))
     return card

@@ -308,21 +308,25 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
                            progress=progress, ctx=ctx)
     if ctx.is_main:
         selection = None
+        # the appearance model first: the tail rule of the selection weighs its term with the others
+        appearance = _fit_appearance(data, cfg, progress) if cfg.appearance else None
         if held is not None:
             from statevad.selection import run_selection
 
             chosen = run_selection(net, raw, flow, np.flatnonzero(held), stats, seed=cfg.seed,
-                                   bf16=cfg.bf16, progress=progress)
+                                   bf16=cfg.bf16, progress=progress, rule=cfg.weight_rule,
+                                   classes=data.classes, appearance=appearance)
             preset = _with_selection(preset, chosen)
             selection = chosen.to_dict() | {"train_stats": stats}
             stats = dict(chosen.stats, n_cubes=stats["n_cubes"])
-        appearance = _fit_appearance(data, cfg, progress) if cfg.appearance else None
         if appearance is not None:
             stats = dict(stats, **appearance.stats())
-            weight = appearance_weight(preset.score)
+            by_rule = selection is not None and selection.get("w_appearance") is not None
+            weight = float(selection["w_appearance"]) if by_rule else appearance_weight(preset.score)
             preset = dataclasses.replace(preset, score=override(preset.score, w_appearance=weight))
             if selection is not None:
-                selection["appearance"] = {"w_appearance": weight, "rule": APPEARANCE_RULE}
+                selection["appearance"] = {"w_appearance": weight,
+                                           "rule": TAIL_APPEARANCE_RULE if by_rule else APPEARANCE_RULE}
         from statevad.calibration import training_record  # the model card and training score distribution
 
         # after the selection: the training score distribution is of the settings the model will score with
@@ -356,6 +360,10 @@ def _held_out(data: SplitData, cfg: TrainConfig, progress: bool) -> np.ndarray |
 APPEARANCE_RULE = ("a-priori: the appearance term weighs as much as one branch of the reconstruction score "
                    "(the mean of the non-zero w_raw, w_flow; w_motion when both are 0); no pseudo-anomaly "
                    "changes what the detector sees, so the selection cannot weigh it")
+
+
+TAIL_APPEARANCE_RULE = ("label-free: 1 / tail scale of the held-out normal cubes' appearance z-scores, like "
+                        "every other term (statevad.selection, the tail rule)")
 
 
 def appearance_weight(score: Any) -> float:
