@@ -103,5 +103,9 @@ def test_score_live_source_faster_than_scoring(synthetic_root, tmp_path, monkeyp
     assert sorted(scored + dropped) == list(range(n)) and doc["frames read from the live source"] == n
     lat = doc["latency (frame arrival -> score written)"]
     assert lat["frames"] == len(scored) == res.n_frames
-    # without dropping, the last frames would wait for nearly the whole run; bounded, they do not
-    assert lat["p95_s"] < 0.6 * res.wall_s
+    # Without dropping, every frame is scored and the last ones wait for nearly the whole run: p95 ~ 0.9 of n
+    # frame-scoring times. Dropping bounds the wait to the queue and the cube's frames. Measured in the run's
+    # own scoring time per frame, the bound holds on a loaded machine too (a slower scorer scores fewer
+    # frames: a wall-clock ratio failed there).
+    per_frame = res.wall_s / len(scored)
+    assert lat["p95_s"] < 0.4 * n * per_frame, (lat, len(scored), res.wall_s)

@@ -54,14 +54,18 @@ def test_pseudo_anomalies_break_one_regularity_each():
     np.testing.assert_array_equal(out["mirror"][1][..., 0], -flow[:, :, :, ::-1, 0])
 
 
+# the training statistics the synthetic errors of _errors are drawn around
+TRAIN_STATS = {"raw_mean": 10.0, "raw_std": 1.0, "flow_mean": 100.0, "flow_std": 10.0, "motion_mean": 1.0,
+               "motion_std": 0.1, "n_cubes": 100}
+
+
 def _errors(n: int, rng, raw=10.0, flow=100.0, speed=1.0) -> Errors:
     return Errors(rng.normal(raw, 1.0, n), rng.normal(flow, 10.0, n), np.abs(rng.normal(speed, 0.1, n)))
 
 
 def test_select_finds_the_term_that_separates_the_pseudo_anomalies():
     rng = np.random.default_rng(0)
-    train = {"raw_mean": 10.0, "raw_std": 1.0, "flow_mean": 100.0, "flow_std": 10.0, "motion_mean": 1.0,
-             "motion_std": 0.1, "n_cubes": 100}
+    train = dict(TRAIN_STATS)
     held, pseudo = {}, {}
     for eps in (0.0, 0.01):
         held[eps] = _errors(300, rng)
@@ -97,8 +101,7 @@ def test_tail_weights_give_a_heavy_tailed_term_less_weight():
 
 def test_tail_rule_weighs_every_term_and_picks_epsilon_on_the_pseudo_anomalies():
     rng = np.random.default_rng(2)
-    train = {"raw_mean": 10.0, "raw_std": 1.0, "flow_mean": 100.0, "flow_std": 10.0, "motion_mean": 1.0,
-             "motion_std": 0.1, "n_cubes": 100}
+    train = dict(TRAIN_STATS)
     held, pseudo = {}, {}
     for eps in (0.0, 0.01):
         e = _errors(2000, rng)
