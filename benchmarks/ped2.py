@@ -182,6 +182,19 @@ def _alternative_rule(ckpt, e_raw: np.ndarray, e_flow: np.ndarray, motion: np.nd
     return {**out, "w_appearance": w_app, **_brief(res)}
 
 
+def variant_frames(variants: dict[str, np.ndarray], eps: float) -> dict[str, np.ndarray]:
+    """The frame scores a run keeps of one scoring pass (``evaluate_fusions``' variants), under the names of
+    its frames file (``=`` becomes ``_`` there; ``ped2_parts.py`` reads them): the model's fused score, STATE
+    as published (for the hard-frame tables) and the fusion without / with only each added term."""
+    out = {f"model_eps={eps:g}": variants["fused"]}
+    names = {"state_only": "state", "no_motion": "no_motion", "no_appearance": "no_appearance",
+             "appearance_only": "appearance_only"}
+    for part, name in names.items():
+        if part in variants:
+            out[f"{name}_eps={eps:g}"] = variants[part]
+    return out
+
+
 def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold where the false-positive and false-negative rates are closest (frames >= it flag)."""
     from sklearn.metrics import roc_curve
@@ -306,12 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, variants = evaluate_fusions(e_raw, e_flow, motion, ckpt.stats, test,
                                           (sc.w_raw, sc.w_flow, sc.w_motion, sc.w_appearance), sigmas, sweep,
                                           z_appearance=z_app)
-        frame_arrays[f"model_eps={eps:g}"] = variants["fused"]
-        if "state_only" in variants:  # STATE as published, for the hard-frame tables
-            frame_arrays[f"state_eps={eps:g}"] = variants["state_only"]
-        for part in ("no_motion", "no_appearance", "appearance_only"):
-            if part in variants:
-                frame_arrays[f"{part}_eps={eps:g}"] = variants[part]
+        frame_arrays.update(variant_frames(variants, eps))
         passes[f"eps={eps:g}"] = {"seconds": round(dt, 1),
                                   **{k: v if k == "motion_sweep" else _brief(v) for k, v in rows.items()}}
     alternative = _alternative_rule(ckpt, e_raw_head, e_flow_head, motion, z_app, test, float(cfg["epsilon"]))

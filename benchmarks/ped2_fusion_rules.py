@@ -44,12 +44,14 @@ def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
 
 
-def surprise(x: np.ndarray, held: np.ndarray, q: float = 0.95) -> np.ndarray:
+def surprise(x: np.ndarray, held: np.ndarray, q: float) -> np.ndarray:
     """-log of the held-out normal survival function at ``x``: empirical below the ``q``-quantile, an
-    exponential tail (scale = mean excess) above it."""
+    exponential tail above it, of the tail rule's scale (statevad.selection.tail_scale)."""
+    from statevad.selection import tail_scale
+
     h = np.sort(np.asarray(held, np.float64))
     u = np.quantile(h, q)
-    beta = max(float((h[h > u] - u).mean()), 1e-9)
+    beta = tail_scale(h, q) or 1e-9
     sf = np.maximum(1 - np.searchsorted(h, x, side="right") / (len(h) + 1), 1 - q)
     sf = np.where(x > u, (1 - q) * np.exp(-(x - u) / beta), sf)
     return -np.log(sf)
@@ -73,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     from statevad.metrics import clip_bounds, evaluate
     from statevad.scoring import frame_scores, score_cubes
     from statevad.selection import (
-        MAX_HELD_OUT,
-        MAX_PSEUDO,
         PSEUDO_KINDS,
+        TAIL_QUANTILE,
         Errors,
+        draw_cubes,
         holdout_mask,
         pseudo_anomalies,
         select_grid,
@@ -92,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ScoreConfig(epsilon=0.0, batch_size=256)
     train = open_split(args.work, "train")
     held_idx = np.flatnonzero(holdout_mask(train.clip, train.frame, ckpt.preset.train.holdout_every))
-    rng = np.random.default_rng([ckpt.preset.train.seed, 0x5E1])  # run_selection's draw
-    hold = np.sort(rng.choice(held_idx, size=min(MAX_HELD_OUT, len(held_idx)), replace=False))
-    base = np.sort(rng.choice(held_idx, size=min(MAX_PSEUDO, len(held_idx)), replace=False))
+    hold, base = draw_cubes(held_idx, ckpt.preset.train.seed)  # run_selection's cubes
     raw_b, flow_b = train.raw[base], train.flow[base]
     sets = {"held_out": (train.raw[hold], train.flow[hold]),
             **pseudo_anomalies(raw_b, flow_b, ckpt.preset.train.seed)}
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["grid (+ appearance by the a-priori rule)"] = {"weights": w_grid, **report(linear(w_grid, zt_grid))}
     rows["tail"] = {"weights": w_tail, **report(linear(w_tail, zt))}
     rows["equal"] = {"weights": dict.fromkeys(TERMS, 1.0), **report(linear(dict.fromkeys(TERMS, 1.0), zt))}
-    s_test = {t: surprise(zt[t], zh[t]) for t in TERMS}
+    s_test = {t: surprise(zt[t], zh[t], TAIL_QUANTILE) for t in TERMS}
     rows["fisher"] = report(sum(s_test.values()))
     for t in TERMS:
         rows[f"{t} alone"] = report(zt[t])

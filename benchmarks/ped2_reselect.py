@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ped2 import REPO, _brief, _git_commit, evaluate_fusions, flow_baselines  # noqa: E402
+from ped2 import REPO, _brief, _git_commit, evaluate_fusions, flow_baselines, variant_frames  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                       (sc.w_raw, sc.w_flow, sc.w_motion, sc.w_appearance), (3.0,),
                                       z_appearance=z_app)
     eps = f"{sc.epsilon:g}"
-    frames = {f"model_eps_{eps}": variants["fused"]}
-    for part, key in (("state_only", "state"), ("no_motion", "no_motion"), ("no_appearance", "no_appearance"),
-                      ("appearance_only", "appearance_only")):
-        if part in variants:
-            frames[f"{key}_eps_{eps}"] = variants[part]
+    frames = {k.replace("=", "_"): v for k, v in variant_frames(variants, sc.epsilon).items()}
     bounds = clip_bounds(test.clips)
     base_scores = flow_baselines(test, motion)
     baselines = {name: _brief(evaluate(s, test.labels, bounds)) for name, s in base_scores.items()}

@@ -134,7 +134,7 @@ class Selection:
     rule: str = "max mean pseudo-anomaly AUROC over " + ", ".join(PSEUDO_KINDS)
     w_appearance: float | None = None  # set by the tail rule when the appearance term is on
     weight_rule: str = "grid"
-    tail_scales: dict[str, float] = field(default_factory=dict)  # the tail rule's evidence, per term
+    tail_scales: dict[str, float | None] = field(default_factory=dict)  # the tail rule's evidence
     alternative: dict[str, Any] = field(default_factory=dict)  # the other rule's choice, for the record
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,11 +222,11 @@ def select_tail(held_out: dict[float, Errors], pseudo: dict[float, dict[str, Err
         per_kind = {k: auroc(neg, _fused(_terms(v, st), w)) for k, v in pseudo[eps].items()}
         score = float(np.mean(list(per_kind.values())))
         if best is None or score > best[0]:
-            best = (score, eps, w, {"per_kind": per_kind, "scales": scales}, st)
+            best = (score, eps, w, {"per_kind": per_kind, "scales": scales, "z": hz}, st)
     if best is None:
         raise ValueError("nothing to select from: no epsilon")
     score, eps, w, rec, st = best
-    hz = _terms(held_out[eps], st)
+    hz = rec["z"]
     w_state, _ = tail_weights(hz, ("raw", "flow"))
     neg = _fused(hz, w_state)
     s_kind = {k: auroc(neg, _fused(_terms(v, st), w_state)) for k, v in pseudo[eps].items()}
@@ -288,6 +288,17 @@ def select_grid(held_out: dict[float, Errors], pseudo: dict[float, dict[str, Err
         n_pseudo=int(sum(len(v.raw) for v in next(iter(pseudo.values())).values())))
 
 
+def draw_cubes(held_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded subsamples of the held-out cubes ``held_idx`` that the selection scores: ``hold`` (normal
+    cubes, up to :data:`MAX_HELD_OUT`) and ``base`` (the cubes pseudo-anomalies are made from, up to
+    :data:`MAX_PSEUDO`), both sorted (memory-map friendly)."""
+    rng = np.random.default_rng([seed, 0x5E1])
+    held_idx = np.asarray(held_idx, np.int64)
+    hold = np.sort(rng.choice(held_idx, size=min(MAX_HELD_OUT, len(held_idx)), replace=False))
+    base = np.sort(rng.choice(held_idx, size=min(MAX_PSEUDO, len(held_idx)), replace=False))
+    return hold, base
+
+
 def run_selection(model: Any, raw: np.ndarray, flow: np.ndarray, held_idx: np.ndarray,
                   train_stats: dict[str, float], *, seed: int, batch_size: int = 256, bf16: bool = False,
                   progress: bool = True, rule: str = "tail", classes: np.ndarray | None = None,
@@ -302,10 +313,7 @@ def run_selection(model: Any, raw: np.ndarray, flow: np.ndarray, held_idx: np.nd
     from statevad.scoring import score_cubes
     from statevad.tensors import cube_motion
 
-    rng = np.random.default_rng([seed, 0x5E1])
-    held_idx = np.asarray(held_idx, np.int64)
-    hold = np.sort(rng.choice(held_idx, size=min(MAX_HELD_OUT, len(held_idx)), replace=False))
-    base = np.sort(rng.choice(held_idx, size=min(MAX_PSEUDO, len(held_idx)), replace=False))
+    hold, base = draw_cubes(held_idx, seed)
     sets = {"held_out": (raw[hold], flow[hold]), **pseudo_anomalies(raw[base], flow[base], seed)}
     speed = {name: cube_motion(f) for name, (_r, f) in sets.items()}
     app: dict[str, np.ndarray | None] = dict.fromkeys(sets)
