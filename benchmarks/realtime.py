@@ -56,12 +56,22 @@ from statevad.metrics import frame_auroc
 
 HERE = Path(__file__).resolve().parent
 PED2 = HERE.parent.parent / "shared" / "data" / "ped2"
+PIN_TODAY = ["score.overlap=false", "score.score_every=1", "score.detect_every=1"]
+# Speed candidates with the perturbation on (the model's epsilon): overlapped, each tracked object's cube
+# every k-th frame (``k``), the detector every 2nd frame (``de2``); ``t1``: the network with one torch thread
+# (a ``threads=N`` entry is the benchmark's, not a ``--set``: torch.set_num_threads for that run only).
 CONFIGS: dict[str, list[str]] = {
-    "today": ["score.overlap=false", "score.score_every=1"],
+    "today": PIN_TODAY,
     "default": [],
-    "overlap": ["score.overlap=true"],
+    "overlap": ["score.overlap=true", "score.score_every=1", "score.detect_every=1"],
+    **{f"k{k}": ["score.overlap=true", f"score.score_every={k}", "score.detect_every=1"] for k in (3, 4, 5)},
+    **{f"k{k}_de2": ["score.overlap=true", f"score.score_every={k}", "score.detect_every=2"]
+       for k in (3, 4, 5)},
+    **{f"k{k}_t1": ["score.overlap=true", f"score.score_every={k}", "score.detect_every=1", "threads=1"]
+       for k in (3, 4)},
+    "k3_de2_t1": ["score.overlap=true", "score.score_every=3", "score.detect_every=2", "threads=1"],
     "fast": fast_score_sets(),
-    **{f"fast_de{k}": [*fast_score_sets(), f"score.detect_every={k}"] for k in (1, 2, 3)},
+    **{f"fast_de{k}": [*fast_score_sets(), f"score.detect_every={k}"] for k in (1, 2, 3, 4)},
 }
 
 
@@ -101,12 +111,20 @@ def resized_copy(video: Path, size: tuple[int, int], frames: int, tmp: Path) -> 
 
 def run(video: str, model: str, sets: list[str], frames: int, out: Path, labels: np.ndarray | None = None
         ) -> dict[str, Any]:
-    opts = stream.ScoreOptions(max_frames=frames or None, progress=False, labels=labels, overwrite=True)
-    res = stream.score(video, model, out, opts, sets=sets)
+    threads = [int(v.split("=", 1)[1]) for v in sets if v.startswith("threads=")]
+    sets = [v for v in sets if not v.startswith("threads=")]
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads[-1])
+    try:
+        opts = stream.ScoreOptions(max_frames=frames or None, progress=False, labels=labels, overwrite=True)
+        res = stream.score(video, model, out, opts, sets=sets)
+    finally:
+        torch.set_num_threads(before)
     n = max(res.n_frames, 1)
     return {"frames": res.n_frames, "objects": res.n_objects, "loop_s": round(res.loop_s, 3),
             "frames_per_s": round(res.n_frames / max(res.loop_s, 1e-9), 3),
-            "cpu_s_per_frame": round(res.cpu_s / n, 4),
+            "cpu_s_per_frame": round(res.cpu_s / n, 4), "torch_threads": threads[-1] if threads else before,
             "ms_per_frame_by_stage": {k: round(1000 * v / n, 1) for k, v in res.timing.items()},
             "latency": res.latency, "scores": res.scores}
 
