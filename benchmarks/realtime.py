@@ -126,7 +126,8 @@ def run(video: str, model: str, sets: list[str], frames: int, out: Path, labels:
             "frames_per_s": round(res.n_frames / max(res.loop_s, 1e-9), 3),
             "cpu_s_per_frame": round(res.cpu_s / n, 4), "torch_threads": threads[-1] if threads else before,
             "ms_per_frame_by_stage": {k: round(1000 * v / n, 1) for k, v in res.timing.items()},
-            "latency": res.latency, "scores": res.scores}
+            "latency": res.latency, "scores": res.scores, "threshold": res.threshold,
+            "threshold_rule": res.threshold_rule}
 
 
 def speed(args: argparse.Namespace, video: str, tmp: Path) -> dict[str, Any]:
@@ -136,7 +137,8 @@ def speed(args: argparse.Namespace, video: str, tmp: Path) -> dict[str, Any]:
         for name in args.configs:
             t0 = time.perf_counter()
             res = run(video, args.model, CONFIGS[name], args.frames, tmp / f"out_{name}")
-            res.pop("scores")
+            for key in ("scores", "threshold", "threshold_rule"):
+                res.pop(key)
             row[name] = res
             print(f"round {r + 1} {name}: {res['frames_per_s']:.2f} frames/s "
                   f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", file=sys.stderr)
@@ -160,7 +162,8 @@ def _init_worker() -> None:
 def _clip_item(name: str, clip: str, model: str, tmp: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = run(clip, model, CONFIGS[name], 0, Path(tmp) / f"auc_{name}_{Path(clip).stem}")
-    return {"scores": res["scores"], "frames": res["frames"], "seconds": round(time.perf_counter() - t0, 1)}
+    return {"scores": res["scores"], "frames": res["frames"], "seconds": round(time.perf_counter() - t0, 1),
+            "threshold": res["threshold"], "threshold_rule": res["threshold_rule"]}
 
 
 def _test_item(work: str, model: str, tmp: str, clips: list[str] | None, per_clip: bool = False
@@ -224,6 +227,16 @@ def _combine_test(parts: dict[int, dict[str, Any]], chosen: list[int], labels: n
                        "`statevad test --border-min-size 0`"}}
 
 
+def _normal_frame_stats(scores: np.ndarray, labels: np.ndarray, thr: float) -> dict[str, float]:
+    """Upper quantiles of the normal frames' scores and the fraction above ``thr``: whether a streaming
+    approximation (outputs carried, detector skipped) shifts what a calibrated threshold means. The labels
+    only say which frames are normal here; nothing is chosen on them."""
+    normal = np.asarray(scores, np.float64)[np.asarray(labels) == 0]
+    q = np.percentile(normal, [50, 90, 99])
+    return {"p50": round(float(q[0]), 4), "p90": round(float(q[1]), 4), "p99": round(float(q[2]), 4),
+            "fraction_above_threshold": round(float((normal > thr).mean()), 5), "frames": int(len(normal))}
+
+
 def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str, Any]:
     """Micro AUROC over the Ped2 test clips: each streaming configuration, and `statevad test`."""
     labels_all = np.load(PED2 / "gt" / "frame_labels_test.npy").astype(np.int64)
@@ -238,6 +251,8 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
     doc["auroc"] = out
     doc["complete"] = False
     per: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in args.configs}
+    thresholds: dict[str, float] = {}
+    test_scores: dict[str, np.ndarray] = {}  # "on": `statevad test`'s frame scores (border rule on)
 
     def record() -> None:
         for name in args.configs:
@@ -248,7 +263,15 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
                 s = np.concatenate([got[i]["scores"] for i in chosen])
                 auc = frame_auroc(labels, s)  # None: one class only (a --clips subset)
                 row.update(micro_auroc=None if auc is None else round(float(auc), 5), frames=int(len(s)))
+                thr = float(got[chosen[0]]["threshold"])
+                row["threshold"] = {"value": round(thr, 4), "rule": got[chosen[0]]["threshold_rule"]}
+                row["normal_frames"] = _normal_frame_stats(s, labels, thr)
+                thresholds[name] = thr
             out[name] = row
+        test_frames = test_scores.get("on")
+        if test_frames is not None:
+            out.setdefault("statevad test", {})["normal_frames at each configuration's threshold"] = {
+                name: _normal_frame_stats(test_frames, labels, thr) for name, thr in thresholds.items()}
         test = out.get("statevad test", {}).get("micro_auroc")
         if test is not None:
             for name in args.configs:
@@ -292,6 +315,7 @@ def auroc(args: argparse.Namespace, tmp: Path, doc: dict[str, Any]) -> dict[str,
                 print(f"statevad test --clips {names[i]}: {res['seconds']} s", file=sys.stderr)
                 if len(test_parts) == len(chosen):
                     out.update(_combine_test(test_parts, chosen, labels, lengths, names))
+                    test_scores["on"] = np.concatenate([test_parts[i]["on"] for i in chosen])
             else:
                 if res["frames"] != lengths[i]:
                     raise SystemExit(f"{kind} {clips[i].name}: {res['frames']} frames scored of {lengths[i]}")

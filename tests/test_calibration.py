@@ -199,15 +199,24 @@ def test_overlap_does_not_invalidate_a_distribution() -> None:
 
 
 def test_a_score_field_added_later_keeps_older_distributions() -> None:
-    # a distribution stored before `detect_every` existed was made with the detector on every frame: it
-    # applies at the default (1), not with the detector every 3rd frame
+    # a distribution stored before `w_appearance` existed was made without the term: it applies at the
+    # default (0), not with the term on
     sc = ScoreConfig()
     dist = _dist(sc, 16.0)
-    older = dict(dist, settings={k: v for k, v in dist["settings"].items() if k != "detect_every"})
+    older = dict(dist, settings={k: v for k, v in dist["settings"].items() if k != "w_appearance"})
     rule, notes = cal.choose_threshold(_ckpt(older), sc, 16.0, None, None)[1:]
     assert not notes and not rule.startswith("auto:")
-    notes = cal.choose_threshold(_ckpt(older), ScoreConfig(detect_every=3), 16.0, None, None)[2]
-    assert len(notes) == 1 and "detect_every" in notes[0]
+    notes = cal.choose_threshold(_ckpt(older), ScoreConfig(w_appearance=0.5), 16.0, None, None)[2]
+    assert len(notes) == 1 and "w_appearance" in notes[0]
+
+
+def test_streaming_approximations_keep_a_distribution() -> None:
+    # outputs carried along tracks and boxes moved by the flow: the distribution (every cube scored) applies
+    sc = ScoreConfig(score_every=1, detect_every=1)
+    dist = _dist(sc, 16.0)
+    for other in (ScoreConfig(score_every=5), ScoreConfig(detect_every=3), ScoreConfig(max_score_every=9)):
+        rule, notes = cal.choose_threshold(_ckpt(dist), other, 16.0, None, None)[1:]
+        assert not notes and not rule.startswith("auto:")
 
 
 # --------------------------------------------------------------------------- model files and `info`

@@ -109,3 +109,57 @@ def test_score_live_source_faster_than_scoring(synthetic_root, tmp_path, monkeyp
     # frames: a wall-clock ratio failed there).
     per_frame = res.wall_s / len(scored)
     assert lat["p95_s"] < 0.4 * n * per_frame, (lat, len(scored), res.wall_s)
+
+
+# ----------------------------------------------------- carrying outputs longer before dropping frames
+def test_governor_raises_k_under_load_then_lowers_it() -> None:
+    from statevad.stream.live import CarryGovernor
+
+    gov = CarryGovernor(k0=3, k_max=7, patience=4)
+    ks = [gov.update(1.5) for _ in range(40)]  # far behind: one step per `patience` frames, up to k_max
+    assert ks[2] == 3 and ks[3] == 4 and max(ks) == 7 and ks[-1] == 7 and not gov.can_relieve
+    assert all(b - a in (0, 1) for a, b in zip(ks[:-1], ks[1:], strict=True))  # one step at a time
+    down = [gov.update(0.3) for _ in range(40)]  # idle again: back to the configured k, never below
+    assert down[-1] == 3 and min(down) == 3 and gov.can_relieve
+    steady = [gov.update(0.9) for _ in range(20)]  # between low and 1: k holds
+    assert set(steady) == {3}
+    assert sum(gov.frames_at.values()) == 100
+    assert CarryGovernor(k0=2, k_max=5).update(None) == 2  # load not measured yet: no change
+    with pytest.raises(ValueError):
+        CarryGovernor(k0=4, k_max=3)
+
+
+def test_held_stride_keeps_every_frame_but_the_queue_stays_bounded() -> None:
+    reader = LiveReader(paced(120, fps=200.0), fps=200.0, max_queue=4, hold_stride=True)
+    seen = consume(reader, work_s=0.01)  # half the source's rate: the stride would be 2 or more
+    assert reader.max_queued <= 4 and max(lag for _, lag in seen) < 0.5  # a full queue is still thinned
+    assert reader.load is not None and reader.load > 1.0
+
+
+def test_feed_carries_longer_before_the_reader_may_drop() -> None:
+    """`statevad score`'s feed: while the scorer is behind, each frame raises the engine's score_every (up
+    to the governor's k_max) and holds the reader's stride at 1; at k_max the stride may take over."""
+    from statevad.stream.driver import _Feed
+    from statevad.stream.live import CarryGovernor, LiveFrame
+
+    class Reader:  # a live reader whose scorer is always 1.5x too slow
+        load, hold_stride = 1.5, False
+
+        def __iter__(self):
+            for i in range(30):
+                yield LiveFrame(i, time.monotonic(), np.zeros((4, 4, 3), np.uint8))
+
+    class Engine:
+        score_every = 2
+
+        def set_score_every(self, k: int) -> None:
+            self.score_every = k
+
+    reader, engine = Reader(), Engine()
+    gov = CarryGovernor(k0=2, k_max=4, patience=3)
+    feed = _Feed(iter(()), reader, gov, engine)  # type: ignore[arg-type]
+    holds = []
+    for _ in feed:
+        holds.append((engine.score_every, reader.hold_stride))
+    assert holds[0] == (2, True) and holds[-1] == (4, False)
+    assert all(hold for k, hold in holds if k < 4)

@@ -215,3 +215,30 @@ def test_detect_every_one_is_the_extractor_and_the_field_is_validated() -> None:
     for bad in ("0", "1.5", "true"):
         with pytest.raises(UserError, match="detect_every"):
             resolve(get_preset("ped2"), "score", sets=[f"score.detect_every={bad}"])
+
+
+def test_score_every_changed_mid_stream() -> None:
+    """A live source falling behind raises score_every mid-stream (stream.live.CarryGovernor): from 1 (no
+    tracks yet) to 3 and back; every frame keeps its boxes, fewer cubes go through the network, and the
+    scored cubes' outputs are exact."""
+    frames = _indexed(30)
+    full, e1 = _run(frames)
+    eng = stream.StreamScorer(length=2, patch=8, box_fn=_moving_boxes, flow_fn=_flow_fn, net_fn=_net,
+                              batch_frames=3)
+    out = []
+    for t, f in enumerate(frames):
+        if t == 8:
+            eng.set_score_every(3)
+        if t == 22:
+            eng.set_score_every(1)
+        out += eng.push(f)
+    out += eng.finish()
+    assert [r.index for r in out] == list(range(30))
+    assert [len(r.boxes) for r in out] == [len(r.boxes) for r in full]
+    assert 0 < eng.n_carried and eng.n_cubes + eng.n_carried == e1.n_cubes
+    for f, s in zip(full, out, strict=True):
+        scored = np.ones(len(s.boxes), bool) if s.carried is None else ~s.carried
+        np.testing.assert_array_equal(s.scores[scored], f.scores[scored])
+    assert not any(r.carried is not None and r.carried.any() for r in out if r.index >= 26)
+    with pytest.raises(ValueError):
+        eng.set_score_every(0)

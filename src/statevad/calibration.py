@@ -44,8 +44,13 @@ DEFAULT_FALSE_ALARMS_PER_HOUR = 1.0
 BORDER_MIN_PX = 16.0
 BORDER_MARGIN_PX = 1.0
 # Score settings that do not change a frame score (so a distribution stays valid when they differ).
-# ``overlap`` only reorders the work (the network pass of one batch runs beside the next frames' boxes/flow).
-_NEUTRAL_SCORE_FIELDS = frozenset({"device", "batch_size", "bf16", "overlap"})
+# ``overlap`` only reorders the work (the network pass of one batch runs beside the next frames' boxes/flow);
+# ``max_score_every`` acts only behind a live source the scorer cannot keep up with (live.CarryGovernor).
+# ``score_every`` / ``detect_every`` are streaming approximations (outputs carried along tracks, boxes moved
+# by the flow): the training distribution scores every cube with the prepared boxes, and the streamed frame
+# scores of normal footage keep its upper quantiles (measured: benchmarks/README.md "Real-time scoring").
+_NEUTRAL_SCORE_FIELDS = frozenset({"device", "batch_size", "bf16", "overlap", "max_score_every",
+                                   "score_every", "detect_every"})
 QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 TAIL_EVENTS = 10  # the tail fit uses the events above the lowest threshold that leaves at most this many
 # Grey: fewer than 1% of the pixels have channels more than 12 levels apart. Lossy codecs shift grey

@@ -246,14 +246,21 @@ class ScoreConfig:
     batch_size: int = 256
     bf16: bool = False
     device: str = "auto"
-    # streaming speed (issue 20; `statevad score` only, independent of the fusion): the network pass of one
-    # batch overlaps the boxes/flow of the next frames (same numbers); each tracked object's cube goes
-    # through the network every score_every-th frame, carrying its outputs in between (1 = every frame)
-    overlap: bool = False  # off until the Ctrl-C tests pass with it on a quiet machine (issue 20)
-    score_every: int = 1
+    # streaming speed (issue 20; `statevad score` and `serve` only, never `test`): how a stream is run, not
+    # what the model is, so a model file's stored values give way to these defaults (STREAMING_FIELDS).
+    # The network pass of one batch overlaps the boxes/flow of the next frames (same numbers); each tracked
+    # object's cube goes through the network every score_every-th frame, carrying its outputs in between
+    # (1 = every frame). Defaults chosen by speed alone (benchmarks/README.md "Real-time scoring"), their
+    # accuracy cost measured there against `statevad test`.
+    overlap: bool = True
+    score_every: int = 3
     # the detector runs every detect_every-th frame; in between, the last detections are moved by the optical
     # flow inside each box (the motion boxes are still found every frame); 1 = every frame
-    detect_every: int = 1
+    detect_every: int = 2
+    # a live source the scorer cannot keep up with: each object's outputs are carried for up to this many
+    # frames (score_every raised step by step) before frames are dropped; 0 = the cube's length (2l+1), so an
+    # object is still scored at least once per cube span; = score_every: drop frames at once, as before
+    max_score_every: int = 0
 
     def validate(self) -> None:
         c = _Check(self)
@@ -261,6 +268,7 @@ class ScoreConfig:
         c.flag("overlap")
         c.integer("score_every", 1, 1000)
         c.integer("detect_every", 1, 1000)
+        c.integer("max_score_every", 0, 1000)
         for name in ("w_raw", "w_flow", "w_motion", "w_appearance"):
             c.number(name, 0.0)
         c.number("smooth_sigma", 0.0)
@@ -357,6 +365,17 @@ def _shanghaitech() -> Preset:
         model=ModelConfig(n_layers=5),
         score=ScoreConfig(epsilon=0.005, w_raw=1.0, w_flow=1.0),
     )
+
+
+# How `statevad score` runs a stream (ScoreConfig above): the code's defaults, not a model file's stored ones.
+STREAMING_FIELDS = ("overlap", "score_every", "detect_every", "max_score_every")
+
+
+def with_streaming_defaults(score: ScoreConfig) -> ScoreConfig:
+    """``score`` with the streaming fields at this code's defaults (a model file stores the ones of the code
+    that trained it; a --config or --set applied afterwards still sets them)."""
+    default = ScoreConfig()
+    return dataclasses.replace(score, **{f: getattr(default, f) for f in STREAMING_FIELDS})
 
 
 # The fast scoring settings (docs/REALTIME.md): `statevad score --set` each of these, or the same fields in a

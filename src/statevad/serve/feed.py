@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from statevad.io import fps_or_default, open_source, valid_fps
-from statevad.stream.live import LiveReader
+from statevad.stream.live import CarryGovernor, LiveReader
 
 
 @dataclass
@@ -78,6 +78,12 @@ class Feed:
     @property
     def dropped(self) -> int:
         return self._reader.n_dropped if self._reader is not None else 0
+
+    def govern(self, engine: Any, governor: CarryGovernor | None) -> None:
+        """After each frame of a live source: objects scored less often before any frame is dropped
+        (:class:`statevad.stream.live.CarryGovernor`, as in ``statevad score``)."""
+        if governor is not None and self._reader is not None:
+            governor.step(self._reader, engine)
 
     def idle(self) -> bool:
         """A live source with no frame waiting: the scorer may score its queued cubes now (latency)."""

@@ -247,6 +247,7 @@ class CameraWorker(threading.Thread):
         engine = self.scoring.engine()
         fps = feed.fps
         seg = _Segment(self, self.scoring.tracker(fps), fps)  # the event rule of `statevad score`
+        governor = self.scoring.scorer.governor() if feed.threaded else None
         try:
             for a in feed:
                 if self.stopping.is_set():
@@ -258,6 +259,7 @@ class CameraWorker(threading.Thread):
                 except InputChanged:  # the frame size changed: a new segment starts with the next pass
                     break
                 seg.emit(results)
+                feed.govern(engine, governor)
                 if feed.idle():  # nothing waiting from a live source: score what is queued (latency)
                     seg.emit(engine.flush())
             seg.emit(engine.finish())

@@ -9,6 +9,7 @@ input: only one float per frame (the frame score, for the curve) and a capped se
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
 import math
@@ -36,6 +37,7 @@ from statevad.calibration import (
     skip_border_boxes,
 )
 from statevad.checkpoint import load_checkpoint
+from statevad.config import with_streaming_defaults
 from statevad.errors import UserError
 from statevad.events import Event
 from statevad.files import remove_stale_temps
@@ -46,7 +48,7 @@ from statevad.report import model_card
 from statevad.scoring import motion_zscore
 from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
-from statevad.stream.live import LiveFrame, LiveReader, index_ranges, latency_summary
+from statevad.stream.live import CarryGovernor, LiveFrame, LiveReader, index_ranges, latency_summary
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
 from statevad.stream.stages import box_fn, net_fn, require_descriptions, stage_settings, stream_boxes
 from statevad.tensors import resolve_device
@@ -145,8 +147,12 @@ class _Feed:
     frames evenly when the scorer cannot keep up; a file is read frame by frame, nothing dropped.
     """
 
-    def __init__(self, frames: Iterator[np.ndarray], reader: LiveReader | None) -> None:
+    def __init__(self, frames: Iterator[np.ndarray], reader: LiveReader | None,
+                 governor: CarryGovernor | None = None, engine: StreamScorer | None = None) -> None:
         self.reader = reader
+        self.governor, self.engine = governor, engine
+        if reader is not None and governor is not None:
+            reader.hold_stride = governor.can_relieve
         self._items: Iterator[LiveFrame] = iter(reader) if reader is not None else self._stamp(frames)
         self.meta: dict[int, tuple[int, float]] = {}  # engine index -> (source index, arrival)
         self.latencies: list[float] = []
@@ -161,7 +167,13 @@ class _Feed:
         for item in self._items:
             self.meta[self._n] = (item.index, item.arrival)
             self._n += 1
+            self._govern()
             yield item.frame
+
+    def _govern(self) -> None:
+        """Behind a live source: carry outputs longer before the reader may drop frames (CarryGovernor)."""
+        if self.governor is not None and self.reader is not None and self.engine is not None:
+            self.governor.step(self.reader, self.engine)
 
     def idle(self) -> bool:
         """A live source with no frame waiting: score the queued cubes now rather than wait for a batch."""
@@ -345,6 +357,13 @@ class Scorer:
                             net_fn=self.net, motion_thr=cube.motion_thr, batch_frames=self.opts.batch_frames,
                             max_objects=self.max_objects, overlap=sc.overlap, score_every=sc.score_every)
 
+    def governor(self) -> CarryGovernor:
+        """For a live stream: raises ``score_every`` up to ``score.max_score_every`` (0 = the cube's length)
+        while the scorer falls behind, before the reader may drop frames."""
+        sc = self.preset.score
+        ceiling = sc.max_score_every or self.preset.cube.frames
+        return CarryGovernor(sc.score_every, max(sc.score_every, ceiling))
+
     def event_rule(self, fps: float) -> tuple[int, int]:
         """(min_gap, min_len) in frames at ``fps``: :class:`statevad.events.EventTracker`'s rules."""
         return max(1, round(self.opts.min_gap_s * fps)), max(1, round(self.opts.min_len_s * fps))
@@ -378,7 +397,8 @@ def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None =
     if not ckpt.stats:
         raise UserError(f"model {model_path} carries no training statistics (needed to z-score the errors): "
                         "use a model file written by `statevad train`")
-    preset = resolve(ckpt.preset, "score", config=config, sets=sets, flags={"score": {
+    base = dataclasses.replace(ckpt.preset, score=with_streaming_defaults(ckpt.preset.score))
+    preset = resolve(base, "score", config=config, sets=sets, flags={"score": {
         "device": opts.device, "bf16": opts.bf16, "w_motion": opts.w_motion,
         "epsilon": None if opts.perturb else 0.0}})
     sc = preset.score
@@ -440,7 +460,9 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     # a live source is read in its own thread and thinned evenly when scoring falls behind; a file never
     reader = LiveReader(frames, fps=valid_fps(getattr(src, "fps", None))) \
         if isinstance(src, LiveSource) else None
-    feed = _Feed(frames if reader is None else iter(()), reader)
+    # behind a live source, objects are first scored less often (outputs carried longer), frames dropped last
+    governor = scorer.governor() if reader is not None else None
+    feed = _Feed(frames if reader is None else iter(()), reader, governor, engine)
     sig = _Signals()
     # The bar counts frames *scored* (written to the outputs), not read: the rate and ETA are the real ones;
     # the frames read ahead show as "read N". A live source has no total (no ETA).
@@ -475,9 +497,12 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
         if sc.detect_every > 1:
             summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
-        if sc.score_every > 1:
+        if sc.score_every > 1 or engine.n_carried:
             summary["objects scored every k-th frame"] = sc.score_every
             summary["objects carried (score from the track's last scored frame)"] = engine.n_carried
+        if governor is not None and set(governor.frames_at) != {sc.score_every}:
+            summary["live source behind: frames pushed at each k (objects scored every k-th frame)"] = {
+                str(k): n for k, n in sorted(governor.frames_at.items())}
         if reader is not None:
             summary["frames read from the live source"] = reader.n_read
             summary["frames dropped (live source faster than scoring)"] = reader.n_dropped

@@ -169,6 +169,7 @@ class StreamScorer:
         self._box_index = accepts(box_fn, "index")
         self._net_classes = accepts(net_fn, "classes")
         self.score_every = score_every
+        self._track_iou = track_iou
         self._tracker = IouTracker(track_iou) if score_every > 1 else None
         self._scheduled: dict[int, int] = {}  # track id -> last target frame sent through the network
         self._track_out: dict[int, tuple[float, float, float]] = {}  # track id -> its last network outputs
@@ -180,6 +181,16 @@ class StreamScorer:
     @property
     def n_received(self) -> int:
         return self._n
+
+    def set_score_every(self, k: int) -> None:
+        """Change ``score_every`` mid-stream (a live source that falls behind carries outputs longer, see
+        :class:`statevad.stream.live.CarryGovernor`). Tracks start here when there were none (k was 1): every
+        object is new, so due, and the next cubes of each are scored as the new k says."""
+        if k < 1:
+            raise ValueError("score_every >= 1 is required")
+        if k > 1 and self._tracker is None:
+            self._tracker = IouTracker(self._track_iou)
+        self.score_every = int(k)
 
     @property
     def buffered(self) -> int:

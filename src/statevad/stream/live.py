@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,9 @@ class LiveReader:
     # False: count the dropped frames without keeping their indices (a service reading a camera for weeks
     # would otherwise keep one int per dropped frame, and re-sort the list on every thinning)
     keep_dropped: bool = True
+    # True while the scorer can still relieve itself without losing frames (CarryGovernor): the stride stays
+    # 1; a full queue is still thinned, so the lag stays bounded whatever the scorer does
+    hold_stride: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queue < 2:
@@ -141,6 +145,8 @@ class LiveReader:
         busy, interval = self._busy.value, self._interval.value
         if busy is None or not interval:
             return self.stride
+        if self.hold_stride:
+            return 1
         s = max(1, math.ceil(busy / (interval * self.headroom)))
         self.max_stride = max(self.max_stride, s)
         return s
@@ -189,6 +195,14 @@ class LiveReader:
         return self._n_dropped
 
     @property
+    def load(self) -> float | None:
+        """The scorer's time per kept frame over the time it may take (source interval x headroom): above 1
+        it falls behind; None until both have been measured."""
+        with self._cond:
+            busy, interval = self._busy.value, self._interval.value
+        return None if busy is None or not interval else busy / (interval * self.headroom)
+
+    @property
     def waiting(self) -> int:
         """Frames read and kept but not taken yet (0: the scorer may as well flush its batch now)."""
         with self._cond:
@@ -203,6 +217,59 @@ class LiveReader:
             self._thread.join(timeout)
             return not self._thread.is_alive()
         return True
+
+
+@dataclass
+class CarryGovernor:
+    """Keep up with a live source by scoring each object less often before dropping any frame.
+
+    Dropping frames is the last resort: the kept frames are then ``s`` source frames apart, so every flow
+    spans ``s`` frames and every object looks ``s`` times faster than in training, which is what a speed
+    anomaly looks like. Carrying an object's network outputs for more frames (the engine's ``score_every``)
+    keeps every frame, its boxes and flow; only the network passes thin out. So when the scorer's load
+    (:attr:`LiveReader.load`) stays above 1, ``k`` goes up by one, up to ``k_max``; below ``low`` it comes
+    back down by one, never under the configured ``k0``. A change waits ``patience`` frames for the moving
+    averages to show its effect. While ``k`` can still rise, the reader keeps all frames
+    (:attr:`LiveReader.hold_stride`); at ``k_max`` its stride takes over. :attr:`frames_at` counts the
+    frames pushed at each ``k`` (the record in events.json).
+    """
+
+    k0: int
+    k_max: int
+    low: float = 0.7
+    patience: int = 8
+    k: int = 0
+    frames_at: dict[int, int] = field(default_factory=dict)
+    _since: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k0 < 1 or self.k_max < self.k0:
+            raise ValueError("1 <= k0 <= k_max is required")
+        self.k = self.k0
+
+    def update(self, load: float | None) -> int:
+        """One frame pushed at the current ``k`` with the reader's ``load``; the ``k`` for the next frame."""
+        self.frames_at[self.k] = self.frames_at.get(self.k, 0) + 1
+        self._since += 1
+        if load is None or self._since < self.patience:
+            return self.k
+        if load > 1.0 and self.k < self.k_max:
+            self.k, self._since = self.k + 1, 0
+        elif load < self.low and self.k > self.k0:
+            self.k, self._since = self.k - 1, 0
+        return self.k
+
+    @property
+    def can_relieve(self) -> bool:
+        return self.k < self.k_max
+
+    def step(self, reader: LiveReader, engine: Any) -> None:
+        """After each frame taken from ``reader``: the engine's ``score_every`` (``set_score_every``) and
+        the reader's ``hold_stride`` as the reader's load says."""
+        k = self.update(reader.load)
+        if k != engine.score_every:
+            engine.set_score_every(k)
+        reader.hold_stride = self.can_relieve
 
 
 def latency_summary(latencies_s: Iterable[float]) -> dict[str, float | int]:
