@@ -128,7 +128,7 @@ def test_fast_settings_resolve_and_bad_values_fail() -> None:
     from statevad.settings import resolve
 
     sc = resolve(get_preset("ped2"), "score", sets=fast_score_sets()).score
-    assert (sc.score_every, sc.epsilon, sc.bf16, sc.overlap) == (3, 0.0, False, True)
+    assert (sc.score_every, sc.detect_every, sc.epsilon, sc.bf16, sc.overlap) == (4, 2, 0.0, False, True)
     with pytest.raises(UserError, match="score_every"):
         resolve(get_preset("ped2"), "score", sets=["score.score_every=0"])
 

@@ -253,7 +253,7 @@ class ScoreConfig:
     # (1 = every frame). Defaults chosen by speed alone (benchmarks/README.md "Real-time scoring"), their
     # accuracy cost measured there against `statevad test`.
     overlap: bool = True
-    score_every: int = 3
+    score_every: int = 4
     # the detector runs every detect_every-th frame; in between, the last detections are moved by the optical
     # flow inside each box (the motion boxes are still found every frame); 1 = every frame
     detect_every: int = 2
@@ -378,12 +378,11 @@ def with_streaming_defaults(score: ScoreConfig) -> ScoreConfig:
     return dataclasses.replace(score, **{f: getattr(default, f) for f in STREAMING_FIELDS})
 
 
-# The fast scoring settings (docs/REALTIME.md): `statevad score --set` each of these, or the same fields in a
-# --config file's [score] table. Every object's cube is scored every 3rd frame (scores carried by IoU tracks
-# in between), without the test-time perturbation (no backward pass: 3.4x cheaper per cube,
-# benchmarks/results/net-speed.json), and with the overlapped pipeline. Not bf16: without native bf16 (this
-# project's 2-core CPU has none) autocast made a cube 10x slower in the same run.
-FAST_SCORE: dict[str, Any] = {"score_every": 3, "epsilon": 0.0, "overlap": True}
+# The fast scoring settings (docs/REALTIME.md): the streaming defaults without the test-time perturbation (no
+# backward pass: 3.4x cheaper per cube, benchmarks/results/net-speed.json); `statevad score --set` each of
+# these, or the same fields in a --config file's [score] table. Not bf16: without native bf16 (this project's
+# 2-core CPU has none) autocast made a cube 10x slower in the same run.
+FAST_SCORE: dict[str, Any] = {"score_every": 4, "detect_every": 2, "epsilon": 0.0, "overlap": True}
 
 
 def fast_score_sets() -> list[str]:
