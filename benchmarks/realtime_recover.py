@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from ped2 import _git_commit  # the Ped2 benchmarks' commit + dirty flag
-from realtime import CONFIGS, PED2
+from realtime import CONFIGS, PED2, _normal_frame_stats
 
 from statevad.files import atomic_write_json
 from statevad.metrics import evaluate
@@ -80,6 +81,21 @@ def main(argv: list[str] | None = None) -> int:
                   if (d / f"auc_{name}_{n}" / "scores.csv").is_file() else None) for n in names]
         if any(p is not None for p in parts):
             add(name, parts, f"statevad score with {CONFIGS[name]} per clip, scores.csv concatenated")
+    # the normal frames' upper quantiles at each configuration's threshold (events.json): whether a streaming
+    # approximation shifts what a calibrated threshold means (labels say which frames are normal; nothing
+    # is chosen on them)
+    on_all = np.concatenate(on) if all(p is not None for p in on) else None
+    for name in CONFIGS:
+        ev = d / f"auc_{name}_{names[0]}" / "events.json"
+        if name not in res or "micro_auroc" not in res[name] or not ev.is_file():
+            continue
+        thr = float(json.loads(ev.read_text())["threshold"])
+        s = np.concatenate([_col(d / f"auc_{name}_{n}" / "scores.csv", "score") for n in names])
+        res[name]["threshold"] = round(thr, 4)
+        res[name]["normal_frames"] = _normal_frame_stats(s, labels, thr)
+        if on_all is not None:
+            res["statevad test"].setdefault("normal_frames at each configuration's threshold", {})[name] = \
+                _normal_frame_stats(on_all, labels, thr)
     test = res["statevad test"].get("micro_auroc")
     for row in res.values():
         if test is not None and row.get("micro_auroc") is not None:

@@ -242,6 +242,10 @@ def test_stream_stage_without_a_detector_is_one_clear_line() -> None:
         DescribedBoxes(BoxExtractor(BoxConfig(), "motion"))
 
 
+# every object scored on every frame, the detector on every frame: the exact per-frame comparison below
+PER_FRAME = ["--set", "score.score_every=1", "--set", "score.detect_every=1"]
+
+
 def test_score_adds_each_objects_appearance_z(tmp_path: Path) -> None:
     """`statevad score` on real footage (the bundled Ped2 clip, detector boxes): each object's score gains
     exactly w_appearance x the z-score of its box's class description, which the detector pass that made the
@@ -272,7 +276,7 @@ def test_score_adds_each_objects_appearance_z(tmp_path: Path) -> None:
     for name, extra in (("with", []), ("without", ["--set", "score.w_appearance=0"])):
         out = tmp_path / name
         assert main(["score", str(video), "--model", str(model), "--out", str(out), "--max-frames", str(n),
-                     "--no-perturb", "--quiet", "--border-min-size", "0", *extra]) == 0
+                     "--no-perturb", "--quiet", "--border-min-size", "0", *PER_FRAME, *extra]) == 0
         runs[name] = [json.loads(x) for x in (out / "objects.jsonl").read_text().splitlines()]
     a, b = runs["with"], runs["without"]
     assert len(a) == len(b) > 0 and [(o["frame"], o["box"]) for o in a] == [(o["frame"], o["box"]) for o in b]
