@@ -211,7 +211,7 @@ def test_detect_every_one_is_the_extractor_and_the_field_is_validated() -> None:
     ext = BoxExtractor(BoxConfig(), "motion")
     assert sparse_detector(ext, 1) is ext and sparse_detector(ext, 3) is ext  # no detector: nothing to skip
     assert resolve(get_preset("ped2"), "score", sets=["score.detect_every=2"]).score.detect_every == 2
-    assert get_preset("ped2").score.detect_every == 1
+    assert resolve(get_preset("ped2"), "score", sets=["score.detect_every=1"]).score.detect_every == 1
     for bad in ("0", "1.5", "true"):
         with pytest.raises(UserError, match="detect_every"):
             resolve(get_preset("ped2"), "score", sets=[f"score.detect_every={bad}"])
@@ -242,3 +242,27 @@ def test_score_every_changed_mid_stream() -> None:
     assert not any(r.carried is not None and r.carried.any() for r in out if r.index >= 26)
     with pytest.raises(ValueError):
         eng.set_score_every(0)
+
+
+def test_carried_objects_are_fused_with_their_own_speed() -> None:
+    """With the network stage's fusion (``fuse_fn``), an object that carries its track's errors gets the
+    fused score of its own cube's speed on this frame; scored cubes keep the network stage's own score."""
+
+    def net(raw, flow, speed):
+        e = raw.reshape(len(raw), -1).mean(1).astype(np.float64)
+        return e, 2 * e, fuse(e, 2 * e, speed)
+
+    def fuse(e_raw, e_flow, speed):
+        return e_raw + 0.5 * e_flow + 10 * speed
+
+    frames = _indexed(30)
+    eng = stream.StreamScorer(length=2, patch=8, box_fn=_moving_boxes, flow_fn=_flow_fn, net_fn=net,
+                              batch_frames=3, score_every=3, fuse_fn=fuse)
+    out = []
+    for f in frames:
+        out += eng.push(f)
+    out += eng.finish()
+    assert eng.n_carried > 0
+    for r in out:
+        assert r.speed is not None
+        np.testing.assert_allclose(r.scores, fuse(r.e_raw, r.e_flow, r.speed))  # every object, carried or not

@@ -355,7 +355,8 @@ class Scorer:
         sc, cube = self.preset.score, self.preset.cube
         return StreamScorer(length=cube.length, patch=cube.patch, box_fn=self.boxes(), flow_fn=self.flow,
                             net_fn=self.net, motion_thr=cube.motion_thr, batch_frames=self.opts.batch_frames,
-                            max_objects=self.max_objects, overlap=sc.overlap, score_every=sc.score_every)
+                            max_objects=self.max_objects, overlap=sc.overlap, score_every=sc.score_every,
+                            fuse_fn=getattr(self.net, "fuse", None))
 
     def governor(self) -> CarryGovernor:
         """For a live stream: raises ``score_every`` up to ``score.max_score_every`` (0 = the cube's length)

@@ -48,6 +48,10 @@ FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (raw (N,T,P,P,3) uint8, flow (N,T,P,P,2) float16, speed (N,) float64[, classes=(N, C) float32 when the box
 # stage gives them]) -> (e_raw, e_flow, fused) each (N,)
 NetFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+# (e_raw (N,), e_flow (N,), speed (N,)[, classes=(N, C)]) -> fused (N,): the network stage's fusion alone, so
+# an object carrying its track's network errors (score_every > 1) gets the fused score of *this* frame's
+# speed and appearance (stream.stages.net_fn gives it as ``net.fuse``)
+FuseFn = Callable[..., np.ndarray]
 
 STAGES = ("decode", "boxes", "flow", "cubes", "network", "outputs")
 
@@ -100,6 +104,7 @@ class _Flight:
     speed: np.ndarray  # (n,) every cube's
     due: np.ndarray  # (n,) bool: the cubes sent through the network
     future: Future[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    classes: np.ndarray | None = None  # (n, C) every cube's box class description, when the stage gives them
 
 
 def accepts(fn: Callable[..., object], name: str) -> bool:
@@ -139,7 +144,8 @@ class StreamScorer:
 
     def __init__(self, *, length: int, patch: int, box_fn: BoxFn, flow_fn: FlowFn, net_fn: NetFn,
                  motion_thr: float = 0.0, batch_frames: int = 4, max_objects: int | None = None,
-                 overlap: bool = False, score_every: int = 1, track_iou: float = 0.3) -> None:
+                 overlap: bool = False, score_every: int = 1, track_iou: float = 0.3,
+                 fuse_fn: FuseFn | None = None) -> None:
         if length < 0 or patch < 1 or batch_frames < 1 or score_every < 1:
             raise ValueError("length >= 0, patch >= 1, batch_frames >= 1 and score_every >= 1 are required")
         if max_objects is not None and max_objects < 1:
@@ -149,7 +155,7 @@ class StreamScorer:
         self.length, self.patch, self.motion_thr = length, patch, motion_thr
         self._cube_cfg = CubeConfig(length=length, patch=patch, motion_thr=motion_thr)
         self.size = 2 * length + 1
-        self.box_fn, self.flow_fn, self.net_fn = box_fn, flow_fn, net_fn
+        self.box_fn, self.flow_fn, self.net_fn, self.fuse_fn = box_fn, flow_fn, net_fn, fuse_fn
         self.batch_frames = batch_frames
         self.timing: dict[str, float] = {s: 0.0 for s in STAGES}
         self.n_cubes = 0
@@ -406,10 +412,10 @@ class StreamScorer:
         if self._pool is None or wait:
             res = self._net(*net_in)
             self.timing["network"] += time.perf_counter() - t0
-            out = self._assemble(batch, speed, due, res)
+            out = self._assemble(batch, speed, due, res, classes)
             self._batch = []  # only now: a network step that raised keeps its batch for the next call
             return out
-        self._flight = _Flight(batch, speed, due, self._pool.submit(self._timed_net, *net_in))
+        self._flight = _Flight(batch, speed, due, self._pool.submit(self._timed_net, *net_in), classes)
         self._batch = []
         return []
 
@@ -459,12 +465,15 @@ class StreamScorer:
             raise
         finally:
             self.timing["network"] += time.perf_counter() - t0
-        self._ready.extend(self._assemble(fl.batch, fl.speed, fl.due, res))
+        self._ready.extend(self._assemble(fl.batch, fl.speed, fl.due, res, fl.classes))
         self._flight = None
 
     def _assemble(self, batch: list[_Pending], speed: np.ndarray, due: np.ndarray,
-                  res: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[FrameResult]:
-        """Per-frame results from the network outputs of the due cubes and the tracks' carried ones."""
+                  res: tuple[np.ndarray, np.ndarray, np.ndarray], classes: np.ndarray | None = None
+                  ) -> list[FrameResult]:
+        """Per-frame results from the network outputs of the due cubes and the tracks' carried ones; with
+        ``fuse_fn`` a carried object's fused score is re-made from its track's errors and its own speed (and
+        class description), so the speed and appearance terms follow the object frame by frame."""
         full = [np.zeros(len(due), np.float64) for _ in range(3)]
         for f, r in zip(full, res, strict=True):
             f[due] = r
@@ -484,6 +493,13 @@ class StreamScorer:
             out.append(FrameResult(p.t, self._frames[p.t], p.boxes, e_raw, e_flow, fused, p.n_dropped,
                                    speed[a:b], carried))
             a = b
+        if self.fuse_fn is not None and not due.all():  # in place: the results' arrays are views of `full`
+            c = ~due
+            extra = {"classes": classes[c]} if classes is not None else {}
+            fused_c = np.asarray(self.fuse_fn(full[0][c], full[1][c], speed[c], **extra), np.float64)
+            if fused_c.shape != (int(c.sum()),):
+                raise StageError(f"the fusion stage returned {fused_c.shape} scores for {int(c.sum())} cubes")
+            full[2][c] = fused_c
         self._track_out = track_out
         self.n_cubes += int(due.sum())
         self.n_carried += int((~due).sum())

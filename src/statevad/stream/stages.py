@@ -181,9 +181,19 @@ def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_ba
         return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion,
                                    z_app, score.w_appearance)
 
+    def fused(e_raw: np.ndarray, e_flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
+              ) -> np.ndarray:
+        """The fusion alone (an object carrying its track's errors, with its own speed and class)."""
+        z_app = appearance_term(appearance, classes, score.w_appearance, "the box stage") \
+            if score.w_appearance else None
+        return fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion, z_app,
+                    score.w_appearance)
+
     if score.w_appearance:
         appearance_term(appearance, np.zeros((0, N_CLASSES), np.float32), score.w_appearance, "")  # fail now
+        net_appearance.fuse = fused  # type: ignore[attr-defined]
         return net_appearance
+    net.fuse = fused  # type: ignore[attr-defined]
     return net
 
 
