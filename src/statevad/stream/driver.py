@@ -610,6 +610,8 @@ def _run(engine: StreamScorer, sink: Outputs, feed: _Feed, max_frames: int | Non
         if sig.first is None:
             sig.first = signal.SIGINT
         end["reason"] = f"stopped at once ({sig.name} twice): the frames already scored are written"
+        with contextlib.suppress(KeyboardInterrupt):  # a batch landed from the worker is scored: write it
+            _emit(engine, sink, engine.take_ready(), bar, sig, feed)
 
 
 def _emit(engine: StreamScorer, sink: Outputs, results: list[FrameResult], bar: Any, sig: _Signals,

@@ -284,6 +284,13 @@ class StreamScorer:
         out, self._ready = self._ready + res, []
         return out
 
+    def take_ready(self) -> list[FrameResult]:
+        """The results already final that a call which raised could not hand over (a batch landed from the
+        worker just before the next network step was interrupted): a caller stopping at once writes them
+        too, so no scored frame is lost."""
+        out, self._ready = self._ready, []
+        return out
+
     def close(self) -> None:
         """Release the worker thread (``finish`` does too); results still in flight are discarded."""
         if self._pool is not None:
