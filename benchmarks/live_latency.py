@@ -93,7 +93,7 @@ def score_live(url: str, model: str, sets: list[str], fps: float, frames: int, o
             "frames read from the live source", "frames dropped (live source faster than scoring)",
             "dropped frames (source indices, first-last)", "objects scored every k-th frame",
             "detector every k-th frame (boxes moved by the flow in between)", "perturbation epsilon",
-            "objects carried (score from the track's last scored frame)",
+            "objects carried (network errors from the track's last scored frame)",
             "live source behind: frames pushed at each k (objects scored every k-th frame)")
     res: dict[str, Any] = {k: ev[k] for k in keep if k in ev}
     read = ev.get("frames read from the live source") or 0

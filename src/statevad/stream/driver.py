@@ -500,7 +500,7 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
             summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
         if sc.score_every > 1 or engine.n_carried:
             summary["objects scored every k-th frame"] = sc.score_every
-            summary["objects carried (score from the track's last scored frame)"] = engine.n_carried
+            summary["objects carried (network errors from the track's last scored frame)"] = engine.n_carried
         if governor is not None and set(governor.frames_at) != {sc.score_every}:
             summary["live source behind: frames pushed at each k (objects scored every k-th frame)"] = {
                 str(k): n for k, n in sorted(governor.frames_at.items())}

@@ -19,7 +19,8 @@ Two speed-ups (issue 20), both independent of how the network's outputs are fuse
   batch is in flight, so memory and latency stay bounded. Results are the same numbers in the same order.
 * ``score_every=k`` follows objects from frame to frame (:class:`statevad.stream.tracking.IouTracker`) and
   sends an object's cube through the network only when its track was last scored k or more frames ago (or
-  is new); in between, the object carries its track's last network outputs (``FrameResult.carried``).
+  is new); in between, the object carries its track's last network errors (``FrameResult.carried``), fused
+  with its own speed and class description when the network stage gives its fusion (``fuse_fn``).
   k = 1 scores every cube, exactly as before.
 """
 
@@ -76,7 +77,7 @@ class FrameResult:
     scores: np.ndarray  # (n,) fused z-score
     n_dropped: int = 0  # boxes dropped by the motion filter (spec 4.4)
     speed: np.ndarray | None = None  # (n,) mean flow speed of each object's cube, pixels per frame
-    carried: np.ndarray | None = None  # (n,) bool: outputs carried from the track's last scored frame
+    carried: np.ndarray | None = None  # (n,) bool: network errors carried from the track's last scored frame
 
     @property
     def score(self) -> float:
