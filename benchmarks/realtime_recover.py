@@ -76,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         "concatenated in clip order")
     add("statevad test, border rule off", off, "the same runs' objects.csv (6 digits), every cube counted: "
         "`statevad test --border-min-size 0`")
+    streamed: dict[str, list[np.ndarray | None]] = {}
     for name in CONFIGS:
         parts = [(_col(d / f"auc_{name}_{n}" / "scores.csv", "score")
                   if (d / f"auc_{name}_{n}" / "scores.csv").is_file() else None) for n in names]
         if any(p is not None for p in parts):
             add(name, parts, f"statevad score with {CONFIGS[name]} per clip, scores.csv concatenated")
+            streamed[name] = parts
     # the normal frames' upper quantiles at each configuration's threshold (events.json): whether a streaming
     # approximation shifts what a calibrated threshold means (labels say which frames are normal; nothing
     # is chosen on them)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in res or "micro_auroc" not in res[name] or not ev.is_file():
             continue
         thr = float(json.loads(ev.read_text())["threshold"])
-        s = np.concatenate([_col(d / f"auc_{name}_{n}" / "scores.csv", "score") for n in names])
+        s = np.concatenate(streamed[name])  # type: ignore[arg-type]  (complete: it has an AUROC)
         res[name]["threshold"] = round(thr, 4)
         res[name]["normal_frames"] = _normal_frame_stats(s, labels, thr)
         if on_all is not None:

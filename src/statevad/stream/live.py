@@ -225,13 +225,13 @@ class CarryGovernor:
 
     Dropping frames is the last resort: the kept frames are then ``s`` source frames apart, so every flow
     spans ``s`` frames and every object looks ``s`` times faster than in training, which is what a speed
-    anomaly looks like. Carrying an object's network outputs for more frames (the engine's ``score_every``)
-    keeps every frame, its boxes and flow; only the network passes thin out. So when the scorer's load
-    (:attr:`LiveReader.load`) stays above 1, ``k`` goes up by one, up to ``k_max``; below ``low`` it comes
-    back down by one, never under the configured ``k0``. A change waits ``patience`` frames for the moving
-    averages to show its effect. While ``k`` can still rise, the reader keeps all frames
-    (:attr:`LiveReader.hold_stride`); at ``k_max`` its stride takes over. :attr:`frames_at` counts the
-    frames pushed at each ``k`` (the record in events.json).
+    anomaly looks like. Carrying an object's network errors for more frames (the engine's ``score_every``)
+    keeps every frame, its boxes, flow and speed term; only the network passes thin out. So when the scorer's
+    load (:attr:`LiveReader.load`) stays above 1, ``k`` goes up by one, up to ``k_max``; below ``low`` it
+    comes back down by one, never under the configured ``k0``. A change waits ``patience`` frames for the
+    moving averages to show its effect. While ``k`` can still rise, the reader keeps all frames
+    (:attr:`LiveReader.hold_stride`); at ``k_max`` its stride takes over. :attr:`frames_at` counts the frames
+    pushed at each ``k`` (the record in events.json).
     """
 
     k0: int

@@ -169,25 +169,25 @@ def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_ba
                                   bf16=score.bf16) for a in range(0, len(raw), max_batch)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def net(raw: np.ndarray, flow: np.ndarray,
-            speed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        e_raw, e_flow = errors(raw, flow)
-        return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion)
-
-    def net_appearance(raw: np.ndarray, flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        e_raw, e_flow = errors(raw, flow)
-        z_app = appearance_term(appearance, classes, score.w_appearance, "the box stage")
-        return e_raw, e_flow, fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion,
-                                   z_app, score.w_appearance)
-
     def fused(e_raw: np.ndarray, e_flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
               ) -> np.ndarray:
-        """The fusion alone (an object carrying its track's errors, with its own speed and class)."""
+        """The fusion alone: of a batch's fresh errors, and of an object carrying its track's errors with
+        its own speed and class."""
         z_app = appearance_term(appearance, classes, score.w_appearance, "the box stage") \
             if score.w_appearance else None
         return fuse(e_raw, e_flow, stats, score.w_raw, score.w_flow, speed, score.w_motion, z_app,
                     score.w_appearance)
+
+    # two signatures: the engine hands class descriptions only to a stage that takes ``classes``
+    def net(raw: np.ndarray, flow: np.ndarray,
+            speed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e_raw, e_flow = errors(raw, flow)
+        return e_raw, e_flow, fused(e_raw, e_flow, speed)
+
+    def net_appearance(raw: np.ndarray, flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e_raw, e_flow = errors(raw, flow)
+        return e_raw, e_flow, fused(e_raw, e_flow, speed, classes)
 
     if score.w_appearance:
         appearance_term(appearance, np.zeros((0, N_CLASSES), np.float32), score.w_appearance, "")  # fail now
