@@ -30,14 +30,15 @@ import argparse
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ped2 import _git_commit  # noqa: E402
+
 # NanoDet-m's head features before its classifier (names in the bundled ONNX graph): stride 8 and 16.
 HEAD_FEATURES = {8: "PartitionedCall/onnx_tf_prefix_LeakyRelu_151:0",
                  16: "PartitionedCall/onnx_tf_prefix_LeakyRelu_162:0"}
@@ -45,17 +46,6 @@ CAUSAL_FRAMES = (3, 5, 10)
 GAUSS_SIGMAS = (1.0, 2.0, 3.0)
 TRACK_FRAMES = (5, 10, 20)
 KNN_K = (1, 5)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return out + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def motion_summaries(flow: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
