@@ -47,7 +47,8 @@ CONFIGS: dict[str, dict[str, object]] = {
     # clips out and selects eps, the fusion weights and the z-score statistics on them against
     # pseudo-anomalies (statevad.selection, the ped2/generic presets' default); None = the model's selection.
     "cpu-lf": {"model_size": "tiny", "epochs": 6, "batch_size": 128, "max_cubes": None, "bf16": False,
-               "lr": 1e-3, "lr_schedule": "constant", "epsilon": None, "w_motion": None, "select": True},
+               "lr": 1e-3, "lr_schedule": "constant", "epsilon": None, "w_motion": None, "select": True,
+               "flow_term": "sse"},
     # A smoke run of the whole driver in a few minutes (not a result).
     "smoke": {"model_size": "tiny", "epochs": 1, "batch_size": 128, "max_cubes": 1024, "bf16": False,
               "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.01, "w_motion": 1.0, "select": False},
@@ -278,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     preset.train = override(preset.train, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                             max_cubes=cfg["max_cubes"], bf16=cfg["bf16"], lr=cfg["lr"],
                             lr_schedule=cfg["lr_schedule"], seed=args.seed,
-                            device=args.device, select=bool(cfg.get("select", False)))
+                            device=args.device, select=bool(cfg.get("select", False)),
+                            flow_term=str(cfg.get("flow_term", "sse")))
     fixed = {k: cfg[k] for k in ("epsilon", "w_motion") if cfg.get(k) is not None}
     preset.score = override(preset.score, **fixed, bf16=cfg["bf16"], device=args.device)
     model_path = work / f"model-{args.config}{tag}.pt"

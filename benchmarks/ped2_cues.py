@@ -18,7 +18,10 @@ micro AUROC on the 12 test clips (max over a frame's objects, the published prot
    rule (``statevad.selection.tail_weights``); needs the ``onnx`` package to expose the hidden outputs;
 4. with ``--model``: the flow branch's prediction used differently: the excess of the observed speed over
    the predicted one (one-sided, "faster than the model expects from the object's look"), the log ratio,
-   the error of the mean flow vector, each z-scored on the held-out training clips and fused by the tail rule.
+   the error of the mean flow vector, each z-scored on the held-out training clips and fused by the tail rule;
+5. with ``--model``: the two candidates that section 11 wrote down after seed 3, before any other training was
+   scored (their held-out check): the excess speed in place of the flow SSE, alone with the raw SSE and with
+   every other term of the model, each also with a causal mean along the track over 10 frames.
 
 Every window, k and formula was fixed before it was scored; the test labels are read only to compute the
 AUROCs, which are information: nothing here sets a default (``"chosen_on_test_labels": []``).
@@ -46,6 +49,7 @@ CAUSAL_FRAMES = (3, 5, 10)
 GAUSS_SIGMAS = (1.0, 2.0, 3.0)
 TRACK_FRAMES = (5, 10, 20)
 KNN_K = (1, 5)
+TRACK_CANDIDATE = 10  # frames of the pre-registered track mean (study 5)
 
 
 def motion_summaries(flow: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
@@ -280,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                            sc.w_flow, 0.0)
         scores["model default (eps 0)"] = combine(z_raw, z_flow, z_mot, sc.w_raw, sc.w_flow, sc.w_motion,
                                                   z_app, sc.w_appearance)
-        model_terms = (o_test, o_held)
+        z_app_held = None
+        if z_app is not None and train.classes is not None:
+            z_app_held = ckpt.appearance.zscore(np.asarray(train.classes, np.float32)[ref_idx])
+        model_terms = (o_test, o_held, z_app, z_app_held)
     study2 = {}
     for name, s in scores.items():
         fr = frame_scores(test.frame, s, test.n_frames)
@@ -329,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. the flow branch's prediction used differently
     if model_terms is not None:
-        o_test, o_held = model_terms
+        o_test, o_held, z_app, z_app_held = model_terms
         t_te, t_he = flow_branch_terms(o_test), flow_branch_terms(o_held)
         z = {k: z_held(t_he[k], t_te[k]) for k in t_te}
+        if z_app is not None and z_app_held is not None:
+            z["appearance"] = (z_app_held, z_app)  # the model's own kNN term, z-scored on the same clips
         study4 = {f"{k} alone": cube_auc(v[1]) for k, v in z.items()}
         combos = [("raw SSE", "flow SSE"), ("raw SSE", "flow SSE", "speed"),
                   ("raw SSE", "excess speed over predicted"),
@@ -342,6 +351,27 @@ def main(argv: list[str] | None = None) -> int:
             fused, w = tail_fused({k: z[k] for k in combo})
             study4[" + ".join(combo) + " (tail rule)"] = {**cube_auc(fused), "weights": w}
         results["flow_branch"] = study4
+        # The candidates written down (docs/ANALYSIS.md section 11) after seed 3 and before any other
+        # training was scored: the flow SSE replaced by the excess speed, with and without the model's other
+        # terms, and the causal mean along the object's track over TRACK_CANDIDATE frames (1 s at 10 fps).
+        frame_ids = np.asarray(test.frame)
+        others = ("speed", "appearance") if "appearance" in z else ("speed",)
+        pairs = {"reconstruction only": (("raw SSE", "flow SSE"), ("raw SSE", "excess speed over predicted")),
+                 "all terms": (("raw SSE", "flow SSE", *others),
+                               ("raw SSE", "excess speed over predicted", *others))}
+        study5 = {}
+        for label, (published, candidate) in pairs.items():
+            for name, combo in (("flow SSE (today)", published), ("excess speed (candidate)", candidate)):
+                fused, w = tail_fused({k: z[k] for k in combo})
+                track = causal_track_mean(fused, frame_ids, ids, TRACK_CANDIDATE)
+                study5[f"{label}: {name}"] = {"terms": list(combo), "weights": w, "as is": cube_auc(fused),
+                                              f"causal track mean {TRACK_CANDIDATE}": cube_auc(track)}
+        base = te_m["mean"]
+        study5["box speed (no learning)"] = {
+            "as is": cube_auc(base),
+            f"causal track mean {TRACK_CANDIDATE}": cube_auc(causal_track_mean(base, frame_ids, ids,
+                                                                               TRACK_CANDIDATE))}
+        results["candidates"] = study5
 
     doc = {"benchmark": "ped2_cues", "work": str(work), "model": args.model,
            "chosen_on_test_labels": [],

@@ -179,6 +179,10 @@ class ModelConfig:
 
 LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule
 WEIGHT_RULES = ("tail", "grid")  # TrainConfig.weight_rule (statevad.selection)
+# TrainConfig.flow_term / ScoreConfig.flow_term: what the flow branch's per-cube score is (statevad.tensors.
+# flow_error): "sse", the published sum of squared errors of the predicted flow; "excess", the observed mean
+# flow speed minus the predicted one (ours, docs/DEVIATIONS.md)
+FLOW_TERMS = ("sse", "excess")
 
 
 @dataclass
@@ -209,6 +213,11 @@ class TrainConfig:
     # training boxes) when the work directory has them; training then sets score.w_appearance by the
     # selection's rule (train.weight_rule; without a selection, statevad.training.appearance_weight). Ours.
     appearance: bool = False
+    # What the flow branch's score is (FLOW_TERMS); set here because the training statistics and the
+    # selection are computed for it, and recorded in score.flow_term for test and score, which cannot change
+    # it. "sse" = published; "excess" = how much faster the object moves than the branch predicts from its
+    # look.
+    flow_term: str = "sse"
 
     def validate(self) -> None:
         c = _Check(self)
@@ -228,6 +237,7 @@ class TrainConfig:
         c.integer("holdout_every", 2)
         c.choice("weight_rule", WEIGHT_RULES)
         c.flag("appearance")
+        c.choice("flow_term", FLOW_TERMS)
 
 
 @dataclass
@@ -261,10 +271,13 @@ class ScoreConfig:
     # frames (score_every raised step by step) before frames are dropped; 0 = the cube's length (2l+1), so an
     # object is still scored at least once per cube span; = score_every: drop frames at once, as before
     max_score_every: int = 0
+    # the flow branch's score (FLOW_TERMS): fixed by training (train.flow_term), with the statistics it made
+    flow_term: str = "sse"
 
     def validate(self) -> None:
         c = _Check(self)
         c.number("epsilon", 0.0)
+        c.choice("flow_term", FLOW_TERMS)
         c.flag("overlap")
         c.integer("score_every", 1, 1000)
         c.integer("detect_every", 1, 1000)

@@ -191,7 +191,8 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     if stats == "train":
         tr = open_split(work, "train", verify=True)
         st = training_stats(model, tr.raw, tr.flow, select_cubes(len(tr.raw), None, 0),
-                            batch_size=cfg.batch_size, bf16=cfg.bf16, progress=progress)
+                            batch_size=cfg.batch_size, bf16=cfg.bf16, progress=progress,
+                            flow_term=cfg.flow_term)
     elif stats is not None:
         st = load_stats_json(stats)
     elif ckpt.stats is not None:

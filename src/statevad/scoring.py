@@ -19,7 +19,14 @@ from tqdm import tqdm
 from statevad.config import ScoreConfig
 from statevad.errors import UserError
 from statevad.model import inference_copy
-from statevad.tensors import autocast_context, model_device, per_cube_sse, to_flow_target, to_model_input
+from statevad.tensors import (
+    autocast_context,
+    flow_error,
+    model_device,
+    per_cube_sse,
+    to_flow_target,
+    to_model_input,
+)
 
 EMPTY_FRAME_SCORE = -1e5  # spec 7.3: a frame without objects is the most normal possible
 STAT_KEYS = ("raw_mean", "raw_std", "flow_mean", "flow_std")
@@ -40,8 +47,11 @@ def _perturbation_loss(x: torch.Tensor, y: torch.Tensor, raw_out: torch.Tensor,
 
 
 def perturbed_errors(model: nn.Module, raw_u8: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor,
-                     *, epsilon: float, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cube (e_raw, e_flow) SSEs after one signed-gradient step of size ``epsilon`` down the loss.
+                     *, epsilon: float, bf16: bool = False,
+                     flow_term: str = "sse") -> tuple[np.ndarray, np.ndarray]:
+    """Per-cube (e_raw, e_flow) after one signed-gradient step of size ``epsilon`` down the loss; e_raw is the
+    raw branch's SSE, e_flow the flow branch's score by ``flow_term`` (:func:`statevad.tensors.flow_error`:
+    the published SSE, or the excess of observed over predicted speed; the step itself is the same).
 
     Spec 7.1: x' = x - eps * sign(dL/dx) with no clamp, then a second forward; e_raw is measured against the
     *perturbed* input x', e_flow against the unchanged flow. ``epsilon == 0`` skips the gradient pass and
@@ -67,7 +77,7 @@ def perturbed_errors(model: nn.Module, raw_u8: np.ndarray | torch.Tensor, flow: 
         with autocast_context(device, bf16):
             raw_out, flow_out = model(x)
         e_raw = per_cube_sse(x, raw_out)
-        e_flow = per_cube_sse(y, flow_out)
+        e_flow = flow_error(y, flow_out, flow_term)
     return e_raw.double().cpu().numpy(), e_flow.double().cpu().numpy()
 
 
@@ -209,7 +219,7 @@ def score_cubes(model: nn.Module, raw: np.ndarray, flow: np.ndarray, cfg: ScoreC
     with tqdm(total=n, desc=desc, unit="cube", disable=not progress, dynamic_ncols=True) as bar:
         for a, b in _batches(n, cfg.batch_size):
             e_raw[a:b], e_flow[a:b] = perturbed_errors(model, raw[a:b], flow[a:b], epsilon=cfg.epsilon,
-                                                       bf16=cfg.bf16)
+                                                       bf16=cfg.bf16, flow_term=cfg.flow_term)
             bar.update(b - a)
     return e_raw, e_flow
 

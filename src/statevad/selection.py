@@ -302,7 +302,7 @@ def draw_cubes(held_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 def run_selection(model: Any, raw: np.ndarray, flow: np.ndarray, held_idx: np.ndarray,
                   train_stats: dict[str, float], *, seed: int, batch_size: int = 256, bf16: bool = False,
                   progress: bool = True, rule: str = "tail", classes: np.ndarray | None = None,
-                  appearance: Any = None) -> Selection:
+                  appearance: Any = None, flow_term: str = "sse") -> Selection:
     """Score a seeded subsample of the held-out cubes ``held_idx`` and pseudo-anomalies made from them at
     every epsilon of the grid, then :func:`select` by ``rule``. ``raw``/``flow``/``classes`` may be memory
     maps. With an ``appearance`` model (statevad.appearance) and the cubes' ``classes``, the tail rule weighs
@@ -327,7 +327,7 @@ def run_selection(model: Any, raw: np.ndarray, flow: np.ndarray, held_idx: np.nd
                desc="selecting scoring settings", disable=not progress, dynamic_ncols=True)
     with bar:
         for eps in EPSILON_GRID:
-            cfg = ScoreConfig(epsilon=eps, batch_size=batch_size, bf16=bf16)
+            cfg = ScoreConfig(epsilon=eps, batch_size=batch_size, bf16=bf16, flow_term=flow_term)
             out = {}
             for name, (r, f) in sets.items():
                 e_raw, e_flow = score_cubes(model, r, f, cfg, progress=False)

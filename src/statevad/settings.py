@@ -50,6 +50,11 @@ def resolve(base: Preset, command: str, *, config: str | Path | None = None, set
             raise ValueError(f"flags of section {section!r} do not belong to `statevad {command}`")
         preset = dataclasses.replace(preset, **{section: override(getattr(preset, section), **values)})
     validate(preset, sections)
+    if "score" in sections and preset.score.flow_term.lower() != base.score.flow_term.lower():
+        # the model's statistics and selected weights are of the flow term it was trained with
+        raise UserError(f"score.flow_term = {preset.score.flow_term!r}: this model was trained with "
+                        f"{base.score.flow_term!r} and its statistics are of that term; retrain with "
+                        f"--set train.flow_term={preset.score.flow_term.lower()} to score with it")
     return preset
 
 

@@ -81,6 +81,23 @@ def per_cube_sse(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return (target - output.float()).pow(2).flatten(1).sum(1)
 
 
+def per_cube_excess_speed(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Observed minus predicted mean flow speed per cube (B, T, 2, P, P): how much faster the object moves
+    than the flow branch expects from its look. Signed and averaged, unlike the SSE, so a walker whose legs
+    the branch places a little wrong does not score like a fast object (docs/ANALYSIS.md section 11)."""
+    observed = torch.linalg.vector_norm(target.float(), dim=2).flatten(1).mean(1)
+    predicted = torch.linalg.vector_norm(output.float(), dim=2).flatten(1).mean(1)
+    return observed - predicted
+
+
+def flow_error(target: torch.Tensor, output: torch.Tensor, term: str = "sse") -> torch.Tensor:
+    """The flow branch's per-cube score: ``sse`` (published) or ``excess`` (:func:`per_cube_excess_speed`);
+    ``term`` is one of :data:`statevad.config.FLOW_TERMS` (validated with the config)."""
+    if term.lower() == "excess":
+        return per_cube_excess_speed(target, output)
+    return per_cube_sse(target, output)
+
+
 def cube_motion(flow: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarray:
     """Mean optical-flow speed of each cube (N, T, P, P, 2), in pixels per frame.
 

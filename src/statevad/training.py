@@ -31,7 +31,14 @@ from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, re
 from statevad.errors import UserError
 from statevad.files import remove_stale_temps
 from statevad.model import build_model, inference_copy
-from statevad.tensors import autocast_context, cube_motion, load_batch, per_cube_sse, resolve_device
+from statevad.tensors import (
+    autocast_context,
+    cube_motion,
+    flow_error,
+    load_batch,
+    per_cube_sse,
+    resolve_device,
+)
 from statevad.workdir import SplitData, open_split
 
 
@@ -137,20 +144,22 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 @torch.no_grad()
-def cube_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unperturbed per-cube SSEs of both branches (eval mode): the quantities of spec 6.4."""
+def cube_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = False,
+                flow_term: str = "sse") -> tuple[torch.Tensor, torch.Tensor]:
+    """Unperturbed per-cube errors of both branches (eval mode): the SSEs of spec 6.4, the flow branch's
+    by ``flow_term`` (:func:`statevad.tensors.flow_error`)."""
     model.eval()
     with autocast_context(x.device, bf16):
         raw_out, flow_out = model(x)
-    return per_cube_sse(x, raw_out), per_cube_sse(y, flow_out)
+    return per_cube_sse(x, raw_out), flow_error(y, flow_out, flow_term)
 
 
 def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices: np.ndarray, *,
                    batch_size: int, bf16: bool = False, progress: bool = True,
-                   ctx: DistContext = SINGLE) -> dict[str, float]:
-    """Mean and population std (ddof 0) of the per-cube SSEs over the training cubes used (spec 6.4),
-    and of the cubes' flow speed (the optional motion term, :func:`statevad.scoring.cube_motion`).
+                   ctx: DistContext = SINGLE, flow_term: str = "sse") -> dict[str, float]:
+    """Mean and population std (ddof 0) of the per-cube errors over the training cubes used (spec 6.4; the
+    flow branch's by ``flow_term``), and of the cubes' flow speed (the optional motion term,
+    :func:`statevad.scoring.cube_motion`).
 
     Under DDP each rank scores a contiguous share of ``indices`` and the per-cube errors are summed into
     full-length arrays on every rank, so the statistics cover ALL training cubes, in the 1-process order.
@@ -163,7 +172,7 @@ def training_stats(model: nn.Module, raw: np.ndarray, flow: np.ndarray, indices:
     for idx in tqdm(batches, desc="training statistics", unit="batch", disable=not progress,
                     dynamic_ncols=True):
         x, y = load_batch(raw, flow, idx, device)
-        e_raw, e_flow = cube_errors(model, x, y, bf16)
+        e_raw, e_flow = cube_errors(model, x, y, bf16, flow_term)
         motion = torch.from_numpy(cube_motion(y.permute(0, 1, 3, 4, 2)))  # the batch already read, as stored
         errs.append((e_raw.double().cpu(), e_flow.double().cpu(), motion))
     full = torch.zeros(3, len(indices), dtype=torch.float64)
@@ -244,6 +253,10 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
         raise UserError(f"{work} has {len(raw)} training cube(s): training needs at least 2; "
                         "prepare more training footage")
     preset = fit_preset_to_cubes(preset, int(raw.shape[1]))
+    # the flow branch's score is chosen at training (its statistics and the selection depend on it) and
+    # recorded in the scoring settings the model file carries
+    flow_term = preset.train.flow_term.lower()
+    preset = dataclasses.replace(preset, score=override(preset.score, flow_term=flow_term))
     cfg = preset.train
     if cfg.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {cfg.epochs}")
@@ -305,7 +318,7 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
                 save_resume(rpath, net, optimizer, epoch + 1, preset, indices_sha, history)
 
     stats = training_stats(net, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
-                           progress=progress, ctx=ctx)
+                           progress=progress, ctx=ctx, flow_term=preset.score.flow_term)
     if ctx.is_main:
         selection = None
         # the appearance model first: the tail rule of the selection weighs its term with the others
@@ -315,7 +328,8 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
 
             chosen = run_selection(net, raw, flow, np.flatnonzero(held), stats, seed=cfg.seed,
                                    bf16=cfg.bf16, progress=progress, rule=cfg.weight_rule,
-                                   classes=data.classes, appearance=appearance)
+                                   classes=data.classes, appearance=appearance,
+                                   flow_term=preset.score.flow_term)
             preset = _with_selection(preset, chosen)
             selection = chosen.to_dict() | {"train_stats": stats}
             stats = dict(chosen.stats, n_cubes=stats["n_cubes"])

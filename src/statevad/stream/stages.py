@@ -166,7 +166,8 @@ def net_fn(model: nn.Module, stats: dict[str, float], score: ScoreConfig, max_ba
 
     def errors(raw: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [perturbed_errors(model, raw[a:a + max_batch], flow[a:a + max_batch], epsilon=score.epsilon,
-                                  bf16=score.bf16) for a in range(0, len(raw), max_batch)]
+                                  bf16=score.bf16, flow_term=score.flow_term)
+                 for a in range(0, len(raw), max_batch)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def fused(e_raw: np.ndarray, e_flow: np.ndarray, speed: np.ndarray, classes: np.ndarray | None = None
