@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             z["appearance"] = (z_app_held, z_app)  # the model's own kNN term, z-scored on the same clips
         study4 = {f"{k} alone": cube_auc(v[1]) for k, v in z.items()}
         combos = [("raw SSE", "flow SSE"), ("raw SSE", "flow SSE", "speed"),
+                  ("raw SSE", "speed"),  # the control: the raw branch with the observed speed alone
                   ("raw SSE", "excess speed over predicted"),
                   ("raw SSE", "excess speed over predicted", "speed"),
                   ("raw SSE", "log speed ratio"), ("raw SSE", "mean flow vector error"),

@@ -250,7 +250,8 @@ def test_info_prints_the_model_card(trained: tuple[Path, Path], capsys: pytest.C
                    # what `score` alarms above without a threshold flag, and why: this model's footage is
                    # not on the machine, so its distribution has no border rule and `score` (border rule
                    # on) falls back to the automatic rule
-                   "score's default threshold: ", "auto: 3 x (", "does not apply"):
+                   "score's default threshold: ", "auto: 3 x (", "does not apply",
+                   "/ flow (excess speed) "):  # the ped2 preset's flow term, named
         assert needle in out, out
     assert "{'" not in out, out  # settings read as words, not as Python dict reprs
     assert main(["info", str(trained[1]), "--json"]) == 0

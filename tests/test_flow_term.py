@@ -107,3 +107,10 @@ def test_old_model_files_score_with_the_published_term(tmp_path):
     data = ckpt.preset.to_dict()
     del data["score"]["flow_term"], data["train"]["flow_term"]
     assert Preset.from_dict(data).score.flow_term == "sse"
+
+
+def test_label_free_presets_default_to_the_excess_speed_dataset_presets_keep_the_published_sse():
+    from statevad.config import get_preset
+
+    terms = {name: get_preset(name).train.flow_term for name in ("ped2", "generic", "avenue", "shanghaitech")}
+    assert terms == {"ped2": "excess", "generic": "excess", "avenue": "sse", "shanghaitech": "sse"}

@@ -161,8 +161,9 @@ def format_card(path: Path, ckpt: Any) -> dict[str, Any]:
     if ckpt.stats:
         doc["training statistics"] = {k: round(v, 6) for k, v in ckpt.stats.items()}
     sc = p.score
-    doc["scoring"] = (f"eps {sc.epsilon:g}, weights raw {sc.w_raw:g} / flow {sc.w_flow:g} / motion "
-                      f"{sc.w_motion:g} / appearance {sc.w_appearance:g}"
+    flow_term = "excess speed" if sc.flow_term.lower() == "excess" else "SSE"
+    doc["scoring"] = (f"eps {sc.epsilon:g}, weights raw {sc.w_raw:g} / flow ({flow_term}) {sc.w_flow:g} / "
+                      f"motion {sc.w_motion:g} / appearance {sc.w_appearance:g}"
                       + (f" (label-free selection at training, {ckpt.selection.get('weight_rule', 'grid')} "
                          "rule)" if ckpt.selection else ""))
     app = getattr(ckpt, "appearance", None)
