@@ -100,24 +100,26 @@ def track_ids(frame: np.ndarray, clip: np.ndarray, box: np.ndarray) -> np.ndarra
     return ids
 
 
+def trailing_mean(values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of each value with the up to n - 1 values before it (a causal window; shorter at the start)."""
+    s = np.cumsum(np.r_[0.0, values])
+    k = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, k - n)
+    return (s[k] - s[lo]) / (k - lo)
+
+
 def causal_track_mean(score: np.ndarray, frame: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
     out = np.empty_like(score)
     order = np.lexsort((frame, ids))
     for grp in np.split(order, np.flatnonzero(np.diff(ids[order])) + 1):
-        s = np.cumsum(np.r_[0.0, score[grp]])
-        k = np.arange(1, len(grp) + 1)
-        lo = np.maximum(0, k - n)
-        out[grp] = (s[k] - s[lo]) / (k - lo)
+        out[grp] = trailing_mean(score[grp], n)
     return out
 
 
 def causal_frame_mean(frames: np.ndarray, bounds: list[tuple[str, int, int]], n: int) -> np.ndarray:
     out = frames.copy()
     for _name, a, b in bounds:
-        s = np.cumsum(np.r_[0.0, frames[a:b]])
-        k = np.arange(1, b - a + 1)
-        lo = np.maximum(0, k - n)
-        out[a:b] = (s[k] - s[lo]) / (k - lo)
+        out[a:b] = trailing_mean(frames[a:b], n)
     return out
 
 
@@ -184,7 +186,7 @@ def model_outputs(model_path: Path, split, idx: np.ndarray) -> dict[str, np.ndar
 
     from statevad.checkpoint import load_checkpoint
     from statevad.model.network import inference_copy
-    from statevad.tensors import per_cube_sse, to_flow_target, to_model_input
+    from statevad.tensors import mean_speed, per_cube_sse, to_flow_target, to_model_input
 
     model, _ = load_checkpoint(model_path)
     model = inference_copy(model).eval()
@@ -199,8 +201,7 @@ def model_outputs(model_path: Path, split, idx: np.ndarray) -> dict[str, np.ndar
             raw_out, flow_out = model(x)
             flow_out = flow_out.float()
             vals = {"e_raw": per_cube_sse(x, raw_out), "e_flow": per_cube_sse(y, flow_out),
-                    "speed": torch.linalg.vector_norm(y, dim=2).flatten(1).mean(1),
-                    "speed_hat": torch.linalg.vector_norm(flow_out, dim=2).flatten(1).mean(1),
+                    "speed": mean_speed(y, 2), "speed_hat": mean_speed(flow_out, 2),
                     "u": y[:, :, 0].flatten(1).mean(1), "v": y[:, :, 1].flatten(1).mean(1),
                     "u_hat": flow_out[:, :, 0].flatten(1).mean(1),
                     "v_hat": flow_out[:, :, 1].flatten(1).mean(1)}

@@ -81,13 +81,16 @@ def per_cube_sse(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return (target - output.float()).pow(2).flatten(1).sum(1)
 
 
+def mean_speed(flow: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Mean optical-flow speed |(u, v)| of each cube (first axis), the (u, v) pair along ``channel_dim``."""
+    return torch.linalg.vector_norm(flow.float(), dim=channel_dim).flatten(1).mean(1)
+
+
 def per_cube_excess_speed(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """Observed minus predicted mean flow speed per cube (B, T, 2, P, P): how much faster the object moves
     than the flow branch expects from its look. Signed and averaged, unlike the SSE, so a walker whose legs
     the branch places a little wrong does not score like a fast object (docs/ANALYSIS.md section 11)."""
-    observed = torch.linalg.vector_norm(target.float(), dim=2).flatten(1).mean(1)
-    predicted = torch.linalg.vector_norm(output.float(), dim=2).flatten(1).mean(1)
-    return observed - predicted
+    return mean_speed(target, 2) - mean_speed(output, 2)
 
 
 def flow_error(target: torch.Tensor, output: torch.Tensor, term: str = "sse") -> torch.Tensor:
@@ -109,5 +112,5 @@ def cube_motion(flow: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarra
     out = np.empty(len(flow), np.float64)
     for a in range(0, len(flow), chunk):
         f = _as_tensor(flow[a:a + chunk]).float()
-        out[a:a + chunk] = torch.linalg.vector_norm(f, dim=-1).flatten(1).mean(1).double().cpu().numpy()
+        out[a:a + chunk] = mean_speed(f, -1).double().cpu().numpy()
     return out
