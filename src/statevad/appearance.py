@@ -18,6 +18,7 @@ stored in the model file as one float16 tensor and four numbers (no pickle).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +34,20 @@ MIN_REFERENCE = 16  # fewer held-out cubes than this: no appearance model (stati
 STAT_KEYS = ("appearance_mean", "appearance_std")  # in the model's statistics, beside raw/flow/motion
 
 
-def knn_distance(bank: np.ndarray | torch.Tensor, query: np.ndarray, k: int = K,
-                 chunk: int = 4096) -> np.ndarray:
-    """Mean Euclidean distance of each query row (n, d) to its ``k`` nearest rows of ``bank`` (m, d)."""
+def bank_index(bank: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank as float32 rows and their squared norms: what :func:`knn_distance` needs of it (a scorer
+    computes it once per model, not once per batch)."""
     b = torch.as_tensor(np.asarray(bank, np.float32))
+    return b, (b * b).sum(1)
+
+
+def knn_distance(bank: np.ndarray | torch.Tensor | tuple[torch.Tensor, torch.Tensor], query: np.ndarray,
+                 k: int = K, chunk: int = 4096) -> np.ndarray:
+    """Mean Euclidean distance of each query row (n, d) to its ``k`` nearest rows of ``bank`` (m, d);
+    ``bank`` may be given as its :func:`bank_index`."""
+    b, b_sq = bank if isinstance(bank, tuple) else bank_index(bank)
     q_all = np.asarray(query, np.float32).reshape(-1, b.shape[1])
     k = min(k, len(b))
-    b_sq = (b * b).sum(1)
     out = []
     for a in range(0, len(q_all), chunk):
         q = torch.from_numpy(q_all[a:a + chunk])
@@ -58,8 +66,12 @@ class AppearanceModel:
     std: float
     n_reference: int  # held-out cubes behind mean/std
 
+    @functools.cached_property
+    def _index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return bank_index(self.bank)
+
     def distance(self, classes: np.ndarray) -> np.ndarray:
-        return knn_distance(self.bank, classes, self.k)
+        return knn_distance(self._index, classes, self.k)
 
     def zscore(self, classes: np.ndarray) -> np.ndarray:
         return (self.distance(classes) - self.mean) / self.std
