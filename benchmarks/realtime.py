@@ -79,6 +79,7 @@ CONFIGS: dict[str, list[str]] = {
     # the defaults with the detector in the main thread (before the detector ran ahead in its own thread;
     # ``ahead=0`` is the benchmark's, not a ``--set``)
     "default_noahead": ["ahead=0"],
+    "default_t1": ["threads=1"],  # the defaults with one torch thread (the detector has its own thread now)
     "fast": fast_score_sets(),
     "fast_noahead": [*fast_score_sets(), "ahead=0"],
     **{f"fast_de{k}": [*fast_score_sets(), f"score.detect_every={k}"] for k in (1, 2, 3, 4)},
