@@ -107,8 +107,8 @@ def score_live(url: str, model: str, sets: list[str], fps: float, frames: int, o
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a model file written by `statevad train`")
-    # the configurations made of `statevad score --set` values only (threads= / ahead= are realtime.py's own)
-    cli_configs = [k for k, v in CONFIGS.items() if not any(x.startswith(("threads=", "ahead=")) for x in v)]
+    # the configurations made of `statevad score --set` values only (threads= is realtime.py's own)
+    cli_configs = [k for k, v in CONFIGS.items() if not any(x.startswith("threads=") for x in v)]
     ap.add_argument("--configs", nargs="+", default=["fast"], choices=cli_configs)
     ap.add_argument("--clips", default="01,02", help="Ped2 test clips the camera plays, in order (looped)")
     ap.add_argument("--fps", type=float, default=10.0, help="the camera's rate (Ped2's own: 10)")

@@ -10,8 +10,6 @@ spread. Configurations (``--set`` values of ``statevad score``, the same model f
 * ``overlap`` -- today's path with the network pass overlapped with the next frames' boxes and flow;
 * ``k3`` / ``k4`` / ``k5`` -- overlapped, each tracked object's cube every 3rd / 4th / 5th frame; ``_de2``:
   the detector every 2nd frame; ``_t1``: one torch thread;
-* ``default_noahead`` / ``fast_noahead`` -- those settings with the detector in the main thread, as before
-  it ran one frame ahead in its own thread (``ahead=0``, the benchmark's own switch);
 * ``fast``    -- the documented fast settings (config.FAST_SCORE: the streaming defaults without the
   perturbation);
 * ``fast_de1`` / ``fast_de2`` / ``fast_de3`` -- the fast settings with the detector every frame / every 2nd /
@@ -56,9 +54,6 @@ from statevad import stream
 from statevad.config import fast_score_sets
 from statevad.files import atomic_write_json
 from statevad.metrics import frame_auroc
-from statevad.stream.stages import SparseDetector
-
-_PREFETCH = SparseDetector.prefetch
 
 HERE = Path(__file__).resolve().parent
 PED2 = HERE.parent.parent / "shared" / "data" / "ped2"
@@ -76,12 +71,8 @@ CONFIGS: dict[str, list[str]] = {
     **{f"k{k}_t1": ["score.overlap=true", f"score.score_every={k}", "score.detect_every=1", "threads=1"]
        for k in (3, 4)},
     "k3_de2_t1": ["score.overlap=true", "score.score_every=3", "score.detect_every=2", "threads=1"],
-    # the defaults with the detector in the main thread (before the detector ran ahead in its own thread;
-    # ``ahead=0`` is the benchmark's, not a ``--set``)
-    "default_noahead": ["ahead=0"],
-    "default_t1": ["threads=1"],  # the defaults with one torch thread (the detector has its own thread now)
+    "default_t1": ["threads=1"],  # the defaults with one torch thread
     "fast": fast_score_sets(),
-    "fast_noahead": [*fast_score_sets(), "ahead=0"],
     **{f"fast_de{k}": [*fast_score_sets(), f"score.detect_every={k}"] for k in (1, 2, 3, 4)},
 }
 
@@ -123,19 +114,15 @@ def resized_copy(video: Path, size: tuple[int, int], frames: int, tmp: Path) -> 
 def run(video: str, model: str, sets: list[str], frames: int, out: Path, labels: np.ndarray | None = None
         ) -> dict[str, Any]:
     threads = [int(v.split("=", 1)[1]) for v in sets if v.startswith("threads=")]
-    no_ahead = "ahead=0" in sets
-    sets = [v for v in sets if not v.startswith(("threads=", "ahead="))]
+    sets = [v for v in sets if not v.startswith("threads=")]
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads[-1])
-    if no_ahead:  # the engine sees a detector stage without the prefetch hook: detection in the main thread
-        SparseDetector.prefetch = None  # type: ignore[assignment,method-assign]
     try:
         opts = stream.ScoreOptions(max_frames=frames or None, progress=False, labels=labels, overwrite=True)
         res = stream.score(video, model, out, opts, sets=sets)
     finally:
         torch.set_num_threads(before)
-        SparseDetector.prefetch = _PREFETCH  # type: ignore[method-assign]
     n = max(res.n_frames, 1)
     return {"frames": res.n_frames, "objects": res.n_objects, "loop_s": round(res.loop_s, 3),
             "frames_per_s": round(res.n_frames / max(res.loop_s, 1e-9), 3),

@@ -298,9 +298,6 @@ def skip_border_boxes(box_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.
             return got[0][keep], got[1][keep]
         return got[np.asarray(border_keep(got, cur.shape[:2], min_px))]
 
-    for name in ("prefetch", "close"):  # the detector-ahead hooks of the wrapped stage (the engine's)
-        if callable(getattr(box_fn, name, None)):
-            setattr(boxes, name, getattr(box_fn, name))
     return boxes
 
 

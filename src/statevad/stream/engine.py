@@ -17,8 +17,6 @@ Two speed-ups (issue 20), both independent of how the network's outputs are fuse
 * ``overlap=True`` runs the network of one batch in a worker thread while the caller decodes, boxes, flows
   and cubes the next frames (torch, onnxruntime and OpenCV release the GIL in their kernels); at most one
   batch is in flight, so memory and latency stay bounded. Results are the same numbers in the same order.
-  A box stage with ``prefetch`` (the detector every k-th frame) also starts each frame's detector in its own
-  thread as the frame arrives, one frame before its boxes are needed.
 * ``score_every=k`` follows objects from frame to frame (:class:`statevad.stream.tracking.IouTracker`) and
   sends an object's cube through the network only when its track was last scored k or more frames ago (or
   is new); in between, the object carries its track's last network errors (``FrameResult.carried``), fused
@@ -184,10 +182,6 @@ class StreamScorer:
         self._track_out: dict[int, tuple[float, float, float]] = {}  # track id -> its last network outputs
         self.n_carried = 0  # objects whose outputs were carried instead of scored
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="statevad-net") if overlap else None
-        # a box stage with ``prefetch(frame, index)`` (stream.stages.SparseDetector) starts its detector as
-        # a frame arrives, in its own thread, when the stages overlap
-        self._prefetch: Callable[[np.ndarray, int], None] | None = (
-            getattr(box_fn, "prefetch", None) if overlap else None)
         self._flight: _Flight | None = None
         self.network_busy = 0.0
 
@@ -218,8 +212,6 @@ class StreamScorer:
             raise InputChanged(f"frame {self._n} has shape {frame.shape}, the stream started with "
                                f"{self._shape}")
         k = self._n
-        if self._prefetch is not None:  # the detector of frame k starts now, its boxes are asked for at k+1
-            self._prefetch(frame, k)
         if k >= 1:  # computed before anything changes: a failing stage leaves the engine untouched
             flow, boxes, classes = self._flow_and_boxes(k - 1, nxt=k, nxt_frame=frame)
             self._flows[k - 1], self._boxes[k - 1], self._classes[k - 1] = flow, boxes, classes
@@ -276,7 +268,6 @@ class StreamScorer:
         self._finished = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        self._close_boxes()
         self._frames.clear()
         self._flows.clear()
         self._boxes.clear()
@@ -305,12 +296,6 @@ class StreamScorer:
         """Release the worker thread (``finish`` does too); results still in flight are discarded."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._close_boxes()
-
-    def _close_boxes(self) -> None:
-        close = getattr(self.box_fn, "close", None)
-        if self._prefetch is not None and callable(close):
-            close()
 
     # -- internals ------------------------------------------------------------------------------
     def _flow_and_boxes(self, t: int, nxt: int, nxt_frame: np.ndarray | None = None
