@@ -181,17 +181,19 @@ def unit_rows(a: np.ndarray) -> np.ndarray:
 
 
 def model_outputs(model_path: Path, split, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Per cube (eps 0, eval mode): the two SSEs and the observed / predicted flow summaries."""
+    """Per cube (eps 0, eval mode): the two SSEs, the flow branch's score by the model's own flow term
+    (``e_term``: what its statistics z-score) and the observed / predicted flow summaries."""
     import torch
 
     from statevad.checkpoint import load_checkpoint
     from statevad.model.network import inference_copy
-    from statevad.tensors import mean_speed, per_cube_sse, to_flow_target, to_model_input
+    from statevad.tensors import flow_error, mean_speed, per_cube_sse, to_flow_target, to_model_input
 
-    model, _ = load_checkpoint(model_path)
+    model, ckpt = load_checkpoint(model_path)
+    term = ckpt.preset.score.flow_term
     model = inference_copy(model).eval()
     cpu = torch.device("cpu")
-    keys = ("e_raw", "e_flow", "speed", "speed_hat", "u", "v", "u_hat", "v_hat")
+    keys = ("e_raw", "e_flow", "e_term", "speed", "speed_hat", "u", "v", "u_hat", "v_hat")
     out = {k: np.empty(len(idx)) for k in keys}
     with torch.no_grad():
         for a in range(0, len(idx), 256):
@@ -201,6 +203,7 @@ def model_outputs(model_path: Path, split, idx: np.ndarray) -> dict[str, np.ndar
             raw_out, flow_out = model(x)
             flow_out = flow_out.float()
             vals = {"e_raw": per_cube_sse(x, raw_out), "e_flow": per_cube_sse(y, flow_out),
+                    "e_term": flow_error(y, flow_out, term),
                     "speed": mean_speed(y, 2), "speed_hat": mean_speed(flow_out, 2),
                     "u": y[:, :, 0].flatten(1).mean(1), "v": y[:, :, 1].flatten(1).mean(1),
                     "u_hat": flow_out[:, :, 0].flatten(1).mean(1),
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         o_test = model_outputs(Path(args.model), test, np.arange(len(test.frame)))
         o_held = model_outputs(Path(args.model), train, ref_idx)
         sc = ckpt.preset.score
-        z_raw, z_flow = zscores(o_test["e_raw"], o_test["e_flow"], ckpt.stats)
+        z_raw, z_flow = zscores(o_test["e_raw"], o_test["e_term"], ckpt.stats)  # the term its stats are of
         z_mot = motion_zscore(te_m["mean"], ckpt.stats)
         z_app = None
         if ckpt.appearance is not None and test.classes is not None:
