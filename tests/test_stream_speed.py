@@ -86,6 +86,33 @@ def test_score_every_carries_track_outputs() -> None:
                 assert s.index - t0 <= 2 and s.scores[j] == v
 
 
+def test_idle_flush_lands_the_batch_in_flight_before_the_next_frame() -> None:
+    """A live source with nothing waiting: flush(idle) hands over a frame's score as soon as its network pass
+    ends (not when the next frame arrives), and stops waiting as soon as a frame is waiting."""
+    import time
+
+    def slow(raw, flow, speed):
+        time.sleep(0.05)
+        return _net(raw, flow, speed)
+
+    def run(idle: bool) -> tuple[list[int], list[int]]:
+        eng = stream.StreamScorer(length=2, patch=8, box_fn=_moving_boxes, flow_fn=_flow_fn, net_fn=slow,
+                                  batch_frames=4, overlap=True)
+        handed = []  # after each frame's push + idle flush: the frames whose scores were handed over
+        for f in _indexed(12):
+            got = eng.push(f) + eng.flush(lambda: idle)
+            handed.append(len(got))
+        rest = eng.finish()
+        return handed, [len(rest)]
+
+    waited, rest_w = run(idle=True)
+    busy, rest_b = run(idle=False)
+    # every frame with a complete window (frames 0..8 once frame 11 is in) is out before the next push when
+    # the source is idle; without waiting, the last pass started is still in flight when the stream ends
+    assert sum(waited) == 9 and rest_w == [3]
+    assert sum(busy) < 9 and sum(busy) + rest_b[0] == 12
+
+
 def test_score_every_with_a_failing_network_loses_nothing() -> None:
     calls = {"n": 0}
 

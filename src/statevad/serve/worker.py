@@ -261,7 +261,7 @@ class CameraWorker(threading.Thread):
                 seg.emit(results)
                 feed.govern(engine, governor)
                 if feed.idle():  # nothing waiting from a live source: score what is queued (latency)
-                    seg.emit(engine.flush())
+                    seg.emit(engine.flush(feed.idle))
             seg.emit(engine.finish())
         finally:
             seg.finish()

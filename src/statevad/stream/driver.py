@@ -599,7 +599,7 @@ def _run(engine: StreamScorer, sink: Outputs, feed: _Feed, max_frames: int | Non
                 break
             _emit(engine, sink, results, bar, sig, feed)
             if feed.idle():  # nothing waiting from the live source: score what is queued (latency)
-                _emit(engine, sink, engine.flush(), bar, sig, feed)
+                _emit(engine, sink, engine.flush(feed.idle), bar, sig, feed)
             if engine.n_capped and not warned_cap:
                 warned_cap = True
                 _warn(f"more than {cap} objects in frame {engine.n_received - 2}: scoring the {cap} that "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -274,16 +274,26 @@ class StreamScorer:
         self._classes.clear()
         return out
 
-    def flush(self) -> list[FrameResult]:
+    def flush(self, idle: Callable[[], bool] | None = None, poll_s: float = 0.005) -> list[FrameResult]:
         """Score the cubes queued so far now, without waiting for a full batch (a live source with nothing
-        else to do: lower latency); with ``overlap`` the pass starts in the worker and lands later."""
+        else to do: lower latency); with ``overlap`` the pass starts in the worker and lands later.
+
+        With ``idle`` (a live source's "no frame waiting"), the batch in flight is also waited for while
+        ``idle()`` holds, and landed the moment it is done, then what was queued behind it: a frame's score
+        is written as soon as its network pass ends instead of when the next frame arrives (a frame interval
+        later). The wait ends as soon as a frame is waiting, so the overlap with the next frame is kept.
+        """
         if self._finished:
             return []
-        if self._flight is not None and self._flight.future.done():
-            self._land()
-        res = self._run_batch() if self._batch and self._flight is None else []
-        out, self._ready = self._ready + res, []
-        return out
+        out: list[FrameResult] = []
+        while True:
+            if self._flight is not None and self._flight.future.done():
+                self._land()
+            res = self._run_batch() if self._batch and self._flight is None else []
+            out, self._ready = out + self._ready + res, []
+            if idle is None or self._flight is None or not idle():
+                return out
+            wait([self._flight.future], timeout=poll_s)
 
     def take_ready(self) -> list[FrameResult]:
         """The results already final that a call which raised could not hand over (a batch landed from the
