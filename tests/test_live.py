@@ -163,3 +163,51 @@ def test_feed_carries_longer_before_the_reader_may_drop() -> None:
         holds.append((engine.score_every, reader.hold_stride))
     assert holds[0] == (2, True) and holds[-1] == (4, False)
     assert all(hold for k, hold in holds if k < 4)
+
+
+def _wait_for_next(reader: LiveReader, limit_s: float = 0.2) -> float:
+    """Idle until the reader has a frame waiting (or ``limit_s``); the seconds waited."""
+    t0 = time.monotonic()
+    while reader.waiting == 0 and time.monotonic() - t0 < limit_s:
+        time.sleep(0.001)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("report", [True, False])
+def test_idle_waits_reported_to_the_reader_are_not_taken_for_a_slow_scorer(report: bool) -> None:
+    """A scorer that works 2 ms a frame, then waits for its network pass until the next frame arrives (the
+    idle flush): reported as idle, nothing is dropped; unreported, the wait looks like scoring time and the
+    reader drops frames it did not need to."""
+    reader = LiveReader(paced(60, fps=100.0), fps=100.0)
+    for _item in reader:
+        time.sleep(0.002)
+        waited = _wait_for_next(reader)
+        if report:
+            reader.idle_for(waited)
+    reader.close()
+    assert (reader.n_dropped == 0) if report else (reader.n_dropped > 0)
+
+
+def test_flush_idle_reports_the_wait_and_skips_files() -> None:
+    from statevad.stream.live import flush_idle
+
+    class Engine:
+        idle_wait_s = 0.0
+
+        def flush(self, idle):
+            assert idle()  # nothing waiting while the engine waits
+            self.idle_wait_s += 0.25
+            return ["result"]
+
+    class Reader:
+        waiting = 0
+        idle = 0.0
+
+        def idle_for(self, s: float) -> None:
+            self.idle += s
+
+    reader = Reader()
+    assert flush_idle(Engine(), reader) == ["result"] and reader.idle == pytest.approx(0.25)
+    reader.waiting = 1  # a frame waiting: nothing flushed early, no wait
+    assert flush_idle(Engine(), reader) == [] and reader.idle == pytest.approx(0.25)
+    assert flush_idle(Engine(), None) == []  # a file

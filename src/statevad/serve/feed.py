@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from statevad.io import fps_or_default, open_source, valid_fps
-from statevad.stream.live import CarryGovernor, LiveReader
+from statevad.stream.live import CarryGovernor, LiveReader, flush_idle
 
 
 @dataclass
@@ -85,9 +85,9 @@ class Feed:
         if governor is not None and self._reader is not None:
             governor.step(self._reader, engine)
 
-    def idle(self) -> bool:
-        """A live source with no frame waiting: the scorer may score its queued cubes now (latency)."""
-        return self._reader is not None and self._reader.waiting == 0
+    def flush_idle(self, engine: Any) -> list[Any]:
+        """:func:`statevad.stream.live.flush_idle` with this feed's reader (nothing for a file)."""
+        return flush_idle(engine, self._reader)
 
     @property
     def end_reason(self) -> str | None:

@@ -260,8 +260,7 @@ class CameraWorker(threading.Thread):
                     break
                 seg.emit(results)
                 feed.govern(engine, governor)
-                if feed.idle():  # nothing waiting from a live source: score what is queued (latency)
-                    seg.emit(engine.flush(feed.idle))
+                seg.emit(feed.flush_idle(engine))  # nothing waiting from a live source: score what is queued
             seg.emit(engine.finish())
         finally:
             seg.finish()

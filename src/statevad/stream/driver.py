@@ -48,7 +48,14 @@ from statevad.report import model_card
 from statevad.scoring import motion_zscore
 from statevad.settings import resolve
 from statevad.stream.engine import FrameResult, InputChanged, StageError, StreamScorer
-from statevad.stream.live import CarryGovernor, LiveFrame, LiveReader, index_ranges, latency_summary
+from statevad.stream.live import (
+    CarryGovernor,
+    LiveFrame,
+    LiveReader,
+    flush_idle,
+    index_ranges,
+    latency_summary,
+)
 from statevad.stream.outputs import OUTPUT_FILES, Outputs
 from statevad.stream.stages import box_fn, net_fn, require_descriptions, stage_settings, stream_boxes
 from statevad.tensors import resolve_device
@@ -174,10 +181,6 @@ class _Feed:
         """Behind a live source: carry outputs longer before the reader may drop frames (CarryGovernor)."""
         if self.governor is not None and self.reader is not None and self.engine is not None:
             self.governor.step(self.reader, self.engine)
-
-    def idle(self) -> bool:
-        """A live source with no frame waiting: score the queued cubes now rather than wait for a batch."""
-        return self.reader is not None and self.reader.waiting == 0
 
     def source_index(self, index: int) -> int:
         return self.meta.get(index, (index, 0.0))[0]
@@ -598,8 +601,8 @@ def _run(engine: StreamScorer, sink: Outputs, feed: _Feed, max_frames: int | Non
                 end["reason"] = f"input changed ({exc})"
                 break
             _emit(engine, sink, results, bar, sig, feed)
-            if feed.idle():  # nothing waiting from the live source: score what is queued (latency)
-                _emit(engine, sink, engine.flush(feed.idle), bar, sig, feed)
+            # nothing waiting from a live source: score what is queued, land the pass in flight (latency)
+            _emit(engine, sink, flush_idle(engine, feed.reader), bar, sig, feed)
             if engine.n_capped and not warned_cap:
                 warned_cap = True
                 _warn(f"more than {cap} objects in frame {engine.n_received - 2}: scoring the {cap} that "

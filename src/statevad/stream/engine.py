@@ -184,6 +184,7 @@ class StreamScorer:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="statevad-net") if overlap else None
         self._flight: _Flight | None = None
         self.network_busy = 0.0
+        self.idle_wait_s = 0.0  # flush(idle): time waiting for the pass in flight with nothing else to do
 
     @property
     def n_received(self) -> int:
@@ -293,7 +294,9 @@ class StreamScorer:
             out, self._ready = out + self._ready + res, []
             if idle is None or self._flight is None or not idle():
                 return out
+            t0 = time.perf_counter()
             wait([self._flight.future], timeout=poll_s)
+            self.idle_wait_s += time.perf_counter() - t0
 
     def take_ready(self) -> list[FrameResult]:
         """The results already final that a call which raised could not hand over (a batch landed from the

@@ -101,6 +101,7 @@ class LiveReader:
         self._last_arrival: float | None = None
         self._interval = _Ema(1.0 / self.fps if self.fps and self.fps > 0 else None)
         self._busy = _Ema()
+        self._idle_s = 0.0  # the scorer's waits with no frame waiting since it took its last frame
         self._thread = threading.Thread(target=self._read, name="statevad-live-reader", daemon=True)
         self._started = False
         self._n_dropped = 0
@@ -175,8 +176,9 @@ class LiveReader:
         handed: float | None = None
         while True:
             with self._cond:
-                if handed is not None:  # the scorer's time for the frame it took last
-                    self._busy.add(self.clock() - handed)
+                if handed is not None:  # the scorer's time for the frame it took last, its idle waits out
+                    self._busy.add(max(0.0, self.clock() - handed - self._idle_s))
+                self._idle_s = 0.0
                 while not self._queue and not self._ended and not self._stop:
                     self._cond.wait(0.1)
                 if not self._queue:
@@ -184,6 +186,12 @@ class LiveReader:
                 item = self._queue.popleft()
             handed = self.clock()
             yield item
+
+    def idle_for(self, seconds: float) -> None:
+        """The scorer waited ``seconds`` with no frame waiting (for its network pass to land, see
+        :func:`flush_idle`): slack, not its time per frame, so it does not count towards the stride."""
+        with self._cond:
+            self._idle_s += max(0.0, seconds)
 
     def _drop(self, indices: list[int]) -> None:
         self._n_dropped += len(indices)
@@ -270,6 +278,20 @@ class CarryGovernor:
         if k != engine.score_every:
             engine.set_score_every(k)
         reader.hold_stride = self.can_relieve
+
+
+def flush_idle(engine: Any, reader: LiveReader | None) -> list[Any]:
+    """With a live source and no frame waiting: the engine's queued cubes scored now and the pass in flight
+    landed as soon as it ends, until a frame is waiting (:meth:`StreamScorer.flush` with ``idle``); the time
+    spent waiting is reported to the reader as idle (:meth:`LiveReader.idle_for`), or the reader would take
+    it for a slow scorer and drop frames. A file (no reader) is never flushed early."""
+    if reader is None or reader.waiting:
+        return []
+    before = engine.idle_wait_s
+    try:
+        return engine.flush(lambda: reader.waiting == 0)
+    finally:
+        reader.idle_for(engine.idle_wait_s - before)
 
 
 def latency_summary(latencies_s: Iterable[float]) -> dict[str, float | int]:
