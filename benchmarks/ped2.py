@@ -95,12 +95,19 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "torch_threads": str(torch.get_num_threads())}
 
 
-def flow_baselines(test, motion: np.ndarray) -> dict[str, np.ndarray]:
+def flow_baselines(test, motion: np.ndarray, track_frames: int = 0) -> dict[str, np.ndarray]:
     """No-learning scores from the same flow the model sees: per-box mean flow magnitude (``motion``, the
-    test split's :func:`statevad.scoring.cube_motion`, which the motion term also uses) → max per frame."""
+    test split's :func:`statevad.scoring.cube_motion`, which the motion term also uses) → max per frame;
+    with ``track_frames`` > 1 also averaged along each object's track first (the model's own aggregation,
+    for a like-for-like comparison)."""
     from statevad.scoring import frame_scores
+    from statevad.tracks import split_track_mean
 
-    return {"box_flow_magnitude": frame_scores(test.frame, motion, test.n_frames)}
+    out = {"box_flow_magnitude": frame_scores(test.frame, motion, test.n_frames)}
+    if track_frames > 1:
+        mean = split_track_mean(motion, test.clip, test.frame, test.box, track_frames)
+        out[f"box_flow_magnitude_track{track_frames}"] = frame_scores(test.frame, mean, test.n_frames)
+    return out
 
 
 def frame_flow_baseline(root: Path, flow_method: str, percentile: float = 99.9) -> np.ndarray:
@@ -119,15 +126,22 @@ def frame_flow_baseline(root: Path, flow_method: str, percentile: float = 99.9) 
 
 def evaluate_fusions(e_raw: np.ndarray, e_flow: np.ndarray, motion: np.ndarray, stats: dict[str, float], test,
                      w: tuple[float, ...], sigmas: tuple[float, ...],
-                     motion_sweep: tuple[float, ...] = (), z_appearance: np.ndarray | None = None
-                     ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+                     motion_sweep: tuple[float, ...] = (), z_appearance: np.ndarray | None = None,
+                     track_frames: int = 0) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Metrics of the fused (weights ``w`` = raw, flow, motion[, appearance]), raw-only and flow-only frame
     scores; with a motion term also of the fused score without it ("no_motion"), with an appearance term of
     the fused score without it ("no_appearance") and of the term alone ("appearance_only"), and of STATE as
     published ("state_only": raw and flow, the same weights); each also smoothed. ``motion_sweep``: extra
-    motion weights (micro AUROC only; a test-set sweep). Returns the rows and the frame scores of each."""
+    motion weights (micro AUROC only; a test-set sweep). With ``track_frames`` > 1 every cube score is first
+    averaged along its object's track (score.track_frames, as ``statevad test``), and each variant is also
+    reported without it (``NAME_untracked``: the max over the frame's own cube scores, as published).
+    Returns the rows and the frame scores of each."""
     from statevad.metrics import clip_bounds, evaluate
     from statevad.scoring import frame_scores, fuse, smooth
+    from statevad.tracks import split_track_mean
+
+    def tracked(cube: np.ndarray) -> np.ndarray:
+        return split_track_mean(cube, test.clip, test.frame, test.box, track_frames)
 
     w = (*w, 0.0)[:4] if len(w) == 3 else tuple(w)
     bounds = clip_bounds(test.clips)
@@ -144,13 +158,17 @@ def evaluate_fusions(e_raw: np.ndarray, e_flow: np.ndarray, motion: np.ndarray, 
         variants["appearance_only"] = (0.0, 0.0, 0.0, 1.0)
     for name, (wr, wf, wm, wa) in variants.items():
         cube = fuse(e_raw, e_flow, stats, wr, wf, motion, wm, z_appearance, wa)
+        if track_frames > 1:
+            rows[f"{name}_untracked"] = evaluate(frame_scores(test.frame, cube, test.n_frames), test.labels,
+                                                 bounds)
+            cube = tracked(cube)
         frames = scores[name] = frame_scores(test.frame, cube, test.n_frames)
         rows[name] = evaluate(frames, test.labels, bounds)
         for sigma in sigmas:
             rows[f"{name}_smooth{sigma:g}"] = evaluate(smooth(frames, sigma, bounds), test.labels, bounds)
     if motion_sweep:
-        rows["motion_sweep"] = {f"{wm:g}": evaluate(frame_scores(test.frame, fuse(
-            e_raw, e_flow, stats, w[0], w[1], motion, wm, z_appearance, w[3]), test.n_frames), test.labels,
+        rows["motion_sweep"] = {f"{wm:g}": evaluate(frame_scores(test.frame, tracked(fuse(
+            e_raw, e_flow, stats, w[0], w[1], motion, wm, z_appearance, w[3])), test.n_frames), test.labels,
             bounds)["micro_auroc"] for wm in motion_sweep}
     return rows, scores
 
@@ -239,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of motion-term weights also evaluated (test-set sweep, reported apart)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set epochs=4 --set model_size=paper")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="score this model file (trained on --work by an earlier run of this script) instead "
+                   "of training one: the JSON then records no training time, and the model's own scoring "
+                   "settings apply (its selection), except --track-frames")
+    p.add_argument("--track-frames", type=int, default=None, metavar="N",
+                   help="score.track_frames for the scoring (default: the model's)")
     args = p.parse_args(argv)
 
     from statevad.allocator import keep_freed_memory
@@ -285,10 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     preset.score = override(preset.score, **fixed, bf16=cfg["bf16"], device=args.device)
     model_path = work / f"model-{args.config}{tag}.pt"
     t1 = time.perf_counter()
-    train(work, preset, out=model_path, progress=True)
-    t_train = time.perf_counter() - t1
+    if args.model:  # an earlier run's model: scored again (e.g. with another aggregation), not retrained
+        model_path = Path(args.model)
+        t_train = 0.0
+    else:
+        train(work, preset, out=model_path, progress=True)
+        t_train = time.perf_counter() - t1
 
     model, ckpt = load_checkpoint(model_path, device="cpu")
+    if args.track_frames is not None:
+        ckpt.preset.score = dataclasses.replace(ckpt.preset.score, track_frames=args.track_frames)
+    track_frames = int(ckpt.preset.score.track_frames)
     selected = [k for k in ("epsilon", "w_motion") if cfg.get(k) is None]
     for k in selected:  # a label-free config takes the model's selected values
         cfg[k] = float(getattr(ckpt.preset.score, k))
@@ -320,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             e_raw_head, e_flow_head = e_raw, e_flow
         rows, variants = evaluate_fusions(e_raw, e_flow, motion, ckpt.stats, test,
                                           (sc.w_raw, sc.w_flow, sc.w_motion, sc.w_appearance), sigmas, sweep,
-                                          z_appearance=z_app)
+                                          z_appearance=z_app, track_frames=track_frames)
         frame_arrays.update(variant_frames(variants, eps))
         passes[f"eps={eps:g}"] = {"seconds": round(dt, 1),
                                   **{k: v if k == "motion_sweep" else _brief(v) for k, v in rows.items()}}
@@ -333,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     from statevad.metrics import clip_bounds, evaluate
 
     bounds = clip_bounds(test.clips)
-    base_scores = flow_baselines(test, motion)
+    base_scores = flow_baselines(test, motion, track_frames)
     base_scores["frame_flow_p99.9"] = frame_flow_baseline(root, args.flow)
     baselines = {name: _brief(evaluate(s, test.labels, bounds)) for name, s in base_scores.items()}
     head_scores = frame_arrays[f"model_eps={float(cfg['epsilon']):g}"]
@@ -358,6 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         "micro_auroc_without_appearance_term": head_pass.get("no_appearance", headline)["micro_auroc"],
         "micro_auroc_state_only": state_only["micro_auroc"],
         "micro_auroc_appearance_only": head_pass.get("appearance_only", {}).get("micro_auroc"),
+        # score.track_frames: each object's score averaged along its track over this many frames (0/1: off);
+        # the same figures without it (the max over a frame's own cube scores, as published) beside them
+        "track_frames": track_frames,
+        "micro_auroc_untracked": head_pass.get("fused_untracked", {}).get("micro_auroc"),
+        "micro_auroc_state_only_untracked": head_pass.get("state_only_untracked", {}).get("micro_auroc"),
+        "model_file": {"path": str(model_path), "sha256": ckpt.sha256,
+                       "trained_by": "an earlier run (--model): training not timed here" if args.model
+                       else "this run"},
         "other_weight_rule": alternative,
         "per_clip_auroc": headline["per_clip_auroc"],
         "baselines": baselines, "scoring_passes": passes, "model_vs_baselines_at_eer": versus,

@@ -3,7 +3,10 @@
 Speed: the same first ``--frames`` frames of one Ped2 test video (optionally resized, e.g. to Avenue's
 640x360) are scored by each configuration in interleaved rounds (A B C A B C ...), so a shared, noisy
 machine slows all of them alike; the ratio to ``today`` is taken per round and its median reported with the
-spread. Configurations (``--set`` values of ``statevad score``, the same model file for all):
+spread. Two rates per run: ``frames_per_s`` over ``statevad score``'s whole loop (first frame read to the
+last file written, incl. the score curve, report and events written once at the end: a fixed cost that
+weighs on a 60-frame run) and ``frames_per_s_stream`` to the last frame's score written (the rate a long
+live stream runs at). Configurations (``--set`` values of ``statevad score``, the same model file for all):
 
 * ``today``   -- the path before issue 20: no overlap, every cube every frame, the detector on every frame;
 * ``default`` -- the current defaults (config.ScoreConfig's streaming fields, whatever the model file stored);
@@ -60,7 +63,8 @@ PED2 = HERE.parent.parent / "shared" / "data" / "ped2"
 PIN_TODAY = ["score.overlap=false", "score.score_every=1", "score.detect_every=1"]
 # Speed candidates with the perturbation on (the model's epsilon): overlapped, each tracked object's cube
 # every k-th frame (``k``), the detector every 2nd frame (``de2``); ``t1``: the network with one torch thread
-# (a ``threads=N`` entry is the benchmark's, not a ``--set``: torch.set_num_threads for that run only).
+# (a ``threads=N`` entry is the benchmark's, not a ``--set``: torch.set_num_threads for that run only;
+# ``video=false``: ScoreOptions(video=False), `statevad score --no-video`).
 CONFIGS: dict[str, list[str]] = {
     "today": PIN_TODAY,
     "default": [],
@@ -74,6 +78,21 @@ CONFIGS: dict[str, list[str]] = {
     "default_t1": ["threads=1"],  # the defaults with one torch thread
     "fast": fast_score_sets(),
     **{f"fast_de{k}": [*fast_score_sets(), f"score.detect_every={k}"] for k in (1, 2, 3, 4)},
+    # the fast settings with the flow on the frame shrunk by half (score.flow_scale), the detector every
+    # 4th frame, and without annotated.mp4 (``video=false``: the benchmark's, `statevad score --no-video`)
+    "fast_fs50": [*fast_score_sets(), "score.flow_scale=0.5"],
+    "fast_fs50_de4": [*fast_score_sets(), "score.flow_scale=0.5", "score.detect_every=4"],
+    "fast_novideo": [*fast_score_sets(), "video=false"],
+    "fast_fs50_novideo": [*fast_score_sets(), "score.flow_scale=0.5", "video=false"],
+    "fast_fs50_de4_novideo": [*fast_score_sets(), "score.flow_scale=0.5", "score.detect_every=4",
+                              "video=false"],
+    # ... and the detector started in its own thread as each detector frame arrives (score.detect_ahead)
+    **{f"fast_fs50_de{k}_ahead_novideo": [*fast_score_sets(), "score.flow_scale=0.5",
+                                          f"score.detect_every={k}", "score.detect_ahead=true", "video=false"]
+       for k in (2, 3, 4)},
+    # ... each object through the network every 7th frame (the cube's length: score.max_score_every's ceiling)
+    **{f"fast_fs50_de{k}_k7_novideo": [*fast_score_sets(), "score.flow_scale=0.5", f"score.detect_every={k}",
+                                       "score.score_every=7", "video=false"] for k in (4, 8)},
 }
 
 
@@ -114,18 +133,22 @@ def resized_copy(video: Path, size: tuple[int, int], frames: int, tmp: Path) -> 
 def run(video: str, model: str, sets: list[str], frames: int, out: Path, labels: np.ndarray | None = None
         ) -> dict[str, Any]:
     threads = [int(v.split("=", 1)[1]) for v in sets if v.startswith("threads=")]
-    sets = [v for v in sets if not v.startswith("threads=")]
+    annotated = "video=false" not in sets
+    sets = [v for v in sets if not v.startswith(("threads=", "video="))]
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads[-1])
     try:
-        opts = stream.ScoreOptions(max_frames=frames or None, progress=False, labels=labels, overwrite=True)
+        opts = stream.ScoreOptions(max_frames=frames or None, progress=False, labels=labels, overwrite=True,
+                                   video=annotated)
         res = stream.score(video, model, out, opts, sets=sets)
     finally:
         torch.set_num_threads(before)
     n = max(res.n_frames, 1)
     return {"frames": res.n_frames, "objects": res.n_objects, "loop_s": round(res.loop_s, 3),
             "frames_per_s": round(res.n_frames / max(res.loop_s, 1e-9), 3),
+            "stream_s": round(res.stream_s, 3),
+            "frames_per_s_stream": round(res.n_frames / max(res.stream_s, 1e-9), 3),
             "cpu_s_per_frame": round(res.cpu_s / n, 4), "torch_threads": threads[-1] if threads else before,
             "ms_per_frame_by_stage": {k: round(1000 * v / n, 1) for k, v in res.timing.items()},
             "latency": res.latency, "scores": res.scores, "threshold": res.threshold,
@@ -143,12 +166,16 @@ def speed(args: argparse.Namespace, video: str, tmp: Path) -> dict[str, Any]:
                 res.pop(key)
             row[name] = res
             print(f"round {r + 1} {name}: {res['frames_per_s']:.2f} frames/s "
+                  f"({res['frames_per_s_stream']:.2f} without the summary files) "
                   f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", file=sys.stderr)
         rounds.append(row)
     summary: dict[str, Any] = {}
     for name in args.configs:
         fps = [row[name]["frames_per_s"] for row in rounds]
-        summary[name] = {"frames_per_s_median": round(statistics.median(fps), 3), "frames_per_s": fps}
+        stream_fps = [row[name]["frames_per_s_stream"] for row in rounds]
+        summary[name] = {"frames_per_s_median": round(statistics.median(fps), 3), "frames_per_s": fps,
+                         "frames_per_s_stream_median": round(statistics.median(stream_fps), 3),
+                         "frames_per_s_stream": stream_fps}
         ref = args.reference
         if ref in args.configs and name != ref:
             ratio = [row[name]["frames_per_s"] / row[ref]["frames_per_s"] for row in rounds]

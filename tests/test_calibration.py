@@ -351,3 +351,11 @@ def test_score_refuses_colour_footage_on_a_grey_model(tmp_path: Path, capsys: py
     assert main(["score", str(video), "--model", str(model), "--out", str(tmp_path / "o2"), "--no-perturb",
                  "--no-video", "--quiet", "--allow-mismatch"]) == 0
     assert "in colour" in capsys.readouterr().err
+
+
+def test_flow_on_a_shrunk_frame_does_not_keep_a_distribution() -> None:
+    # score.flow_scale changes the flow itself (so every score): a distribution made at full scale is not
+    # applied; the note names the field
+    dist = _dist(ScoreConfig(), 16.0)
+    rule, notes = cal.choose_threshold(_ckpt(dist), ScoreConfig(flow_scale=0.5), 16.0, None, None)[1:]
+    assert rule.startswith("auto:") and len(notes) == 1 and "flow_scale" in notes[0]

@@ -3,8 +3,12 @@ same order; scoring each tracked object every k-th frame sends fewer cubes and c
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
+from helpers import tiny_model
 
 from statevad import stream
 from statevad.stream.tracking import IouTracker, greedy_match, iou_matrix
@@ -184,8 +188,10 @@ class _FakeDetector:
     """A 'detector' that finds the object where the frame says it is (index in pixel 0): 2 px right and 1 px
     down per frame, exactly what the flow below says; no motion boxes."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_once: set[int] | None = None) -> None:
         self.calls = 0
+        self.threads: set[str] = set()
+        self.fail_once = set(fail_once or ())  # frames whose first detection raises
 
     @staticmethod
     def box(t: int) -> list[float]:
@@ -193,7 +199,12 @@ class _FakeDetector:
 
     def appearance(self, frame: np.ndarray) -> np.ndarray:
         self.calls += 1
-        return np.array([self.box(int(frame[0, 0, 0]))], np.float32)
+        self.threads.add(threading.current_thread().name.split("_")[0])
+        t = int(frame[0, 0, 0])
+        if t in self.fail_once:
+            self.fail_once.discard(t)
+            raise RuntimeError(f"detector failed on frame {t}")
+        return np.array([self.box(t)], np.float32)
 
     def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.appearance(frame), np.zeros((0, 4), np.float32), np.zeros((0, 80), np.float32)
@@ -209,8 +220,9 @@ def _translating_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.array([2.0, 1.0], np.float32), (*a.shape[:2], 2)).copy()
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("every", [1, 3])
-def test_detector_every_kth_frame_moves_boxes_with_the_flow(every: int) -> None:
+def test_detector_every_kth_frame_moves_boxes_with_the_flow(every: int, ahead: bool) -> None:
     from statevad.calibration import skip_border_boxes
     from statevad.stream.stages import SparseDetector
 
@@ -218,14 +230,39 @@ def test_detector_every_kth_frame_moves_boxes_with_the_flow(every: int) -> None:
     for t, f in enumerate(frames):
         f[0, 0, 0] = t
     det = _FakeDetector()
-    stage = skip_border_boxes(SparseDetector(det, every), 1.0)  # the border rule passes the keywords on
+    sparse = SparseDetector(det, every)
+    stage = skip_border_boxes(sparse, 1.0)  # the border rule passes the keywords (and the hooks) on
     eng = stream.StreamScorer(length=1, patch=8, box_fn=stage, flow_fn=_translating_flow, net_fn=_net,
-                              batch_frames=2)
+                              batch_frames=2, overlap=ahead, detect_ahead=ahead)
     out = [r for f in frames for r in eng.push(f)] + eng.finish()
     assert [r.index for r in out] == list(range(13))
     for r in out:
         np.testing.assert_allclose(r.boxes, [det.box(r.index)], atol=1e-5)
     assert det.calls == (13 if every == 1 else 5)  # frames 0, 3, 6, 9, 12
+    # ahead, the detector runs in its own thread (gone after finish); otherwise in the caller's
+    assert det.threads == ({"statevad-detector"} if ahead else {"MainThread"})
+    assert sparse._pool is None
+
+
+def test_detector_ahead_failure_raises_where_the_boxes_are_needed_and_a_retry_works() -> None:
+    from statevad.stream.stages import SparseDetector
+
+    frames = [np.zeros((40, 64, 3), np.uint8) for _ in range(10)]
+    for t, f in enumerate(frames):
+        f[0, 0, 0] = t
+    det = _FakeDetector(fail_once={4})
+    eng = stream.StreamScorer(length=1, patch=8, box_fn=SparseDetector(det, 2), flow_fn=_translating_flow,
+                              net_fn=_net, batch_frames=2, overlap=True, detect_ahead=True)
+    out: list[stream.FrameResult] = []
+    for t, f in enumerate(frames):
+        if t == 5:  # frame 4's boxes are asked for when frame 5 arrives: its failed detection raises here
+            with pytest.raises(RuntimeError, match="frame 4"):
+                eng.push(f)
+        out += eng.push(f)  # the same frame again: detected again (in the main thread), nothing lost
+    out += eng.finish()
+    assert [r.index for r in out] == list(range(10))
+    for r in out:
+        np.testing.assert_allclose(r.boxes, [det.box(r.index)], atol=1e-5)
 
 
 def test_detect_every_one_is_the_extractor_and_the_field_is_validated() -> None:
@@ -242,6 +279,21 @@ def test_detect_every_one_is_the_extractor_and_the_field_is_validated() -> None:
     for bad in ("0", "1.5", "true"):
         with pytest.raises(UserError, match="detect_every"):
             resolve(get_preset("ped2"), "score", sets=[f"score.detect_every={bad}"])
+
+
+def test_flow_scale_is_validated_and_reaches_the_flow_stage(tmp_path: Path) -> None:
+    from statevad.config import get_preset
+    from statevad.errors import UserError
+    from statevad.settings import resolve
+
+    assert resolve(get_preset("ped2"), "score", sets=["score.flow_scale=0.5"]).score.flow_scale == 0.5
+    for bad in ("0", "1.5", "-1", "nan"):
+        with pytest.raises(UserError, match="flow_scale"):
+            resolve(get_preset("ped2"), "score", sets=[f"score.flow_scale={bad}"])
+    model = tiny_model(tmp_path / "m.pt")
+    assert stream.build_scorer(model, stream.ScoreOptions(boxes="motion")).flow.scale == 1.0
+    assert stream.build_scorer(model, stream.ScoreOptions(boxes="motion"),
+                               sets=["score.flow_scale=0.5"]).flow.scale == 0.5
 
 
 def test_score_every_changed_mid_stream() -> None:

@@ -61,8 +61,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_border_cubes_do_not_count_in_the_frame_score(bordered, tmp_path) -> None:
     work, model = bordered
-    on = run_test(work, model, out=tmp_path / "on", progress=False)
-    off = run_test(work, model, out=tmp_path / "off", progress=False, border_min_px=0)
+    # each cube's own score (no track mean): the rule's effect on the frame max alone
+    own = ["score.track_frames=0"]
+    on = run_test(work, model, out=tmp_path / "on", progress=False, sets=own)
+    off = run_test(work, model, out=tmp_path / "off", progress=False, border_min_px=0, sets=own)
     cubes = _rows(tmp_path / "on" / "objects.csv")
     score = np.array([float(r["score"]) for r in cubes])
     scored = np.array([int(r["scored"]) for r in cubes])

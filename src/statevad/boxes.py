@@ -282,11 +282,25 @@ def motion_boxes(f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray, excl
     The original adds the two uint8 differences in numpy, which wraps modulo 256 so strong motion can
     vanish; by default we saturate instead (the evident intent). ``cfg.motion_wrap=True`` reproduces it.
     """
-    k = (cfg.motion_kernel, cfg.motion_kernel)
-    b0, b1, b2 = (cv2.GaussianBlur(_as_bgr(f), k, 0) for f in (f_prev, f_cur, f_next))
+    b0, b1, b2 = (motion_blur(f, cfg) for f in (f_prev, f_cur, f_next))
+    return blurred_motion_boxes(b0, b1, b2, exclude, cfg)
+
+
+def motion_blur(frame: np.ndarray, cfg: BoxConfig) -> np.ndarray:
+    """The smoothing :func:`motion_boxes` differences frames after (one frame's share of its work)."""
+    return cv2.GaussianBlur(_as_bgr(frame), (cfg.motion_kernel, cfg.motion_kernel), 0)
+
+
+def blurred_motion_boxes(b0: np.ndarray, b1: np.ndarray, b2: np.ndarray, exclude: np.ndarray,
+                         cfg: BoxConfig) -> np.ndarray:
+    """:func:`motion_boxes` of three frames already smoothed by :func:`motion_blur` (a stream blurs each
+    frame once, not three times)."""
     d01, d12 = cv2.absdiff(b0, b1), cv2.absdiff(b1, b2)
     acc = d01 + d12 if cfg.motion_wrap else cv2.add(d01, d12)
-    fg = ((acc > cfg.motion_binary_thr).any(axis=2)).astype(np.uint8) * 255
+    # a pixel changed when any channel's sum of differences passes the threshold: the channels' max
+    # against it (OpenCV kernels: numpy's any() over the channel axis cost more than the blurs)
+    b, g, r = cv2.split(acc)
+    _, fg = cv2.threshold(cv2.max(cv2.max(b, g), r), cfg.motion_binary_thr, 255, cv2.THRESH_BINARY)
     h, w = fg.shape
     e = cfg.motion_extend
     for x1, y1, x2, y2 in np.asarray(exclude, np.float32).reshape(-1, 4).astype(np.int64):
@@ -380,6 +394,9 @@ def resolve_source(cfg: BoxConfig, source: str | None = None) -> _Resolved:
     return _Resolved("motion", f"auto: no detector at {path}")
 
 
+_BLUR_CACHE = 8  # frames whose motion blur a BoxExtractor keeps (3 per stream; a few streams at once)
+
+
 class BoxExtractor:
     """Boxes of one frame from the frame and its hard-border neighbours (spec 3): ``(n, 4) float32``.
 
@@ -393,6 +410,7 @@ class BoxExtractor:
         if resolved.source == "reference":
             raise UserError("reference boxes are read from a file (load_reference_boxes), not computed")
         self.cfg = cfg
+        self._blur_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id -> (frame, its motion_blur)
         self.source = resolved.source
         self.reason = resolved.reason
         self.detector: Detector | None = None
@@ -434,8 +452,24 @@ class BoxExtractor:
         """The detections ``app`` followed by the motion boxes outside them (when the source has motion)."""
         if "motion" not in self.source:
             return app
-        mot = motion_boxes(f_prev, f_cur, f_next, app, self.cfg)
+        b0, b1, b2 = (self._blurred(f) for f in (f_prev, f_cur, f_next))
+        mot = blurred_motion_boxes(b0, b1, b2, app, self.cfg)
         return np.concatenate([app, mot]).astype(np.float32) if len(mot) else app
+
+    def _blurred(self, frame: np.ndarray) -> np.ndarray:
+        """:func:`motion_blur` of ``frame``, kept for the last few frames asked for: consecutive calls of a
+        stream share two of their three frames. Found by identity (the very array object, held here so its
+        id cannot be reused), so frames of other streams are never confused; the pipeline never writes into
+        a frame it has handed on."""
+        key = id(frame)
+        hit = self._blur_cache.get(key)
+        if hit is not None and hit[0] is frame:
+            return hit[1]
+        out = motion_blur(frame, self.cfg)
+        self._blur_cache[key] = (frame, out)
+        while len(self._blur_cache) > _BLUR_CACHE:
+            self._blur_cache.pop(next(iter(self._blur_cache)))
+        return out
 
 
 def clip_boxes(frames: Sequence[np.ndarray] | np.ndarray, extractor: BoxExtractor,

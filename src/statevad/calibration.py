@@ -44,13 +44,14 @@ DEFAULT_FALSE_ALARMS_PER_HOUR = 1.0
 BORDER_MIN_PX = 16.0
 BORDER_MARGIN_PX = 1.0
 # Score settings that do not change a frame score (so a distribution stays valid when they differ).
-# ``overlap`` only reorders the work (the network pass of one batch runs beside the next frames' boxes/flow);
+# ``overlap`` and ``detect_ahead`` only reorder the work (the network pass of one batch, the detector of the
+# next frame, run beside the other stages);
 # ``max_score_every`` acts only behind a live source the scorer cannot keep up with (live.CarryGovernor).
 # ``score_every`` / ``detect_every`` are streaming approximations (outputs carried along tracks, boxes moved
 # by the flow): the training distribution scores every cube with the prepared boxes, and the streamed frame
 # scores of normal footage keep its upper quantiles (measured: benchmarks/README.md "Real-time scoring").
 _NEUTRAL_SCORE_FIELDS = frozenset({"device", "batch_size", "bf16", "overlap", "max_score_every",
-                                   "score_every", "detect_every"})
+                                   "score_every", "detect_every", "detect_ahead"})
 QUANTILE_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 TAIL_EVENTS = 10  # the tail fit uses the events above the lowest threshold that leaves at most this many
 # Grey: fewer than 1% of the pixels have channels more than 12 levels apart. Lossy codecs shift grey
@@ -298,6 +299,9 @@ def skip_border_boxes(box_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.
             return got[0][keep], got[1][keep]
         return got[np.asarray(border_keep(got, cur.shape[:2], min_px))]
 
+    for name in ("prefetch", "close"):  # the detector-ahead hooks of the wrapped stage (the engine's)
+        if callable(getattr(box_fn, name, None)):
+            setattr(boxes, name, getattr(box_fn, name))
     return boxes
 
 
@@ -498,7 +502,7 @@ def split_series(model: Any, split: Any, stats: dict[str, float], sc: Any, borde
     """
     chosen = choose_clips(split, clips, max_cubes)
     fused = split_cube_scores(model, split, stats, sc, chosen, progress=progress, appearance=appearance)
-    return series_from_cubes(split, fused, chosen, border_min_px, size_hw)
+    return series_from_cubes(split, fused, chosen, border_min_px, size_hw, sc.track_frames)
 
 
 def choose_clips(split: Any, clips: Sequence[str] | None = None, max_cubes: int | None = None) -> list[int]:
@@ -545,10 +549,13 @@ def split_cube_scores(model: Any, split: Any, stats: dict[str, float], sc: Any, 
 
 
 def series_from_cubes(split: Any, fused: np.ndarray, chosen: Sequence[int], border_min_px: float,
-                      size_hw: tuple[int, int] | None) -> list[np.ndarray]:
+                      size_hw: tuple[int, int] | None, track_frames: int = 0) -> list[np.ndarray]:
     """Per-clip frame scores (:func:`statevad.scoring.frame_scores`) from cube scores, the cubes that the
-    border rule skips left out (no rule when ``size_hw`` is unknown)."""
+    border rule skips left out (no rule when ``size_hw`` is unknown); with ``track_frames`` > 1 each cube's
+    score is first averaged along its object's track (:func:`statevad.tracks.split_track_mean`), as a
+    stream scores it."""
     from statevad.scoring import frame_scores
+    from statevad.tracks import split_track_mean
 
     out = []
     for i in chosen:
@@ -557,7 +564,9 @@ def series_from_cubes(split: Any, fused: np.ndarray, chosen: Sequence[int], bord
         if len(idx) and size_hw is not None:
             idx = idx[border_keep(split.box[idx], size_hw, border_min_px)]
         start, n = int(c["start"]), int(c["n_frames"])
-        out.append(frame_scores(split.frame[idx] - start, fused[idx], n))
+        score = split_track_mean(fused[idx], np.zeros(len(idx), np.int64), split.frame[idx],
+                                 split.box[idx], track_frames)
+        out.append(frame_scores(split.frame[idx] - start, score, n))
     return out
 
 

@@ -253,6 +253,9 @@ class ScoreConfig:
     # (statevad.appearance): our addition, 0 = off; needs a model trained with train.appearance
     w_appearance: float = 0.0
     smooth_sigma: float = 0.0  # Gaussian smoothing of frame scores, in frames; 0 = published protocol
+    # each object's fused score averaged with its IoU track's previous ones over this many frames (causal,
+    # statevad.tracks); 0 or 1 = the object's own score, as published (our addition: docs/DEVIATIONS.md)
+    track_frames: int = 0
     batch_size: int = 256
     bf16: bool = False
     device: str = "auto"
@@ -271,6 +274,14 @@ class ScoreConfig:
     # frames (score_every raised step by step) before frames are dropped; 0 = the cube's length (2l+1), so an
     # object is still scored at least once per cube span; = score_every: drop frames at once, as before
     max_score_every: int = 0
+    # optical flow on the frame shrunk by this factor, its vectors brought back to full-frame pixels
+    # (statevad.flow.reduced_flow); 1 = full resolution, as the training cubes were made. A speed knob for
+    # large frames (the fast settings); its accuracy cost is measured in benchmarks/README.md
+    flow_scale: float = 1.0
+    # the detector of each detector frame starts as the frame arrives, in its own thread (its boxes are
+    # needed one frame later): the same boxes, the detector's time hidden behind the other stages where a
+    # core is free; measured slower with the perturbation's network pass on two cores, so off by default
+    detect_ahead: bool = False
     # the flow branch's score (FLOW_TERMS): fixed by training (train.flow_term), with the statistics it made
     flow_term: str = "sse"
 
@@ -282,9 +293,12 @@ class ScoreConfig:
         c.integer("score_every", 1, 1000)
         c.integer("detect_every", 1, 1000)
         c.integer("max_score_every", 0, 1000)
+        c.number("flow_scale", 0.05, 1.0)
+        c.flag("detect_ahead")
         for name in ("w_raw", "w_flow", "w_motion", "w_appearance"):
             c.number(name, 0.0)
         c.number("smooth_sigma", 0.0)
+        c.integer("track_frames", 0, 10_000)
         c.integer("batch_size", 1)
         c.flag("bf16")
         c.text("device")
@@ -338,6 +352,11 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# The causal window along each object's track of the label-free presets (ScoreConfig.track_frames): 1 s at
+# Ped2's 10 frames/s, written down before it was scored (docs/ANALYSIS.md 11) and kept as it was
+TRACK_FRAMES = 10
+
+
 def _ped2() -> Preset:
     return Preset(
         name="ped2",
@@ -355,7 +374,9 @@ def _ped2() -> Preset:
         # term"); the equal weight 1 gives less (cpu config 0.9802 vs 0.9835; STATE alone 0.9732).
         # With train.select (on here) these four are only the fallback: training replaces them by the
         # label-free selection of statevad.selection. `--set train.select=false` restores them.
-        score=ScoreConfig(epsilon=0.002, w_raw=1.0, w_flow=1.0, w_motion=4.0),
+        # track_frames 10: each object's score is the causal mean over its track's last 10 frames (1 s at
+        # Ped2's 10 fps), a window fixed before it was scored (docs/ANALYSIS.md 11-12; our addition)
+        score=ScoreConfig(epsilon=0.002, w_raw=1.0, w_flow=1.0, w_motion=4.0, track_frames=TRACK_FRAMES),
         # appearance: the detector's class descriptions (label-free, a-priori weight; docs/ANALYSIS.md 6, 9);
         # the flow branch scored as the excess of observed over predicted speed (docs/ANALYSIS.md 11: a
         # held-out seed checked as written down before it was scored, then an end-to-end run)
@@ -383,7 +404,8 @@ def _shanghaitech() -> Preset:
 
 
 # How `statevad score` runs a stream (ScoreConfig above): the code's defaults, not a model file's stored ones.
-STREAMING_FIELDS = ("overlap", "score_every", "detect_every", "max_score_every")
+STREAMING_FIELDS = ("overlap", "score_every", "detect_every", "max_score_every", "flow_scale",
+                    "detect_ahead")
 
 
 def with_streaming_defaults(score: ScoreConfig) -> ScoreConfig:
@@ -411,7 +433,7 @@ def _generic() -> Preset:
     code's a-priori default: STATE's eps 0.01, equal branch weights, no motion term)."""
     p = _ped2()
     p.name = "generic"
-    p.score = ScoreConfig()
+    p.score = ScoreConfig(track_frames=TRACK_FRAMES)
     return p
 
 

@@ -67,21 +67,27 @@ def frame_cubes(win_frames: np.ndarray, win_flows: np.ndarray, boxes: np.ndarray
     box are resized in one cv2 call by stacking the frames along channels (cv2 resizes every channel
     independently, so this equals T separate resizes).
     """
-    t_len, h, w = win_frames.shape[:3]
-    n = len(boxes)
-    raw = np.empty((n, t_len, patch, patch, 3), np.uint8)
-    flow = np.empty((n, t_len, patch, patch, 2), np.float32)
+    return window_crops(win_frames, boxes, patch), window_crops(win_flows, boxes, patch)
+
+
+def window_crops(window: Sequence[np.ndarray] | np.ndarray, boxes: np.ndarray, patch: int = 32) -> np.ndarray:
+    """T frames (H, W, C) of a window -> (n, T, P, P, C): each box's T crops resized to patch x patch, dtype
+    kept. ``window`` is an array (T, H, W, C) or a sequence of T frames: only the crops are copied (a
+    streaming window is never stacked whole)."""
+    first = window[0]
+    t_len, (h, w, c) = len(window), first.shape
+    out = np.empty((len(boxes), t_len, patch, patch, c), first.dtype)
     for i, box in enumerate(boxes):
         rows, cols = box_slices(box, h, w)
-        raw[i] = _stack_resize(win_frames[:, rows, cols], patch)
-        flow[i] = _stack_resize(win_flows[:, rows, cols], patch)
-    return raw, flow
+        out[i] = _stack_resize([f[rows, cols] for f in window], patch)
+    return out
 
 
-def _stack_resize(crops: np.ndarray, patch: int) -> np.ndarray:
-    """(T, h, w, C) -> (T, P, P, C) with one cv2.resize on an (h, w, T*C) image."""
-    t_len, hh, ww, c = crops.shape
-    img = np.ascontiguousarray(crops.transpose(1, 2, 0, 3).reshape(hh, ww, t_len * c))
+def _stack_resize(crops: Sequence[np.ndarray], patch: int) -> np.ndarray:
+    """T crops (h, w, C) -> (T, P, P, C) with one cv2.resize on their (h, w, T*C) channel stack (cv2 resizes
+    every channel independently, so this equals T separate resizes)."""
+    t_len, c = len(crops), crops[0].shape[2]
+    img = np.concatenate(crops, axis=2)  # channels frame-major: (frame 0: C), (frame 1: C), ...
     out = cv2.resize(img, (patch, patch), interpolation=cv2.INTER_LINEAR)
     return out.reshape(patch, patch, t_len, c).transpose(2, 0, 1, 3)
 
@@ -110,12 +116,21 @@ def target_cubes(win_frames: np.ndarray, win_flows: np.ndarray, boxes: np.ndarra
     """The cubes of one target frame that pass the motion filter (spec 4.4): raw uint8, flow float16 (the
     filter sees the float32 values before the cast), the boxes kept and the mask of them.
 
-    ``statevad prepare`` (:func:`clip_cubes`) and the streaming scorer both cube through here, which is
+    ``statevad prepare`` (:func:`clip_cubes`) and the streaming scorer both cube through here (the scorer
+    through its two halves, :func:`flow_cubes` then :func:`window_crops` of the boxes it scores), which is
     what makes a scored file give exactly the cubes of a prepared one.
     """
-    raw, fl = frame_cubes(win_frames, win_flows, boxes, cfg.patch)
+    fl, keep = flow_cubes(win_flows, boxes, cfg)
+    return TargetCubes(window_crops(win_frames, boxes[keep], cfg.patch), fl, boxes[keep], keep)
+
+
+def flow_cubes(win_flows: Sequence[np.ndarray] | np.ndarray, boxes: np.ndarray, cfg: CubeConfig
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The flow half of :func:`target_cubes`: the float16 flow cubes of the boxes that pass the motion
+    filter, and the filter's mask over ``boxes``."""
+    fl = window_crops(win_flows, boxes, cfg.patch)
     keep = motion_energy(fl) > cfg.motion_thr
-    return TargetCubes(raw[keep], fl[keep].astype(np.float16), boxes[keep], keep)
+    return fl[keep].astype(np.float16), keep
 
 
 @dataclass

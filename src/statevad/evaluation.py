@@ -48,6 +48,7 @@ from statevad.scoring import (
 )
 from statevad.settings import resolve
 from statevad.tensors import cube_motion, resolve_device
+from statevad.tracks import split_track_mean
 from statevad.training import check_writable, select_cubes, training_stats
 from statevad.visualize import save_roc
 from statevad.workdir import SplitData, open_split, select_clips
@@ -220,7 +221,9 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
         print(f"statevad test: warning: the frame size of test clip(s) {', '.join(unsized[:6])}"
               f"{' ...' if len(unsized) > 6 else ''} is unknown (footage not found), so the border rule "
               "is off for them", file=sys.stderr, flush=True)
-    frames = smooth(frame_scores(np.asarray(test.frame)[keep], cube_score[keep], test.n_frames),
+    # each object's score averaged along its track (score.track_frames), over the cubes a stream would see
+    tracked = split_track_mean(cube_score, test.clip, test.frame, test.box, cfg.track_frames, keep)
+    frames = smooth(frame_scores(np.asarray(test.frame)[keep], tracked[keep], test.n_frames),
                     cfg.smooth_sigma, bounds)
 
     # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
@@ -230,7 +233,9 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
         cols["z_motion"] = z_motion
     if z_app is not None:
         cols["z_appearance"] = z_app
-    cols["score"] = cube_score
+    if cfg.track_frames > 1:
+        cols["score_cube"] = cube_score  # the object's own fused score, before the track mean
+    cols["score"] = tracked
     cols["scored"] = keep.astype(np.int64)  # 0: skipped by the border rule (not in the frame score)
     write_object_csv(out_dir / "objects.csv", test, bounds, cols)
     result = evaluate(frames, test.labels, bounds)

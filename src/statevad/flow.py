@@ -44,12 +44,14 @@ class FlowEstimator:
     across workers.
     """
 
-    def __init__(self, cfg: FlowConfig | None = None) -> None:
+    def __init__(self, cfg: FlowConfig | None = None, scale: float = 1.0) -> None:
         self.cfg = cfg or FlowConfig()
         method = self.cfg.method.lower()
         if method not in METHODS:
             raise UserError(f"unknown flow method {self.cfg.method!r}: choose one of {', '.join(METHODS)}")
-        self.method = method
+        if not 0.0 < scale <= 1.0:
+            raise UserError(f"the flow scale must be in (0, 1], got {scale:g}")
+        self.method, self.scale = method, float(scale)
         self._calc = self._build(method)
 
     def _build(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -72,7 +74,25 @@ class FlowEstimator:
     def __call__(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
         if f0.shape[:2] != f1.shape[:2]:
             raise UserError(f"flow needs frames of one size, got {f0.shape[:2]} and {f1.shape[:2]}")
-        return np.asarray(self._calc(f0, f1), np.float32)
+        if self.scale == 1.0:
+            return np.asarray(self._calc(f0, f1), np.float32)
+        return reduced_flow(self._calc, f0, f1, self.scale)
+
+
+def reduced_flow(calc: Callable[[np.ndarray, np.ndarray], np.ndarray], f0: np.ndarray, f1: np.ndarray,
+                 scale: float) -> np.ndarray:
+    """``calc``'s flow on the two frames shrunk by ``scale`` (area-averaged grey), brought back to the full
+    frame: resized bilinearly and its vectors multiplied by the size ratio, so it is still in original-frame
+    pixels. A speed knob for streaming (the work of dense flow grows with the pixel count): fine motion
+    under a reduced pixel is lost, which the accuracy check in benchmarks/README.md measures."""
+    h, w = f0.shape[:2]
+    sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
+    g0, g1 = (cv2.resize(_gray(f), (sw, sh), interpolation=cv2.INTER_AREA) for f in (f0, f1))
+    small = np.asarray(calc(g0, g1), np.float32)
+    flow = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    flow[..., 0] *= w / sw
+    flow[..., 1] *= h / sh
+    return flow
 
 
 def _bgr(frame: np.ndarray) -> np.ndarray:

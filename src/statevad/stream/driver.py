@@ -111,6 +111,9 @@ class ScoreResult:
     latency: dict[str, float | int] = field(default_factory=dict)  # arrival -> score written, seconds
     n_dropped: int = 0  # live source: frames dropped because the scorer was slower than the source
     loop_s: float = 0.0  # wall time from the first frame read to the last output written (no model loading)
+    # wall time from the first frame read to the last frame's score written: loop_s without the summary
+    # files (curve, report, events) written once at the end, the rate a long live stream runs at
+    stream_s: float = 0.0
 
 
 def _source_len(src: Any) -> int | None:
@@ -359,7 +362,8 @@ class Scorer:
         return StreamScorer(length=cube.length, patch=cube.patch, box_fn=self.boxes(), flow_fn=self.flow,
                             net_fn=self.net, motion_thr=cube.motion_thr, batch_frames=self.opts.batch_frames,
                             max_objects=self.max_objects, overlap=sc.overlap, score_every=sc.score_every,
-                            fuse_fn=getattr(self.net, "fuse", None))
+                            fuse_fn=getattr(self.net, "fuse", None), detect_ahead=sc.detect_ahead,
+                            track_frames=sc.track_frames)
 
     def governor(self) -> CarryGovernor:
         """For a live stream: raises ``score_every`` up to ``score.max_score_every`` (0 = the cube's length)
@@ -417,7 +421,7 @@ def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None =
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
     net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size), ckpt.appearance)
     return Scorer(str(model_path), opts, ckpt, preset, threshold, rule, notes, box_desc, flow_cfg, box_cfg,
-                  spec, detector_sha, FlowEstimator(flow_cfg), net, boxes)
+                  spec, detector_sha, FlowEstimator(flow_cfg, sc.flow_scale), net, boxes)
 
 
 def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -482,6 +486,7 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
             except (StageError, UserError) as exc:  # a stage refused its input (a NaN box, boxes run out)
                 failure = UserError(f"{input_spec}: scoring stopped at frame {engine.n_received}: {exc}")
                 end["reason"] = f"error ({exc})"
+        stream_s = time.perf_counter() - loop0
         sig.done = True  # from here on a signal no longer interrupts: every output gets written
         if engine.n_received == 0:
             raise UserError(_nothing_read(input_spec))
@@ -501,6 +506,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
         if sc.detect_every > 1:
             summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
+        if sc.flow_scale != 1.0:
+            summary["flow computed on the frame shrunk by"] = sc.flow_scale
         if sc.score_every > 1 or engine.n_carried:
             summary["objects scored every k-th frame"] = sc.score_every
             summary["objects carried (network errors from the track's last scored frame)"] = engine.n_carried
@@ -536,14 +543,15 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     if failure is not None:
         raise UserError(f"{failure}; the outputs in {out} hold the {len(sink.scores)} frames scored "
                         "before it")
-    engine.timing["outputs"] += time.perf_counter() - t0
+    # written once, at the end: not a per-frame stage (its own entry, outside "outputs")
+    engine.timing["summary files"] = time.perf_counter() - t0
     wall = time.perf_counter() - wall0
     return ScoreResult(out, len(sink.scores), sink.n_objects, threshold, scorer.threshold_rule, sink.found,
                        end["reason"],
                        dict(engine.timing), wall, doc.get("AUROC (frame, --labels)"),
                        time.process_time() - cpu0, np.asarray(sink.scores, np.float64), sig.exit_code,
                        engine.n_capped, latency_summary(feed.latencies),
-                       reader.n_dropped if reader is not None else 0, time.perf_counter() - loop0)
+                       reader.n_dropped if reader is not None else 0, time.perf_counter() - loop0, stream_s)
 
 
 def _checked_frames(src: Any, end: dict[str, str], scorer: Scorer, fps: float, spec: str,

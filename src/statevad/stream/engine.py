@@ -17,6 +17,8 @@ Two speed-ups (issue 20), both independent of how the network's outputs are fuse
 * ``overlap=True`` runs the network of one batch in a worker thread while the caller decodes, boxes, flows
   and cubes the next frames (torch, onnxruntime and OpenCV release the GIL in their kernels); at most one
   batch is in flight, so memory and latency stay bounded. Results are the same numbers in the same order.
+  With ``detect_ahead`` a box stage with ``prefetch`` (the detector every k-th frame) also starts each
+  detector frame's detection in its own thread as the frame arrives, one frame before its boxes are needed.
 * ``score_every=k`` follows objects from frame to frame (:class:`statevad.stream.tracking.IouTracker`) and
   sends an object's cube through the network only when its track was last scored k or more frames ago (or
   is new); in between, the object carries its track's last network errors (``FrameResult.carried``), fused
@@ -35,10 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from statevad.config import CubeConfig
-from statevad.cubes import elastic_window, target_cubes
+from statevad.cubes import elastic_window, flow_cubes, window_crops
 from statevad.scoring import EMPTY_FRAME_SCORE
-from statevad.stream.tracking import IouTracker
 from statevad.tensors import cube_motion
+from statevad.tracks import IouTracker, TrackMeans
 
 # (prev, cur, next) -> (n, 4), or -> ((n, 4) boxes, (n, C) class descriptions) for the appearance term; a box
 # callable that also takes ``flow_prev=`` (the flow prev -> cur, None at the first frame) and/or ``index=``
@@ -74,10 +76,11 @@ class FrameResult:
     boxes: np.ndarray  # (n, 4) float32, the scored objects
     e_raw: np.ndarray  # (n,) SSE
     e_flow: np.ndarray  # (n,) SSE
-    scores: np.ndarray  # (n,) fused z-score
+    scores: np.ndarray  # (n,) fused z-score (with track_frames > 1: its causal mean along the object's track)
     n_dropped: int = 0  # boxes dropped by the motion filter (spec 4.4)
     speed: np.ndarray | None = None  # (n,) mean flow speed of each object's cube, pixels per frame
     carried: np.ndarray | None = None  # (n,) bool: network errors carried from the track's last scored frame
+    cube_scores: np.ndarray | None = None  # (n,) with track_frames > 1: each object's own fused score
 
     @property
     def score(self) -> float:
@@ -146,9 +149,10 @@ class StreamScorer:
     def __init__(self, *, length: int, patch: int, box_fn: BoxFn, flow_fn: FlowFn, net_fn: NetFn,
                  motion_thr: float = 0.0, batch_frames: int = 4, max_objects: int | None = None,
                  overlap: bool = False, score_every: int = 1, track_iou: float = 0.3,
-                 fuse_fn: FuseFn | None = None) -> None:
-        if length < 0 or patch < 1 or batch_frames < 1 or score_every < 1:
-            raise ValueError("length >= 0, patch >= 1, batch_frames >= 1 and score_every >= 1 are required")
+                 fuse_fn: FuseFn | None = None, detect_ahead: bool = False, track_frames: int = 1) -> None:
+        if length < 0 or patch < 1 or batch_frames < 1 or score_every < 1 or track_frames < 0:
+            raise ValueError("length >= 0, patch >= 1, batch_frames >= 1, score_every >= 1 and "
+                             "track_frames >= 0 are required")
         if max_objects is not None and max_objects < 1:
             raise ValueError("max_objects >= 1 (or None) is required")
         self.max_objects = max_objects
@@ -177,11 +181,18 @@ class StreamScorer:
         self._net_classes = accepts(net_fn, "classes")
         self.score_every = score_every
         self._track_iou = track_iou
-        self._tracker = IouTracker(track_iou) if score_every > 1 else None
+        self._tracker = IouTracker(track_iou) if score_every > 1 or track_frames > 1 else None
+        # track_frames > 1: each object's score is the causal mean of its track's last track_frames fused
+        # scores (statevad.tracks.TrackMeans; replaced whole when a batch is assembled: exception safety)
+        self._means = TrackMeans(track_frames) if track_frames > 1 else None
         self._scheduled: dict[int, int] = {}  # track id -> last target frame sent through the network
         self._track_out: dict[int, tuple[float, float, float]] = {}  # track id -> its last network outputs
         self.n_carried = 0  # objects whose outputs were carried instead of scored
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="statevad-net") if overlap else None
+        # ``detect_ahead``: a box stage with ``prefetch(frame, index)`` (stream.stages.SparseDetector) starts
+        # its detector as a frame arrives, in its own thread (the frame's boxes are asked for one frame later)
+        self._prefetch: Callable[[np.ndarray, int], None] | None = (
+            getattr(box_fn, "prefetch", None) if detect_ahead else None)
         self._flight: _Flight | None = None
         self.network_busy = 0.0
         self.idle_wait_s = 0.0  # flush(idle): time waiting for the pass in flight with nothing else to do
@@ -213,6 +224,8 @@ class StreamScorer:
             raise InputChanged(f"frame {self._n} has shape {frame.shape}, the stream started with "
                                f"{self._shape}")
         k = self._n
+        if self._prefetch is not None:  # the detector of frame k starts now, its boxes are asked for at k+1
+            self._prefetch(frame, k)
         if k >= 1:  # computed before anything changes: a failing stage leaves the engine untouched
             flow, boxes, classes = self._flow_and_boxes(k - 1, nxt=k, nxt_frame=frame)
             self._flows[k - 1], self._boxes[k - 1], self._classes[k - 1] = flow, boxes, classes
@@ -269,6 +282,7 @@ class StreamScorer:
         self._finished = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        self._close_boxes()
         self._frames.clear()
         self._flows.clear()
         self._boxes.clear()
@@ -309,6 +323,12 @@ class StreamScorer:
         """Release the worker thread (``finish`` does too); results still in flight are discarded."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close_boxes()
+
+    def _close_boxes(self) -> None:
+        close = getattr(self.box_fn, "close", None)
+        if self._prefetch is not None and callable(close):
+            close()
 
     # -- internals ------------------------------------------------------------------------------
     def _flow_and_boxes(self, t: int, nxt: int, nxt_frame: np.ndarray | None = None
@@ -386,19 +406,28 @@ class StreamScorer:
         ids = due = None
         if len(boxes):
             win = range(start, start + self.size)
-            frames = np.stack([self._frames[i] for i in win])
-            flows = np.stack([self._flows[i] for i in win])
-            tc = target_cubes(frames, flows, boxes, self._cube_cfg)
-            item = _Pending(t, tc.boxes, tc.raw, tc.flow, tc.n_dropped,
-                            classes=None if classes is None else classes[tc.keep])
+            flow, keep = flow_cubes([self._flows[i] for i in win], boxes, self._cube_cfg)
+            kept = boxes[keep]
+            if self._tracker is not None:  # computed first, committed with the item: a retry sees the same
+                ids = self._tracker.peek(kept)
+                due = np.array([t - self._scheduled.get(i, -self.score_every) >= self.score_every
+                                for i in ids.tolist()], bool)
+            # raw cubes only of the objects the network will see: a carried object needs its flow (its
+            # speed) but not its pixels (zeros stand in, never read)
+            frames = [self._frames[i] for i in win]
+            if due is None or due.all():
+                raw = window_crops(frames, kept, self.patch)
+            else:
+                raw = np.zeros((len(kept), self.size, self.patch, self.patch, 3), np.uint8)
+                raw[due] = window_crops(frames, kept[due], self.patch)
+            item = _Pending(t, kept, raw, flow, int((~keep).sum()),
+                            classes=None if classes is None else classes[keep])
         else:
             item = _Pending(t, boxes, _no_raw(self.size, self.patch), _no_flow(self.size, self.patch), 0,
                             classes=classes)
-        if self._tracker is not None:  # computed first, committed with the item: a retry sees the same
-            ids = self._tracker.peek(item.boxes)
-            due = np.array([t - self._scheduled.get(i, -self.score_every) >= self.score_every
-                            for i in ids.tolist()], bool)
-            item.ids, item.due = ids, due
+            if self._tracker is not None:
+                ids, due = self._tracker.peek(boxes), np.zeros(0, bool)
+        item.ids, item.due = ids, due
         self._batch.append(item)
         if self._tracker is not None and ids is not None and due is not None:
             self._tracker.commit(item.boxes, ids)
@@ -521,6 +550,16 @@ class StreamScorer:
             if fused_c.shape != (int(c.sum()),):
                 raise StageError(f"the fusion stage returned {fused_c.shape} scores for {int(c.sum())} cubes")
             full[2][c] = fused_c
+        if self._means is not None:  # every object's fused score is final: average it along its track
+            means = self._means.copy()
+            for r, p in zip(out, batch, strict=True):
+                if p.ids is None or not len(r.scores):
+                    continue
+                own = r.scores.copy()
+                r.scores = means.peek(p.ids, own)
+                r.cube_scores = own
+                means.commit(p.t, p.ids, own)
+            self._means = means
         self._track_out = track_out
         self.n_cubes += int(due.sum())
         self.n_carried += int((~due).sum())

@@ -97,11 +97,14 @@ class Outputs:
             top = ["", "", "", "", ""]
         self._writer.writerow([r.index, f"{t_s:.3f}", f"{score:.4f}", len(r.scores), *top])
         speeds = r.speed if r.speed is not None else [None] * len(r.scores)
-        for b, er, ef, sp, s in zip(r.boxes, r.e_raw, r.e_flow, speeds, r.scores, strict=True):
+        own = r.cube_scores if r.cube_scores is not None else [None] * len(r.scores)
+        for b, er, ef, sp, s, sc in zip(r.boxes, r.e_raw, r.e_flow, speeds, r.scores, own, strict=True):
             row = {"frame": r.index, "time_s": round(t_s, 3), "box": [round(float(v), 1) for v in b],
                    "e_raw": float(er), "e_flow": float(ef)}
             if sp is not None:
                 row["speed"] = round(float(sp), 4)
+            if sc is not None:  # score.track_frames: the object's own score; "score" is its track mean
+                row["score_cube"] = float(sc)
             self._obj.fh.write(json.dumps({**row, "score": float(s)}) + "\n")
         self.n_objects += len(r.scores)
         if self.video:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,44 @@ class SparseDetector:
         self._app: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # index -> detections, cells
         self.n_detected = 0  # frames the detector ran on
         self.n_moved = 0  # frames whose detections were moved by the flow
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}  # index -> detection
+
+    def prefetch(self, frame: np.ndarray, index: int) -> None:
+        """Start the detector on frame ``index`` in a worker thread when that frame is a detector frame
+        (``score.detect_ahead``).
+
+        The engine calls this as the frame arrives; the frame's boxes are asked for one frame later (they
+        need the next frame), so the detector runs while the flow, the cubes and the outputs of the frames
+        between are computed (onnxruntime releases the GIL). Never raises: a failed detection raises where
+        its boxes are asked for, as without prefetching. The boxes are the same either way.
+        """
+        if index % self.every or index in self._ahead:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="statevad-detector")
+        self._ahead = {k: f for k, f in self._ahead.items() if k >= index - 1}  # bounded: not yet asked for
+        self._ahead[index] = self._pool.submit(self.ext.detect, frame)
+
+    def close(self) -> None:
+        """Release the detector thread (detections still running are waited for)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._ahead = {}
+
+    def _detect(self, frame: np.ndarray, index: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # taken out when used: a step that fails (here or later) and is retried detects again, in this
+        # thread, rather than re-raising a stored failure forever
+        ahead = self._ahead.pop(index, None) if index is not None else None
+        return ahead.result() if ahead is not None else self.ext.detect(frame)
 
     def __call__(self, f_prev: np.ndarray, f_cur: np.ndarray, f_next: np.ndarray,
                  flow_prev: np.ndarray | None = None, index: int | None = None
                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         last = self._app.get(index - 1) if index is not None else None
         if index is None or index % self.every == 0 or last is None or flow_prev is None:
-            cur = self.ext.detect(f_cur)
+            cur = self._detect(f_cur, index)
             self.n_detected += 1
         else:
             cur = (flow_shift(last[0], flow_prev), last[1], last[2])
