@@ -71,6 +71,16 @@ def _git_commit() -> str | None:
         return None
 
 
+def write_study(out: str | Path, doc: dict, script: str, argv: list[str] | None, t0: float) -> None:
+    """A Ped2 study's results JSON (``doc`` + seconds, commit, exact command, Python); its results printed."""
+    command = f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    doc = {**doc, "seconds": round(time.perf_counter() - t0, 1), "git_commit": _git_commit(),
+           "command": command,
+           "python": platform.python_version()}
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc.get("results"), indent=1))
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

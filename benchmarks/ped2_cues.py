@@ -30,9 +30,6 @@ AUROCs, which are information: nothing here sets a default (``"chosen_on_test_la
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ped2 import _git_commit  # noqa: E402
+from ped2 import write_study  # noqa: E402
 
 # NanoDet-m's head features before its classifier (names in the bundled ONNX graph): stride 8 and 16.
 HEAD_FEATURES = {8: "PartitionedCall/onnx_tf_prefix_LeakyRelu_151:0",
@@ -384,13 +381,8 @@ def main(argv: list[str] | None = None) -> int:
            "settings": {"causal_frames": CAUSAL_FRAMES, "gauss_sigmas": GAUSS_SIGMAS,
                         "track_frames": TRACK_FRAMES,
                         "knn_k": KNN_K, "head_features": HEAD_FEATURES,
-                        "held_out": "statevad.selection.holdout_mask (clips with index % 8 == 7)"},
-           "seconds": round(time.perf_counter() - t0, 1), "git_commit": _git_commit(),
-           "command": "python benchmarks/ped2_cues.py "
-                      + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-           "python": platform.python_version()}
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(results, indent=1))
+                        "held_out": "statevad.selection.holdout_mask (clips with index % 8 == 7)"}}
+    write_study(args.out, doc, "ped2_cues.py", argv, t0)
     return 0
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ped2 import _git_commit  # noqa: E402
+from ped2 import write_study  # noqa: E402
 from ped2_cues import TRACK_CANDIDATE, causal_track_mean, track_ids  # noqa: E402
 
 
@@ -149,13 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
     doc = {"benchmark": "ped2_frame_rule", "work": str(work), "models": args.model,
            "chosen_on_test_labels": [], "results": results,
-           "held_out": f"statevad.selection.holdout_mask: all {len(held)} cubes of the held-out clips",
-           "seconds": round(time.perf_counter() - t0, 1), "git_commit": _git_commit(),
-           "command": "python benchmarks/ped2_frame_rule.py "
-                      + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-           "python": platform.python_version()}
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(results, indent=1))
+           "held_out": f"statevad.selection.holdout_mask: all {len(held)} cubes of the held-out clips"}
+    write_study(args.out, doc, "ped2_frame_rule.py", argv, t0)
     return 0
 
 

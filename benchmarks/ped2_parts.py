@@ -29,7 +29,9 @@ GT = ROOT.parent / "shared" / "data" / "ped2" / "gt" / "frame_labels_test.json"
 # column -> key prefix in the frames npz (ped2.py), "{eps}" filled with the run's epsilon
 PARTS = {"model": "model_eps_{eps}", "no appearance": "no_appearance_eps_{eps}",
          "no motion": "no_motion_eps_{eps}", "STATE alone": "state_eps_{eps}",
-         "appearance alone": "appearance_only_eps_{eps}", "box speed (no learning)": "box_flow_magnitude"}
+         "appearance alone": "appearance_only_eps_{eps}", "box speed (no learning)": "box_flow_magnitude",
+         # runs with score.track_frames: the box speed averaged along the same tracks (like for like)
+         "box speed, track mean": "box_flow_magnitude_track{track}"}
 
 
 def clip_lengths(gt: Path = GT) -> list[tuple[str, int]]:
@@ -60,7 +62,7 @@ def parts_of_run(result: Path) -> dict[str, dict[str, float | None]]:
         raise SystemExit(f"{result}: {len(labels)} frame labels, the Ped2 ground truth has {start}")
     out: dict[str, dict[str, float | None]] = {}
     for col, key in PARTS.items():
-        key = key.format(eps=eps)
+        key = key.format(eps=eps, track=int(d.get("track_frames") or 0))
         if key not in frames.files:
             continue
         s = frames[key]

@@ -13,10 +13,11 @@ live stream runs at). Configurations (``--set`` values of ``statevad score``, th
 * ``overlap`` -- today's path with the network pass overlapped with the next frames' boxes and flow;
 * ``k3`` / ``k4`` / ``k5`` -- overlapped, each tracked object's cube every 3rd / 4th / 5th frame; ``_de2``:
   the detector every 2nd frame; ``_t1``: one torch thread;
-* ``fast``    -- the documented fast settings (config.FAST_SCORE: the streaming defaults without the
-  perturbation);
-* ``fast_de1`` / ``fast_de2`` / ``fast_de3`` -- the fast settings with the detector every frame / every 2nd /
-  every 3rd frame (score.detect_every; boxes moved by the optical flow in between).
+* ``fast``    -- the documented fast settings (config.FAST_SCORE, ``statevad score --fast``); ``_novideo``:
+  without annotated.mp4;
+* ``fast_before`` -- the fast settings before 2026-12-06 (the streaming defaults without the perturbation);
+  ``fast_deK``, ``fast_fs50...``: the candidates built on them (the detector every K-th frame, the flow on the
+  half-size frame, each object every 7th frame, the detector ahead in its own thread; see CONFIGS).
 
 Accuracy (``--auroc``): all 12 Ped2 test clips scored by each configuration through ``statevad score``
 (frame micro AUROC of the concatenated frame scores against the official labels) and by ``statevad test`` on
@@ -61,6 +62,7 @@ from statevad.metrics import frame_auroc
 HERE = Path(__file__).resolve().parent
 PED2 = HERE.parent.parent / "shared" / "data" / "ped2"
 PIN_TODAY = ["score.overlap=false", "score.score_every=1", "score.detect_every=1"]
+FAST_BEFORE = ["score.score_every=4", "score.detect_every=2", "score.epsilon=0.0", "score.overlap=true"]
 # Speed candidates with the perturbation on (the model's epsilon): overlapped, each tracked object's cube
 # every k-th frame (``k``), the detector every 2nd frame (``de2``); ``t1``: the network with one torch thread
 # (a ``threads=N`` entry is the benchmark's, not a ``--set``: torch.set_num_threads for that run only;
@@ -76,23 +78,28 @@ CONFIGS: dict[str, list[str]] = {
        for k in (3, 4)},
     "k3_de2_t1": ["score.overlap=true", "score.score_every=3", "score.detect_every=2", "threads=1"],
     "default_t1": ["threads=1"],  # the defaults with one torch thread
-    "fast": fast_score_sets(),
-    **{f"fast_de{k}": [*fast_score_sets(), f"score.detect_every={k}"] for k in (1, 2, 3, 4)},
-    # the fast settings with the flow on the frame shrunk by half (score.flow_scale), the detector every
-    # 4th frame, and without annotated.mp4 (``video=false``: the benchmark's, `statevad score --no-video`)
-    "fast_fs50": [*fast_score_sets(), "score.flow_scale=0.5"],
-    "fast_fs50_de4": [*fast_score_sets(), "score.flow_scale=0.5", "score.detect_every=4"],
-    "fast_novideo": [*fast_score_sets(), "video=false"],
-    "fast_fs50_novideo": [*fast_score_sets(), "score.flow_scale=0.5", "video=false"],
-    "fast_fs50_de4_novideo": [*fast_score_sets(), "score.flow_scale=0.5", "score.detect_every=4",
-                              "video=false"],
+    # the fast settings before 2026-12-06 (each object every 4th frame, the detector every 2nd, no
+    # perturbation); the candidates below that led to today's config.FAST_SCORE are built on them
+    "fast_before": FAST_BEFORE,
+    **{f"fast_de{k}": [*FAST_BEFORE, f"score.detect_every={k}"] for k in (1, 2, 3, 4)},
+    # ... with the flow on frames at most 320 px wide (score.flow_max_side; 640x360: half-size), the detector
+    # every 4th frame, and
+    # without annotated.mp4 (``video=false``: the benchmark's, `statevad score --no-video`)
+    "fast_fs50": [*FAST_BEFORE, "score.flow_max_side=320"],
+    "fast_fs50_de4": [*FAST_BEFORE, "score.flow_max_side=320", "score.detect_every=4"],
+    "fast_before_novideo": [*FAST_BEFORE, "video=false"],
+    "fast_fs50_novideo": [*FAST_BEFORE, "score.flow_max_side=320", "video=false"],
+    "fast_fs50_de4_novideo": [*FAST_BEFORE, "score.flow_max_side=320", "score.detect_every=4", "video=false"],
     # ... and the detector started in its own thread as each detector frame arrives (score.detect_ahead)
-    **{f"fast_fs50_de{k}_ahead_novideo": [*fast_score_sets(), "score.flow_scale=0.5",
-                                          f"score.detect_every={k}", "score.detect_ahead=true", "video=false"]
-       for k in (2, 3, 4)},
+    **{f"fast_fs50_de{k}_ahead_novideo": [*FAST_BEFORE, "score.flow_max_side=320", f"score.detect_every={k}",
+                                          "score.detect_ahead=true", "video=false"] for k in (2, 3, 4)},
     # ... each object through the network every 7th frame (the cube's length: score.max_score_every's ceiling)
-    **{f"fast_fs50_de{k}_k7_novideo": [*fast_score_sets(), "score.flow_scale=0.5", f"score.detect_every={k}",
+    **{f"fast_fs50_de{k}_k7_novideo": [*FAST_BEFORE, "score.flow_max_side=320", f"score.detect_every={k}",
                                        "score.score_every=7", "video=false"] for k in (4, 8)},
+    # today's fast settings (config.FAST_SCORE, `statevad score --fast`), with and without the annotated video
+    "fast": fast_score_sets(),
+    "fast_novideo": [*fast_score_sets(), "video=false"],
+    "fast_ahead_novideo": [*fast_score_sets(), "score.detect_ahead=true", "video=false"],
 }
 
 

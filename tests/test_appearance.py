@@ -242,8 +242,9 @@ def test_stream_stage_without_a_detector_is_one_clear_line() -> None:
         DescribedBoxes(BoxExtractor(BoxConfig(), "motion"))
 
 
-# every object scored on every frame, the detector on every frame: the exact per-frame comparison below
-PER_FRAME = ["--set", "score.score_every=1", "--set", "score.detect_every=1"]
+# every object scored on every frame, the detector on every frame, each object's own score (no track mean):
+# the exact per-frame comparison below
+PER_FRAME = ["--set", "score.score_every=1", "--set", "score.detect_every=1", "--set", "score.track_frames=0"]
 
 
 def test_score_adds_each_objects_appearance_z(tmp_path: Path) -> None:

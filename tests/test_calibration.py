@@ -354,8 +354,8 @@ def test_score_refuses_colour_footage_on_a_grey_model(tmp_path: Path, capsys: py
 
 
 def test_flow_on_a_shrunk_frame_does_not_keep_a_distribution() -> None:
-    # score.flow_scale changes the flow itself (so every score): a distribution made at full scale is not
+    # score.flow_max_side changes the flow itself (so every score): a distribution made at full size is not
     # applied; the note names the field
     dist = _dist(ScoreConfig(), 16.0)
-    rule, notes = cal.choose_threshold(_ckpt(dist), ScoreConfig(flow_scale=0.5), 16.0, None, None)[1:]
-    assert rule.startswith("auto:") and len(notes) == 1 and "flow_scale" in notes[0]
+    rule, notes = cal.choose_threshold(_ckpt(dist), ScoreConfig(flow_max_side=320), 16.0, None, None)[1:]
+    assert rule.startswith("auto:") and len(notes) == 1 and "flow_max_side" in notes[0]

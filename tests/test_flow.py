@@ -54,20 +54,23 @@ def test_unknown_method_is_user_error() -> None:
         FlowEstimator(FlowConfig(method="flownet2"))
 
 
-@pytest.mark.parametrize("scale", [0.5, 0.75])
-def test_reduced_flow_is_in_full_frame_pixels(scale: float) -> None:
-    """The streaming speed knob (score.flow_scale): flow on a shrunk frame, brought back to the full frame
-    with its vectors in full-frame pixels (a 4 px shift stays 4 px, not 4 * scale)."""
+@pytest.mark.parametrize("max_side", [128, 192])
+def test_reduced_flow_is_in_full_frame_pixels(max_side: int) -> None:
+    """The streaming speed knob (score.flow_max_side): flow on a frame shrunk to that larger side, brought
+    back to the full frame with its vectors in full-frame pixels (a 4 px shift stays 4 px)."""
     f0 = _textured(192, 256, seed=2)
     f1 = _shift(f0, 4, -2)
-    flow = FlowEstimator(FlowConfig(method="dis"), scale=scale)(f0, f1)
+    est = FlowEstimator(FlowConfig(method="dis"), max_side=max_side)
+    flow = est(f0, f1)
     assert flow.shape == (192, 256, 2) and flow.dtype == np.float32
     inner = flow[32:-32, 32:-32]
     u, v = np.median(inner[..., 0]), np.median(inner[..., 1])
-    assert abs(u - 4) < 0.5 and abs(v + 2) < 0.5, (scale, u, v)
+    assert abs(u - 4) < 0.5 and abs(v + 2) < 0.5, (max_side, u, v)
+    # a frame at or under the size is never shrunk: exactly the full-resolution flow
+    np.testing.assert_array_equal(FlowEstimator(FlowConfig(), max_side=256)(f0, f1), FlowEstimator()(f0, f1))
 
 
-@pytest.mark.parametrize("scale", [0.0, -1.0, 1.5])
-def test_flow_scale_outside_0_1_is_user_error(scale: float) -> None:
-    with pytest.raises(UserError, match="flow scale"):
-        FlowEstimator(FlowConfig(), scale=scale)
+@pytest.mark.parametrize("max_side", [-1, 8, 1.5, True])
+def test_flow_max_side_out_of_range_is_user_error(max_side) -> None:
+    with pytest.raises(UserError, match="largest side"):
+        FlowEstimator(FlowConfig(), max_side=max_side)

@@ -154,12 +154,13 @@ def test_iou_tracker() -> None:
 
 
 def test_fast_settings_resolve_and_bad_values_fail() -> None:
-    from statevad.config import fast_score_sets, get_preset
+    from statevad.config import FAST_SCORE, fast_score_sets, get_preset
     from statevad.errors import UserError
     from statevad.settings import resolve
 
     sc = resolve(get_preset("ped2"), "score", sets=fast_score_sets()).score
-    assert (sc.score_every, sc.detect_every, sc.epsilon, sc.bf16, sc.overlap) == (4, 2, 0.0, False, True)
+    assert {k: getattr(sc, k) for k in FAST_SCORE} == FAST_SCORE
+    assert sc.epsilon == 0.0 and sc.overlap and not sc.bf16 and sc.flow_max_side > 0
     with pytest.raises(UserError, match="score_every"):
         resolve(get_preset("ped2"), "score", sets=["score.score_every=0"])
 
@@ -281,19 +282,19 @@ def test_detect_every_one_is_the_extractor_and_the_field_is_validated() -> None:
             resolve(get_preset("ped2"), "score", sets=[f"score.detect_every={bad}"])
 
 
-def test_flow_scale_is_validated_and_reaches_the_flow_stage(tmp_path: Path) -> None:
+def test_flow_max_side_is_validated_and_reaches_the_flow_stage(tmp_path: Path) -> None:
     from statevad.config import get_preset
     from statevad.errors import UserError
     from statevad.settings import resolve
 
-    assert resolve(get_preset("ped2"), "score", sets=["score.flow_scale=0.5"]).score.flow_scale == 0.5
-    for bad in ("0", "1.5", "-1", "nan"):
-        with pytest.raises(UserError, match="flow_scale"):
-            resolve(get_preset("ped2"), "score", sets=[f"score.flow_scale={bad}"])
+    assert resolve(get_preset("ped2"), "score", sets=["score.flow_max_side=320"]).score.flow_max_side == 320
+    for bad in ("-1", "8", "0.5", "true"):
+        with pytest.raises(UserError, match="flow_max_side"):
+            resolve(get_preset("ped2"), "score", sets=[f"score.flow_max_side={bad}"])
     model = tiny_model(tmp_path / "m.pt")
-    assert stream.build_scorer(model, stream.ScoreOptions(boxes="motion")).flow.scale == 1.0
+    assert stream.build_scorer(model, stream.ScoreOptions(boxes="motion")).flow.max_side == 0
     assert stream.build_scorer(model, stream.ScoreOptions(boxes="motion"),
-                               sets=["score.flow_scale=0.5"]).flow.scale == 0.5
+                               sets=["score.flow_max_side=320"]).flow.max_side == 320
 
 
 def test_score_every_changed_mid_stream() -> None:
@@ -345,3 +346,24 @@ def test_carried_objects_are_fused_with_their_own_speed() -> None:
     for r in out:
         assert r.speed is not None
         np.testing.assert_allclose(r.scores, fuse(r.e_raw, r.e_flow, r.speed))  # every object, carried or not
+
+
+def test_score_fast_flag_applies_the_fast_settings_and_a_set_wins(synthetic_video_root: Path, tmp_path: Path
+                                                                  ) -> None:
+    import json
+
+    from statevad.cli import main
+    from statevad.config import FAST_SCORE
+
+    model = tiny_model(tmp_path / "m.pt")
+    clip = str(sorted((synthetic_video_root / "test").iterdir())[0])
+    argv = ["score", clip, "--model", str(model), "--boxes", "motion", "--no-video", "--max-frames", "10",
+            "--quiet", "--fast"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    doc = json.loads((tmp_path / "a" / "events.json").read_text())
+    assert doc["perturbation epsilon"] == 0.0
+    assert doc["flow computed on frames shrunk to at most (px, larger side)"] == FAST_SCORE["flow_max_side"]
+    assert doc["objects scored every k-th frame"] == FAST_SCORE["score_every"]
+    assert main([*argv, "--set", "score.flow_max_side=0", "--out", str(tmp_path / "b")]) == 0
+    doc = json.loads((tmp_path / "b" / "events.json").read_text())
+    assert "flow computed on frames shrunk to at most (px, larger side)" not in doc

@@ -293,6 +293,10 @@ def _add_score(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--no-perturb", action="store_true",
                    help="skip the test-time perturbation (epsilon 0): about 2-3x faster, less accurate")
+    p.add_argument("--fast", action="store_true",
+                   help="the fast settings for large frames or small CPUs (docs/REALTIME.md): no "
+                   "perturbation, flow on frames at most 320 px wide, fewer network and detector passes; "
+                   "--set overrides any of them, --no-video saves the annotated video's encoding too")
     p.add_argument("--boxes", default=None, metavar="SOURCE",
                    help="auto | detector | motion | detector+motion, or a reference .npz for this input "
                    "(default: what the model was trained with)")
@@ -324,7 +328,10 @@ def _run_score(args: argparse.Namespace) -> int:
     from statevad.stream import format_summary
 
     labels, pad = load_labels(args.labels) if args.labels else (None, -1)
-    res = score(args.input, args.model, args.out, config=args.config, sets=args.sets,
+    from statevad.config import fast_score_sets
+
+    sets = (fast_score_sets() if args.fast else []) + list(args.sets)  # a --set given wins over --fast
+    res = score(args.input, args.model, args.out, config=args.config, sets=sets,
                 threshold=args.threshold, labels=labels, labels_pad=pad, max_frames=args.max_frames,
                 perturb=not args.no_perturb,
                 boxes=args.boxes, device=args.device, bf16=args.bf16, w_motion=args.w_motion,

@@ -274,10 +274,11 @@ class ScoreConfig:
     # frames (score_every raised step by step) before frames are dropped; 0 = the cube's length (2l+1), so an
     # object is still scored at least once per cube span; = score_every: drop frames at once, as before
     max_score_every: int = 0
-    # optical flow on the frame shrunk by this factor, its vectors brought back to full-frame pixels
-    # (statevad.flow.reduced_flow); 1 = full resolution, as the training cubes were made. A speed knob for
-    # large frames (the fast settings); its accuracy cost is measured in benchmarks/README.md
-    flow_scale: float = 1.0
+    # optical flow on the frame shrunk so that its larger side is at most this many pixels, its vectors
+    # brought back to full-frame pixels (statevad.flow.reduced_flow); 0 = the frame's own size, as the
+    # training cubes were made. A speed knob for large frames (the fast settings): it bounds the flow's work
+    # per frame whatever the camera, and leaves frames at or under the size alone
+    flow_max_side: int = 0
     # the detector of each detector frame starts as the frame arrives, in its own thread (its boxes are
     # needed one frame later): the same boxes, the detector's time hidden behind the other stages where a
     # core is free; measured slower with the perturbation's network pass on two cores, so off by default
@@ -293,7 +294,9 @@ class ScoreConfig:
         c.integer("score_every", 1, 1000)
         c.integer("detect_every", 1, 1000)
         c.integer("max_score_every", 0, 1000)
-        c.number("flow_scale", 0.05, 1.0)
+        c.integer("flow_max_side", 0, 100_000)
+        if 0 < self.flow_max_side < 16:
+            c.fail("flow_max_side", "must be 0 (the frame's own size) or >= 16")
         c.flag("detect_ahead")
         for name in ("w_raw", "w_flow", "w_motion", "w_appearance"):
             c.number(name, 0.0)
@@ -404,7 +407,7 @@ def _shanghaitech() -> Preset:
 
 
 # How `statevad score` runs a stream (ScoreConfig above): the code's defaults, not a model file's stored ones.
-STREAMING_FIELDS = ("overlap", "score_every", "detect_every", "max_score_every", "flow_scale",
+STREAMING_FIELDS = ("overlap", "score_every", "detect_every", "max_score_every", "flow_max_side",
                     "detect_ahead")
 
 
@@ -415,11 +418,15 @@ def with_streaming_defaults(score: ScoreConfig) -> ScoreConfig:
     return dataclasses.replace(score, **{f: getattr(default, f) for f in STREAMING_FIELDS})
 
 
-# The fast scoring settings (docs/REALTIME.md): the streaming defaults without the test-time perturbation (no
-# backward pass: 3.4x cheaper per cube, benchmarks/results/net-speed.json); `statevad score --set` each of
-# these, or the same fields in a --config file's [score] table. Not bf16: without native bf16 (this project's
-# 2-core CPU has none) autocast made a cube 10x slower in the same run.
-FAST_SCORE: dict[str, Any] = {"score_every": 4, "detect_every": 2, "epsilon": 0.0, "overlap": True}
+# The fast scoring settings (`statevad score --fast`, docs/REALTIME.md): no test-time perturbation (no
+# backward pass: 3.4x cheaper per cube, benchmarks/results/net-speed.json), the optical flow on frames at
+# most 320 px wide (640x360: a quarter of the pixels; Ped2's 360x240: 0.79 of them), each tracked object
+# through the network every 7th frame (the cube's length) and the detector every 8th (boxes moved by the
+# flow between); measured for speed at 640x360 and for accuracy on the Ped2 test clips (benchmarks/README.md,
+# "Real-time scoring"). Not bf16: without native bf16 (this project's 2-core CPU has none) autocast made a
+# cube 10x slower in the same run.
+FAST_SCORE: dict[str, Any] = {"score_every": 7, "detect_every": 8, "epsilon": 0.0, "overlap": True,
+                              "flow_max_side": 320}
 
 
 def fast_score_sets() -> list[str]:

@@ -44,14 +44,15 @@ class FlowEstimator:
     across workers.
     """
 
-    def __init__(self, cfg: FlowConfig | None = None, scale: float = 1.0) -> None:
+    def __init__(self, cfg: FlowConfig | None = None, max_side: int = 0) -> None:
         self.cfg = cfg or FlowConfig()
         method = self.cfg.method.lower()
         if method not in METHODS:
             raise UserError(f"unknown flow method {self.cfg.method!r}: choose one of {', '.join(METHODS)}")
-        if not 0.0 < scale <= 1.0:
-            raise UserError(f"the flow scale must be in (0, 1], got {scale:g}")
-        self.method, self.scale = method, float(scale)
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or 0 < max_side < 16 or max_side < 0:
+            raise UserError(f"the flow's largest side must be 0 (the frame's own size) or >= 16 px, got "
+                            f"{max_side!r}")
+        self.method, self.max_side = method, max_side
         self._calc = self._build(method)
 
     def _build(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -74,9 +75,10 @@ class FlowEstimator:
     def __call__(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
         if f0.shape[:2] != f1.shape[:2]:
             raise UserError(f"flow needs frames of one size, got {f0.shape[:2]} and {f1.shape[:2]}")
-        if self.scale == 1.0:
+        side = max(f0.shape[:2])
+        if not self.max_side or side <= self.max_side:
             return np.asarray(self._calc(f0, f1), np.float32)
-        return reduced_flow(self._calc, f0, f1, self.scale)
+        return reduced_flow(self._calc, f0, f1, self.max_side / side)
 
 
 def reduced_flow(calc: Callable[[np.ndarray, np.ndarray], np.ndarray], f0: np.ndarray, f1: np.ndarray,
@@ -84,7 +86,8 @@ def reduced_flow(calc: Callable[[np.ndarray, np.ndarray], np.ndarray], f0: np.nd
     """``calc``'s flow on the two frames shrunk by ``scale`` (area-averaged grey), brought back to the full
     frame: resized bilinearly and its vectors multiplied by the size ratio, so it is still in original-frame
     pixels. A speed knob for streaming (the work of dense flow grows with the pixel count): fine motion
-    under a reduced pixel is lost, which the accuracy check in benchmarks/README.md measures."""
+    under a reduced pixel is lost, which the accuracy check in benchmarks/README.md measures
+    (``score.flow_max_side``: frames larger than that are shrunk to it, smaller ones never)."""
     h, w = f0.shape[:2]
     sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
     g0, g1 = (cv2.resize(_gray(f), (sw, sh), interpolation=cv2.INTER_AREA) for f in (f0, f1))

@@ -421,7 +421,7 @@ def build_scorer(model_path: str | os.PathLike[str], opts: ScoreOptions | None =
         motion_zscore(np.zeros(0), ckpt.stats)  # a model file without motion statistics fails now, not later
     net = net_fn(model, ckpt.stats, sc, max(1, sc.batch_size), ckpt.appearance)
     return Scorer(str(model_path), opts, ckpt, preset, threshold, rule, notes, box_desc, flow_cfg, box_cfg,
-                  spec, detector_sha, FlowEstimator(flow_cfg, sc.flow_scale), net, boxes)
+                  spec, detector_sha, FlowEstimator(flow_cfg, sc.flow_max_side), net, boxes)
 
 
 def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -506,8 +506,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
         if sc.detect_every > 1:
             summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
-        if sc.flow_scale != 1.0:
-            summary["flow computed on the frame shrunk by"] = sc.flow_scale
+        if sc.flow_max_side:
+            summary["flow computed on frames shrunk to at most (px, larger side)"] = sc.flow_max_side
         if sc.score_every > 1 or engine.n_carried:
             summary["objects scored every k-th frame"] = sc.score_every
             summary["objects carried (network errors from the track's last scored frame)"] = engine.n_carried

@@ -1,0 +1,100 @@
+"""score.track_frames: each object's score as the causal mean along its IoU track, the same offline
+(``statevad test``, the calibration) and in a stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from statevad import stream
+from statevad.config import ScoreConfig, get_preset
+from statevad.errors import UserError
+from statevad.settings import resolve
+from statevad.tracks import TrackMeans, causal_track_mean, clip_track_ids, split_track_mean
+
+
+def test_track_ids_follow_boxes_and_an_empty_frame_ends_every_track() -> None:
+    # two objects walking right 2 px a frame; frame 3 has no object; frame 4 starts new tracks
+    frame = np.array([0, 0, 1, 1, 2, 2, 4, 4])
+    x = np.array([0, 40, 2, 42, 4, 44, 8, 48], np.float32)
+    box = np.stack([x, np.zeros(8), x + 10, np.full(8, 10)], axis=1)
+    ids = clip_track_ids(frame, box)
+    assert ids[0::2].tolist()[:3] == [ids[0]] * 3 and ids[1::2].tolist()[:3] == [ids[1]] * 3
+    assert ids[0] != ids[1]
+    assert len({ids[6], ids[7]} & {ids[0], ids[1]}) == 0  # after the empty frame: new tracks
+
+
+def test_causal_track_mean_is_a_trailing_window_per_track() -> None:
+    score = np.array([1.0, 10.0, 2.0, 20.0, 3.0, 30.0])
+    frame = np.array([0, 0, 1, 1, 2, 2])
+    ids = np.array([0, 1, 0, 1, 0, 1])
+    out = causal_track_mean(score, frame, ids, 2)
+    np.testing.assert_allclose(out, [1.0, 10.0, 1.5, 15.0, 2.5, 25.0])
+    np.testing.assert_allclose(causal_track_mean(score, frame, ids, 1), score)  # 1 (and 0): off
+
+
+def test_streaming_means_equal_the_offline_ones_and_peek_changes_nothing() -> None:
+    rng = np.random.default_rng(0)
+    frame = np.repeat(np.arange(30), 3)
+    ids = np.tile([0, 1, 2], 30) + 3 * (frame >= 15)  # the tracks end at frame 15, new ones start
+    score = rng.normal(size=len(frame))
+    means = TrackMeans(5)
+    got = np.empty_like(score)
+    for t in range(30):
+        sel = frame == t
+        first = means.peek(ids[sel], score[sel])
+        np.testing.assert_allclose(means.peek(ids[sel], score[sel]), first)  # peek twice: the same
+        got[sel] = first
+        means.commit(t, ids[sel], score[sel])
+    np.testing.assert_allclose(got, causal_track_mean(score, frame, ids, 5))
+
+
+def _flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(np.array([2.0, 0.0], np.float32), (*a.shape[:2], 2)).copy()
+
+
+def _boxes(p: np.ndarray, c: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Two objects moving 2 px right per frame (the frame index is in pixel 0); none on frame 6."""
+    t = int(c[0, 0, 0])
+    if t == 6:
+        return np.zeros((0, 4), np.float32)
+    return np.array([[2 * t, 4, 2 * t + 10, 20], [2 * t + 30, 4, 2 * t + 40, 20]], np.float32)
+
+
+def _net(raw: np.ndarray, flow: np.ndarray, speed: np.ndarray):
+    s = raw.reshape(len(raw), -1).astype(np.float64).mean(1)
+    return s, s, s / 10.0
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("score_every", [1, 3])
+def test_stream_track_mean_equals_split_track_mean(overlap: bool, score_every: int) -> None:
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (32, 96, 3), dtype=np.uint8) for _ in range(16)]
+    for t, f in enumerate(frames):
+        f[0, 0, 0] = t
+    eng = stream.StreamScorer(length=1, patch=8, box_fn=_boxes, flow_fn=_flow, net_fn=_net, batch_frames=3,
+                              overlap=overlap, score_every=score_every, fuse_fn=lambda a, b, s: a / 10.0,
+                              track_frames=4)
+    out = [r for f in frames for r in eng.push(f)] + eng.finish()
+    assert [r.index for r in out] == list(range(16))
+    own = np.concatenate([r.cube_scores for r in out if len(r.scores)])
+    frame = np.concatenate([np.full(len(r.scores), r.index) for r in out])
+    box = np.concatenate([r.boxes for r in out])
+    want = split_track_mean(own, np.zeros(len(own), np.int64), frame, box, 4)
+    np.testing.assert_allclose(np.concatenate([r.scores for r in out]), want)
+    assert not np.allclose(want, own)  # the mean did something
+    for r in out:
+        assert r.score == (r.scores.max() if len(r.scores) else r.score)
+
+
+def test_track_frames_off_leaves_the_scores_and_the_presets_say_which() -> None:
+    eng = stream.StreamScorer(length=1, patch=8, box_fn=_boxes, flow_fn=_flow, net_fn=_net, batch_frames=2)
+    frames = [np.full((32, 96, 3), t, np.uint8) for t in range(8)]
+    out = [r for f in frames for r in eng.push(f)] + eng.finish()
+    assert all(r.cube_scores is None for r in out)
+    assert ScoreConfig().track_frames == 0  # the published max over a frame's own cube scores
+    assert get_preset("ped2").score.track_frames == 10 and get_preset("generic").score.track_frames == 10
+    assert get_preset("avenue").score.track_frames == 0 and get_preset("shanghaitech").score.track_frames == 0
+    with pytest.raises(UserError, match="track_frames"):
+        resolve(get_preset("ped2"), "score", sets=["score.track_frames=-1"])
