@@ -92,6 +92,32 @@ def test_motion_boxes_find_the_mover_and_respect_exclusion() -> None:
     assert len(motion_boxes(f[2], f[2], f[2], np.zeros((0, 4)), cfg)) == 0  # no change, no box
 
 
+def test_motion_mask_and_the_extractors_blur_cache_give_the_same_boxes() -> None:
+    """The per-pixel test in OpenCV (the channels' max against the threshold) is numpy's any(axis=2) over
+    the threshold, and a BoxExtractor blurring each frame once (found by identity) gives motion_boxes'."""
+    import cv2
+
+    from statevad.boxes import motion_blur
+
+    rng = np.random.default_rng(3)
+    frames = [cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (7, 7), 0)
+              for _ in range(6)]
+    for thr in (0, 18, 60, 255):
+        cfg = BoxConfig(motion_area_thr=4, motion_binary_thr=thr, motion_kernel=3)
+        b0, b1, b2 = (motion_blur(f, cfg) for f in frames[:3])
+        acc = cv2.add(cv2.absdiff(b0, b1), cv2.absdiff(b1, b2))
+        b, g, r = cv2.split(acc)
+        _, fg = cv2.threshold(cv2.max(cv2.max(b, g), r), thr, 255, cv2.THRESH_BINARY)
+        np.testing.assert_array_equal(fg, ((acc > thr).any(axis=2)).astype(np.uint8) * 255)
+        want = [motion_boxes(frames[t - 1], frames[t], frames[t + 1], np.zeros((0, 4)), cfg)
+                for t in range(1, 5)]
+        ext = BoxExtractor(cfg, "motion")
+        got = [ext(frames[t - 1], frames[t], frames[t + 1]) for t in range(1, 5)]
+        for w, gt in zip(want, got, strict=True):
+            np.testing.assert_array_equal(w, gt)
+        assert any(len(w) for w in want) or thr == 255
+
+
 def test_motion_wrap_reproduces_uint8_overflow() -> None:
     # A global 0 -> 128 -> 0 flash: each difference is 128, their uint8 sum wraps to 0 in the original, so
     # the wrap option sees no motion while the default (saturating) sum sees the whole frame.
