@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of motion-term weights also evaluated (test-set sweep, reported apart)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set epochs=4 --set model_size=paper")
+    p.add_argument("--prepare-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="a `statevad prepare --set` for the work directory, e.g. box.detector_tiles=2 (one "
+                   "variable of the preprocessing; use a work directory of its own)")
     p.add_argument("--model", default=None, metavar="PATH",
                    help="score this model file (trained on --work by an earlier run of this script) instead "
                    "of training one: the JSON then records no training time, and the model's own scoring "
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     manifest = prepare(root, work, split="both", preset="ped2", box_source=args.boxes, flow_method=args.flow,
-                       jobs=args.jobs, progress=True)
+                       jobs=args.jobs, progress=True, sets=args.prepare_set or None)
     t_prep = time.perf_counter() - t0
     n_frames = sum(s.get("n_frames", 0) for s in manifest["splits"].values())
 
@@ -391,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ped2", "config": args.config, "tag": args.tag, "settings": cfg,
         "chosen_on_test_labels": chosen,
         "boxes": manifest.get("box_source", args.boxes), "flow": args.flow, "seed": args.seed,
+        "prepare_sets": args.prepare_set,
         "micro_auroc": headline["micro_auroc"], "macro_auroc": headline["macro_auroc"],
         "eer": headline["eer"],
         "w_motion": float(cfg["w_motion"]), "w_appearance": float(ckpt.preset.score.w_appearance),
