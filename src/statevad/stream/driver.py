@@ -506,6 +506,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
         if sc.detect_every > 1:
             summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
+        if sc.track_frames > 1:
+            summary["object score: mean over its track's last frames"] = sc.track_frames
         if sc.flow_max_side:
             summary["flow computed on frames shrunk to at most (px, larger side)"] = sc.flow_max_side
         if sc.score_every > 1 or engine.n_carried:
