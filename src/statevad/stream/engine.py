@@ -19,7 +19,7 @@ Two speed-ups (issue 20), both independent of how the network's outputs are fuse
   batch is in flight, so memory and latency stay bounded. Results are the same numbers in the same order.
   With ``detect_ahead`` a box stage with ``prefetch`` (the detector every k-th frame) also starts each
   detector frame's detection in its own thread as the frame arrives, one frame before its boxes are needed.
-* ``score_every=k`` follows objects from frame to frame (:class:`statevad.stream.tracking.IouTracker`) and
+* ``score_every=k`` follows objects from frame to frame (:class:`statevad.tracks.IouTracker`) and
   sends an object's cube through the network only when its track was last scored k or more frames ago (or
   is new); in between, the object carries its track's last network errors (``FrameResult.carried``), fused
   with its own speed and class description when the network stage gives its fusion (``fuse_fn``).
