@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from statevad.config import CubeConfig
-from statevad.cubes import ClipTooShort, box_slices, clip_cubes, crop_resize, elastic_window, frame_cubes
+from statevad.cubes import ClipTooShort, box_slices, clip_cubes, crop_resize, elastic_window, window_crops
 from statevad.errors import UserError
 
 
@@ -47,12 +47,12 @@ def test_crop_resize_matches_cv2() -> None:
     assert crop_resize(flow, np.array([0, 0, 1, 1]), patch=8).shape == (8, 8, 2)
 
 
-def test_frame_cubes_stacked_resize_equals_per_frame() -> None:
+def test_window_crops_stacked_resize_equals_per_frame() -> None:
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (7, 30, 40, 3), dtype=np.uint8)
     flows = rng.standard_normal((7, 30, 40, 2)).astype(np.float32)
     box = np.array([[2.3, 1.0, 17.6, 25.2]], np.float32)
-    raw, fl = frame_cubes(frames, flows, box, patch=32)
+    raw, fl = window_crops(frames, box, patch=32), window_crops(list(flows), box, patch=32)
     assert raw.shape == (1, 7, 32, 32, 3) and fl.shape == (1, 7, 32, 32, 2)
     for k in range(7):
         np.testing.assert_array_equal(raw[0, k], crop_resize(frames[k], box[0]))

@@ -59,21 +59,11 @@ def crop_resize(image: np.ndarray, box: np.ndarray, patch: int = 32) -> np.ndarr
     return out.reshape((patch, patch) + image.shape[2:])
 
 
-def frame_cubes(win_frames: np.ndarray, win_flows: np.ndarray, boxes: np.ndarray,
-                patch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Cubes of one target frame: raw ``(n, T, P, P, 3) uint8`` and flow ``(n, T, P, P, 2) float32``.
-
-    ``win_frames`` (T, H, W, 3) and ``win_flows`` (T, H, W, 2) are the target's window. The T crops of a
-    box are resized in one cv2 call by stacking the frames along channels (cv2 resizes every channel
-    independently, so this equals T separate resizes).
-    """
-    return window_crops(win_frames, boxes, patch), window_crops(win_flows, boxes, patch)
-
-
 def window_crops(window: Sequence[np.ndarray] | np.ndarray, boxes: np.ndarray, patch: int = 32) -> np.ndarray:
     """T frames (H, W, C) of a window -> (n, T, P, P, C): each box's T crops resized to patch x patch, dtype
     kept. ``window`` is an array (T, H, W, C) or a sequence of T frames: only the crops are copied (a
-    streaming window is never stacked whole)."""
+    streaming window is never stacked whole); the T crops of a box go through one cv2 call, stacked along
+    the channels (cv2 resizes every channel independently, so this equals T separate resizes)."""
     first = window[0]
     t_len, (h, w, c) = len(window), first.shape
     out = np.empty((len(boxes), t_len, patch, patch, c), first.dtype)
