@@ -45,7 +45,7 @@ def test_streaming_means_equal_the_offline_ones_and_peek_changes_nothing() -> No
         first = means.peek(ids[sel], score[sel])
         np.testing.assert_allclose(means.peek(ids[sel], score[sel]), first)  # peek twice: the same
         got[sel] = first
-        means.commit(t, ids[sel], score[sel])
+        means.commit(ids[sel], score[sel])
     np.testing.assert_allclose(got, causal_track_mean(score, frame, ids, 5))
 
 
@@ -119,3 +119,19 @@ def test_score_records_the_track_mean_in_events_json(synthetic_video_root, tmp_p
     assert main([*argv, "--set", "score.track_frames=0", "--out", str(tmp_path / "b")]) == 0
     doc = json.loads((tmp_path / "b" / "events.json").read_text())
     assert "object score: mean over its track's last frames" not in doc
+
+
+def test_stream_forgets_the_means_of_ended_tracks() -> None:
+    """Memory stays bounded on a long stream: the engine drops a track's window with its other state."""
+    def jumping(p: np.ndarray, c: np.ndarray, n: np.ndarray) -> np.ndarray:
+        t = int(c[0, 0, 0])
+        x = 10 * ((t // 5) % 6)  # every 5th frame both objects jump: their tracks end, new ones start
+        return np.array([[x, 4, x + 8, 20], [x + 40, 4, x + 48, 20]], np.float32)
+
+    eng = stream.StreamScorer(length=1, patch=8, box_fn=jumping, flow_fn=_flow, net_fn=_net, batch_frames=3,
+                              track_frames=4)
+    frames = [np.full((32, 96, 3), t % 256, np.uint8) for t in range(120)]
+    out = [r for f in frames for r in eng.push(f)] + eng.finish()
+    assert len(out) == 120
+    assert eng._tracker is not None and eng._tracker._next >= 40  # 48 tracks made
+    assert len(eng._means._win) <= 12  # only the recent ones kept

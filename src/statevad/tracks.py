@@ -110,33 +110,32 @@ def causal_track_mean(score: np.ndarray, frame: np.ndarray, ids: np.ndarray, n: 
 class TrackMeans:
     """The streaming form of :func:`causal_track_mean`: ``peek(ids, scores)`` gives the means with the
     frame's scores added, changing nothing; ``commit`` keeps them (so a step that fails after peeking
-    leaves the windows as they were). Tracks not seen for ``forget_after`` frames are dropped."""
+    leaves the windows as they were). Each track keeps its last ``n - 1`` scores; the owner drops the
+    tracks that ended (``forget``: the streaming engine, with its other per-track state)."""
 
-    def __init__(self, n: int, forget_after: int = 64) -> None:
-        self.n, self.forget_after = max(1, int(n)), forget_after
+    def __init__(self, n: int) -> None:
+        self.n = max(1, int(n))
         self._win: dict[int, deque[float]] = {}
-        self._seen: dict[int, int] = {}
 
     def copy(self) -> TrackMeans:
-        new = TrackMeans(self.n, self.forget_after)
-        new._win = {k: deque(v, maxlen=self.n) for k, v in self._win.items()}
-        new._seen = dict(self._seen)
+        new = TrackMeans(self.n)
+        new._win = {k: deque(v, maxlen=self.n - 1) for k, v in self._win.items()}
         return new
 
     def peek(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         out = np.empty(len(scores), np.float64)
         for j, (tid, s) in enumerate(zip(np.asarray(ids).tolist(), np.asarray(scores).tolist(), strict=True)):
-            win = list(self._win.get(tid, ()))[-(self.n - 1):] if self.n > 1 else []
+            win = self._win.get(tid, ())
             out[j] = (sum(win) + s) / (len(win) + 1)
         return out
 
-    def commit(self, t: int, ids: np.ndarray, scores: np.ndarray) -> None:
+    def commit(self, ids: np.ndarray, scores: np.ndarray) -> None:
         for tid, s in zip(np.asarray(ids).tolist(), np.asarray(scores).tolist(), strict=True):
-            self._win.setdefault(tid, deque(maxlen=self.n)).append(float(s))
-            self._seen[tid] = t
-        old = [k for k, last in self._seen.items() if last < t - self.forget_after]
-        for k in old:
-            del self._win[k], self._seen[k]
+            self._win.setdefault(tid, deque(maxlen=self.n - 1)).append(float(s))
+
+    def forget(self, ids: list[int]) -> None:
+        for k in ids:
+            self._win.pop(k, None)
 
 
 def split_track_mean(score: np.ndarray, clip: np.ndarray, frame: np.ndarray, box: np.ndarray, n: int,

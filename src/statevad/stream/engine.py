@@ -558,7 +558,7 @@ class StreamScorer:
                 own = r.scores.copy()
                 r.scores = means.peek(p.ids, own)
                 r.cube_scores = own
-                means.commit(p.t, p.ids, own)
+                means.commit(p.ids, own)
             self._means = means
         self._track_out = track_out
         self.n_cubes += int(due.sum())
@@ -578,6 +578,8 @@ class StreamScorer:
             for k in old:
                 del self._scheduled[k]
                 self._track_out.pop(k, None)
+            if self._means is not None:
+                self._means.forget(old)
         for store in (self._frames, self._flows):
             for i in [i for i in store if i < keep_from]:
                 del store[i]
