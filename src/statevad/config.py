@@ -17,6 +17,7 @@ from statevad.errors import UserError
 BOX_SOURCES = ("reference", "detector", "motion", "detector+motion", "auto")  # BoxConfig.source
 FLOW_METHODS = ("dis", "farneback", "deepflow", "rlof")  # FlowConfig.method
 DIS_PRESETS = ("ultrafast", "fast", "medium")  # FlowConfig.dis_preset
+MIN_FLOW_SIDE = 16  # ScoreConfig.flow_max_side: a smaller frame has too few pixels for a flow worth the name
 POSITIONS = ("learned", "sine")  # ModelConfig.pos
 MAX_SEED = 2**63 - 1
 PE_SLOTS = 10  # the original's nn.Embedding(10, d): T <= 10 with learned positions
@@ -295,8 +296,8 @@ class ScoreConfig:
         c.integer("detect_every", 1, 1000)
         c.integer("max_score_every", 0, 1000)
         c.integer("flow_max_side", 0, 100_000)
-        if 0 < self.flow_max_side < 16:
-            c.fail("flow_max_side", "must be 0 (the frame's own size) or >= 16")
+        if 0 < self.flow_max_side < MIN_FLOW_SIDE:
+            c.fail("flow_max_side", f"must be 0 (the frame's own size) or >= {MIN_FLOW_SIDE}")
         c.flag("detect_ahead")
         for name in ("w_raw", "w_flow", "w_motion", "w_appearance"):
             c.number(name, 0.0)

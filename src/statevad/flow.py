@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from statevad.config import FlowConfig
+from statevad.config import MIN_FLOW_SIDE, FlowConfig
 from statevad.errors import UserError
 
 METHODS = ("dis", "farneback", "deepflow", "rlof")
@@ -49,9 +49,10 @@ class FlowEstimator:
         method = self.cfg.method.lower()
         if method not in METHODS:
             raise UserError(f"unknown flow method {self.cfg.method!r}: choose one of {', '.join(METHODS)}")
-        if isinstance(max_side, bool) or not isinstance(max_side, int) or 0 < max_side < 16 or max_side < 0:
-            raise UserError(f"the flow's largest side must be 0 (the frame's own size) or >= 16 px, got "
-                            f"{max_side!r}")
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or not (
+                max_side == 0 or max_side >= MIN_FLOW_SIDE):
+            raise UserError(f"the flow's largest side must be 0 (the frame's own size) or >= {MIN_FLOW_SIDE} "
+                            f"px, got {max_side!r}")
         self.method, self.max_side = method, max_side
         self._calc = self._build(method)
 
