@@ -120,3 +120,16 @@ def train_on_one_thread(work: Path, *flags: str) -> Path:
     finally:
         torch.set_num_threads(before)
     return work / "model.pt"
+
+
+def score_synthetic(video_root: Path, model: Path, out: Path, *flags: str) -> dict:
+    """`statevad score` on the first synthetic test video (motion boxes, no video, quiet, and ``flags``) into
+    ``out``; asserts exit 0 and returns its events.json document."""
+    import json
+
+    from statevad.cli import main
+
+    clip = str(sorted((video_root / "test").iterdir())[0])
+    assert main(["score", clip, "--model", str(model), "--boxes", "motion", "--no-video", "--quiet",
+                 "--out", str(out), *flags]) == 0
+    return json.loads((out / "events.json").read_text())

@@ -350,20 +350,16 @@ def test_carried_objects_are_fused_with_their_own_speed() -> None:
 
 def test_score_fast_flag_applies_the_fast_settings_and_a_set_wins(synthetic_video_root: Path, tmp_path: Path
                                                                   ) -> None:
-    import json
+    from helpers import score_synthetic
 
-    from statevad.cli import main
     from statevad.config import FAST_SCORE
 
     model = tiny_model(tmp_path / "m.pt")
-    clip = str(sorted((synthetic_video_root / "test").iterdir())[0])
-    argv = ["score", clip, "--model", str(model), "--boxes", "motion", "--no-video", "--max-frames", "10",
-            "--quiet", "--fast"]
-    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
-    doc = json.loads((tmp_path / "a" / "events.json").read_text())
+    flags = ("--max-frames", "10", "--fast")
+    doc = score_synthetic(synthetic_video_root, model, tmp_path / "a", *flags)
     assert doc["perturbation epsilon"] == 0.0
     assert doc["flow computed on frames shrunk to at most (px, larger side)"] == FAST_SCORE["flow_max_side"]
     assert doc["objects scored every k-th frame"] == FAST_SCORE["score_every"]
-    assert main([*argv, "--set", "score.flow_max_side=0", "--out", str(tmp_path / "b")]) == 0
-    doc = json.loads((tmp_path / "b" / "events.json").read_text())
+    doc = score_synthetic(synthetic_video_root, model, tmp_path / "b", *flags,
+                          "--set", "score.flow_max_side=0")
     assert "flow computed on frames shrunk to at most (px, larger side)" not in doc

@@ -103,21 +103,16 @@ def test_track_frames_off_leaves_the_scores_and_the_presets_say_which() -> None:
 def test_score_records_the_track_mean_in_events_json(synthetic_video_root, tmp_path) -> None:
     import json
 
-    from helpers import tiny_model
-
-    from statevad.cli import main
+    from helpers import score_synthetic, tiny_model
 
     model = tiny_model(tmp_path / "m.pt")  # the generic preset: track_frames 10
-    clip = str(sorted((synthetic_video_root / "test").iterdir())[0])
-    argv = ["score", clip, "--model", str(model), "--boxes", "motion", "--no-video", "--max-frames", "12",
-            "--quiet", "--no-perturb"]
-    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
-    doc = json.loads((tmp_path / "a" / "events.json").read_text())
+    flags = ("--max-frames", "12", "--no-perturb")
+    doc = score_synthetic(synthetic_video_root, model, tmp_path / "a", *flags)
     assert doc["object score: mean over its track's last frames"] == 10
     rows = [json.loads(x) for x in (tmp_path / "a" / "objects.jsonl").read_text().splitlines()]
     assert rows and all("score_cube" in r for r in rows)
-    assert main([*argv, "--set", "score.track_frames=0", "--out", str(tmp_path / "b")]) == 0
-    doc = json.loads((tmp_path / "b" / "events.json").read_text())
+    doc = score_synthetic(synthetic_video_root, model, tmp_path / "b", *flags,
+                          "--set", "score.track_frames=0")
     assert "object score: mean over its track's last frames" not in doc
 
 
