@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from statevad.tracks import causal_track_mean  # the package's own (score.track_frames)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
 
@@ -103,14 +105,6 @@ def trailing_mean(values: np.ndarray, n: int) -> np.ndarray:
     k = np.arange(1, len(values) + 1)
     lo = np.maximum(0, k - n)
     return (s[k] - s[lo]) / (k - lo)
-
-
-def causal_track_mean(score: np.ndarray, frame: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
-    out = np.empty_like(score)
-    order = np.lexsort((frame, ids))
-    for grp in np.split(order, np.flatnonzero(np.diff(ids[order])) + 1):
-        out[grp] = trailing_mean(score[grp], n)
-    return out
 
 
 def causal_frame_mean(frames: np.ndarray, bounds: list[tuple[str, int, int]], n: int) -> np.ndarray:

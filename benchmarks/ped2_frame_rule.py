@@ -32,7 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
-from ped2_cues import TRACK_CANDIDATE, causal_track_mean, track_ids  # noqa: E402
+from ped2_cues import TRACK_CANDIDATE, track_ids  # noqa: E402
+
+from statevad.tracks import causal_track_mean  # noqa: E402
 
 
 def count_corrected(cube_frame: np.ndarray, cube_score: np.ndarray, n_frames: int, tau: float
