@@ -105,3 +105,31 @@ def test_border_flag_is_validated_and_unknown_sizes_turn_the_rule_off(bordered, 
     assert res["border_rule"]["clips_without_frame_size"] == ["00", "01"]
     assert res["border_rule"]["cubes_skipped"] == 0
     assert capsys.readouterr().err.count("border rule is off") == 1
+
+
+def test_the_track_window_in_seconds_follows_each_clips_frame_rate(bordered, tmp_path, capsys) -> None:
+    """score.track_seconds (the generic preset's track mean): seconds at the clip's own frame rate, read
+    from its footage (10 frames/s here); footage not found: the training footage's rate, else 25, warned."""
+    import shutil
+
+    work, model = bordered
+    secs = run_test(work, model, out=tmp_path / "s", progress=False, border_min_px=0,
+                    sets=["score.track_seconds=0.5"])
+    assert secs["track_mean"] == {"window_frames": [5], "seconds": 0.5, "clips_with_assumed_rate": []}
+    frames = run_test(work, model, out=tmp_path / "f", progress=False, border_min_px=0,
+                      sets=["score.track_frames=5"])
+    assert frames["track_mean"]["window_frames"] == [5] and frames["track_mean"]["seconds"] is None
+    assert _rows(tmp_path / "s" / "scores.csv") == _rows(tmp_path / "f" / "scores.csv")
+    assert "track_window" not in capsys.readouterr().err
+
+    moved = tmp_path / "moved"
+    shutil.copytree(work, moved)
+    clips = json.loads((moved / "test" / "frames.json").read_text())
+    for c in clips:
+        c["source"] = str(tmp_path / "gone" / Path(c["source"]).name)
+    atomic_write_json(moved / "test" / "frames.json", clips)
+    res = run_test(moved, model, out=tmp_path / "m", progress=False, border_min_px=0,
+                   sets=["score.track_seconds=0.4"])
+    assert res["track_mean"]["window_frames"] == [10]  # 0.4 s at the assumed 25 frames/s
+    assert res["track_mean"]["clips_with_assumed_rate"] == [c["name"] for c in clips]
+    assert "frame rate of test clip(s)" in capsys.readouterr().err

@@ -94,10 +94,42 @@ def test_track_frames_off_leaves_the_scores_and_the_presets_say_which() -> None:
     out = [r for f in frames for r in eng.push(f)] + eng.finish()
     assert all(r.cube_scores is None for r in out)
     assert ScoreConfig().track_frames == 0  # the published max over a frame's own cube scores
-    assert get_preset("ped2").score.track_frames == 10 and get_preset("generic").score.track_frames == 10
-    assert get_preset("avenue").score.track_frames == 0 and get_preset("shanghaitech").score.track_frames == 0
+    # ped2: 10 frames (its known 10 frames/s); generic: 1 s at the footage's own rate; published presets: off
+    assert get_preset("ped2").score.track_window(30.0) == 10
+    assert get_preset("generic").score.track_window(10.0) == 10
+    assert get_preset("generic").score.track_window(30.0) == 30
+    assert get_preset("avenue").score.track_window(25.0) == 0
+    assert get_preset("shanghaitech").score.track_window(25.0) == 0
     with pytest.raises(UserError, match="track_frames"):
         resolve(get_preset("ped2"), "score", sets=["score.track_frames=-1"])
+    for bad in ("-1", "nan", "1e9"):
+        with pytest.raises(UserError, match="track_seconds"):
+            resolve(get_preset("generic"), "score", sets=[f"score.track_seconds={bad}"])
+
+
+def test_the_window_given_last_wins_so_track_frames_0_is_off_on_every_preset() -> None:
+    generic = get_preset("generic")
+    assert resolve(generic, "score", sets=["score.track_frames=0"]).score.track_window(30.0) == 0
+    assert resolve(generic, "score", sets=["score.track_frames=5"]).score.track_window(30.0) == 5
+    both = ["score.track_frames=5", "score.track_seconds=2"]
+    assert resolve(generic, "score", sets=both).score.track_window(30.0) == 60
+    assert resolve(generic, "score", sets=both[::-1]).score.track_window(30.0) == 5
+    assert ScoreConfig(track_seconds=0.01).track_window(10.0) == 1  # at least one frame: the object's own
+
+
+def test_split_track_mean_takes_a_window_per_clip() -> None:
+    rng = np.random.default_rng(0)
+    frame = np.tile(np.repeat(np.arange(6), 2), 2)
+    clip = np.repeat([0, 1], 12)
+    x = np.tile(np.array([0.0, 50.0] * 6) + np.repeat(np.arange(6), 2), 2).astype(np.float32)
+    box = np.stack([x, np.zeros(24), x + 10, np.full(24, 10)], axis=1)
+    score = rng.normal(size=24)
+    both = split_track_mean(score, clip, frame, box, [3, 5])
+    a = split_track_mean(score, clip, frame, box, 3)
+    b = split_track_mean(score, clip, frame, box, 5)
+    assert np.allclose(both[:12], a[:12]) and np.allclose(both[12:], b[12:])
+    assert not np.allclose(a[12:], b[12:])  # the windows differ where it matters
+    assert np.array_equal(split_track_mean(score, clip, frame, box, [1, 0]), score)
 
 
 def test_score_records_the_track_mean_in_events_json(synthetic_video_root, tmp_path) -> None:
@@ -105,10 +137,12 @@ def test_score_records_the_track_mean_in_events_json(synthetic_video_root, tmp_p
 
     from helpers import score_synthetic, tiny_model
 
-    model = tiny_model(tmp_path / "m.pt")  # the generic preset: track_frames 10
+    model = tiny_model(tmp_path / "m.pt")  # the generic preset: 1 s along the track
     flags = ("--max-frames", "12", "--no-perturb")
     doc = score_synthetic(synthetic_video_root, model, tmp_path / "a", *flags)
-    assert doc["object score: mean over its track's last frames"] == 10
+    assert doc["object score: mean over its track's last frames"] == 10  # the video's 10 frames/s
+    doc = score_synthetic(synthetic_video_root, model, tmp_path / "c", *flags, "--fps", "20")
+    assert doc["object score: mean over its track's last frames"] == 20
     rows = [json.loads(x) for x in (tmp_path / "a" / "objects.jsonl").read_text().splitlines()]
     assert rows and all("score_cube" in r for r in rows)
     doc = score_synthetic(synthetic_video_root, model, tmp_path / "b", *flags,

@@ -133,7 +133,7 @@ def _work_series(model: Any, ckpt: Any, model_path: Path, work: Path, sc: Any, b
         rate = fps_or_default(None)
         _warn(f"the frame rate of {work}'s clips is unknown: {rate:g} frames/s assumed; give --fps")
     series = split_series(model, split, ckpt.stats, sc, border, size_hw, clips=opts.clips,
-                          progress=opts.progress, appearance=ckpt.appearance)
+                          progress=opts.progress, appearance=ckpt.appearance, fps=rate)
     names = ",".join(str(c["name"]) for c in chosen)
     return series, float(rate), f"{work} {opts.split} clips {names}", border
 

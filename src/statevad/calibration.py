@@ -494,15 +494,19 @@ def choose_threshold(ckpt: Any, sc: Any, border_min_px: float, given: float | No
 def split_series(model: Any, split: Any, stats: dict[str, float], sc: Any, border_min_px: float,
                  size_hw: tuple[int, int] | None, *, clips: Sequence[str] | None = None,
                  max_cubes: int | None = None, progress: bool = False,
-                 appearance: Any = None) -> list[np.ndarray]:
+                 appearance: Any = None, fps: float | None = None) -> list[np.ndarray]:
     """Frame scores, one array per clip, of a prepared split (:func:`statevad.workdir.open_split`), made
     with :mod:`statevad.scoring`'s functions and the border rule, like ``score`` makes them on a stream.
 
-    ``clips`` limits it to those clip names; ``max_cubes`` to whole clips, in order, up to that many cubes.
+    ``clips`` limits it to those clip names; ``max_cubes`` to whole clips, in order, up to that many cubes;
+    ``fps`` is the footage's frame rate (the track mean's window in seconds needs it; None: DEFAULT_FPS).
     """
+    from statevad.io import fps_or_default
+
     chosen = choose_clips(split, clips, max_cubes)
     fused = split_cube_scores(model, split, stats, sc, chosen, progress=progress, appearance=appearance)
-    return series_from_cubes(split, fused, chosen, border_min_px, size_hw, sc.track_frames)
+    window = sc.track_window(fps_or_default(fps))
+    return series_from_cubes(split, fused, chosen, border_min_px, size_hw, window)
 
 
 def choose_clips(split: Any, clips: Sequence[str] | None = None, max_cubes: int | None = None) -> list[int]:
@@ -551,8 +555,9 @@ def split_cube_scores(model: Any, split: Any, stats: dict[str, float], sc: Any, 
 def series_from_cubes(split: Any, fused: np.ndarray, chosen: Sequence[int], border_min_px: float,
                       size_hw: tuple[int, int] | None, track_frames: int = 0) -> list[np.ndarray]:
     """Per-clip frame scores (:func:`statevad.scoring.frame_scores`) from cube scores, the cubes that the
-    border rule skips left out (no rule when ``size_hw`` is unknown); with ``track_frames`` > 1 each cube's
-    score is first averaged along its object's track (:func:`statevad.tracks.split_track_mean`), as a
+    border rule skips left out (no rule when ``size_hw`` is unknown); with ``track_frames`` > 1 (a window in
+    frames, :meth:`statevad.config.ScoreConfig.track_window`) each cube's score is first averaged along its
+    object's track (:func:`statevad.tracks.split_track_mean`), as a
     stream scores it."""
     from statevad.scoring import frame_scores
     from statevad.tracks import split_track_mean
@@ -588,7 +593,7 @@ def training_record(model: Any, data: Any, stats: dict[str, float], preset: Any,
     size_hw = sizes[0] if len(sizes) == 1 else None  # several sizes: the border rule needs each clip's own
     fps = card["fps"][0] if card["fps"] else DEFAULT_FPS
     series = split_series(model, data, stats, preset.score, BORDER_MIN_PX, size_hw,
-                          max_cubes=MAX_DISTRIBUTION_CUBES, progress=False, appearance=appearance)
+                          max_cubes=MAX_DISTRIBUTION_CUBES, progress=False, appearance=appearance, fps=fps)
     footage = f"{len(series)} training clip(s)" + ("" if card["fps"] else f", fps unknown: {fps:g} assumed")
     dist = score_distribution(series, fps, score_settings(preset.score, BORDER_MIN_PX if size_hw else 0.0),
                               source="training", footage=footage)

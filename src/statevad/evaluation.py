@@ -132,6 +132,30 @@ def border_mask(split_data: SplitData, manifest: dict[str, Any], min_px: float
     return keep, unknown
 
 
+def track_windows(split_data: SplitData, manifest: dict[str, Any], cfg: Any, card: dict[str, Any] | None
+                  ) -> tuple[list[int], list[str]]:
+    """(the track mean's window of each clip, names of the clips whose frame rate is assumed).
+
+    With ``score.track_seconds`` the window is that many seconds at the clip's frame rate, read from its
+    footage's header; a clip whose footage is not here takes the training footage's rate (the model card's:
+    the same camera, most likely), else :data:`statevad.io.DEFAULT_FPS`, and is named in the second list.
+    """
+    from statevad.io import DEFAULT_FPS
+
+    if cfg.track_seconds <= 0:
+        return [int(cfg.track_frames)] * len(split_data.clips), []
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    trained = [float(f) for f in (card or {}).get("fps") or [] if f]
+    windows, assumed = [], []
+    for c in split_data.clips:
+        _, fps = probe_source(str(c.get("source", "")), dataset.get("root"))
+        if fps is None:
+            assumed.append(str(c["name"]))
+            fps = trained[0] if trained else DEFAULT_FPS
+        windows.append(cfg.track_window(fps))
+    return windows, assumed
+
+
 def check_options(work: Path, manifest: dict[str, Any], model_manifest: dict[str, Any] | None,
                   model_path: Path) -> None:
     """The work directory's cubes must come from the box / flow / cube options the model was trained on
@@ -221,8 +245,15 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
         print(f"statevad test: warning: the frame size of test clip(s) {', '.join(unsized[:6])}"
               f"{' ...' if len(unsized) > 6 else ''} is unknown (footage not found), so the border rule "
               "is off for them", file=sys.stderr, flush=True)
-    # each object's score averaged along its track (score.track_frames), over the cubes a stream would see
-    tracked = split_track_mean(cube_score, test.clip, test.frame, test.box, cfg.track_frames, keep)
+    # each object's score averaged along its track (score.track_frames / track_seconds), over the cubes a
+    # stream would see
+    windows, rate_assumed = track_windows(test, full_test.manifest, cfg, ckpt.card)
+    if rate_assumed:
+        print(f"statevad test: warning: the frame rate of test clip(s) {', '.join(rate_assumed[:6])}"
+              f"{' ...' if len(rate_assumed) > 6 else ''} is unknown (footage not found): the track mean's "
+              f"{cfg.track_seconds:g} s window assumes the training footage's rate",
+              file=sys.stderr, flush=True)
+    tracked = split_track_mean(cube_score, test.clip, test.frame, test.box, windows, keep)
     frames = smooth(frame_scores(np.asarray(test.frame)[keep], tracked[keep], test.n_frames),
                     cfg.smooth_sigma, bounds)
 
@@ -233,7 +264,7 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
         cols["z_motion"] = z_motion
     if z_app is not None:
         cols["z_appearance"] = z_app
-    if cfg.track_frames > 1:
+    if max(windows, default=0) > 1:
         cols["score_cube"] = cube_score  # the object's own fused score, before the track mean
     cols["score"] = tracked
     cols["scored"] = keep.astype(np.int64)  # 0: skipped by the border rule (not in the frame score)
@@ -249,6 +280,8 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
                                         f"{border:g} px are not counted in the frame scores (as in statevad "
                                         "score)" if border else "off"),
                             "cubes_skipped": int((~keep).sum()), "clips_without_frame_size": unsized},
+            "track_mean": {"window_frames": sorted(set(windows)), "seconds": cfg.track_seconds or None,
+                           "clips_with_assumed_rate": rate_assumed},
             "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
             "scoring_seconds": round(seconds, 3),
             "cubes_per_second": round(len(e_raw) / seconds, 2) if seconds > 0 else None}

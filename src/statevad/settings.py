@@ -65,6 +65,10 @@ def validate(preset: Preset, sections: tuple[str, ...] = SECTIONS) -> None:
 
 
 def _replace(preset: Preset, section: str, values: dict[str, Any]) -> Preset:
+    if section == "score" and "track_frames" in values and "track_seconds" not in values:
+        # the track mean's window given in frames replaces one in seconds (which would win otherwise): so
+        # `--set score.track_frames=0` is the published max on every preset, the generic one included
+        values = {**values, "track_seconds": 0.0}
     return dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **values)})
 
 

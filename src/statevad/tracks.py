@@ -7,14 +7,16 @@ moves a small part of its own size between frames, which is all this needs.
 
 The streaming engine uses it to score each object's cube only every k-th frame, and both the engine and the
 offline paths (``statevad test``, the calibration of thresholds) to average each object's fused score over
-its last ``score.track_frames`` frames (:func:`causal_track_mean`, :class:`TrackMeans`): an anomaly lasts
-longer than the noise of one cube's reconstruction error (docs/ANALYSIS.md, section 12). Causal, so a live
-stream gets the same scores as a file.
+its last ``score.track_frames`` frames, or ``score.track_seconds`` at the footage's frame rate
+(:meth:`statevad.config.ScoreConfig.track_window`; :func:`causal_track_mean`, :class:`TrackMeans`): an
+anomaly lasts longer than the noise of one cube's reconstruction error (docs/ANALYSIS.md, section 12).
+Causal, so a live stream gets the same scores as a file.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -138,20 +140,25 @@ class TrackMeans:
             self._win.pop(k, None)
 
 
-def split_track_mean(score: np.ndarray, clip: np.ndarray, frame: np.ndarray, box: np.ndarray, n: int,
-                     keep: np.ndarray | None = None) -> np.ndarray:
+def split_track_mean(score: np.ndarray, clip: np.ndarray, frame: np.ndarray, box: np.ndarray,
+                     n: int | Sequence[int], keep: np.ndarray | None = None) -> np.ndarray:
     """:func:`causal_track_mean` over a prepared split's cubes (``clip``/``frame``/``box`` per cube), clip by
     clip, with the tracks a stream of each clip would have: only the ``keep`` cubes (those the border rule
-    scores; a stream never sees the others) are tracked and averaged, the rest are returned unchanged."""
+    scores; a stream never sees the others) are tracked and averaged, the rest are returned unchanged.
+    ``n``: the window in frames, one for all clips or one per clip index (clips of other frame rates,
+    :meth:`statevad.config.ScoreConfig.track_window`)."""
     score = np.asarray(score, np.float64)
-    if n <= 1 or not len(score):
-        return score.copy()
     out = score.copy()
+    if not len(score) or (isinstance(n, int | np.integer) and n <= 1):
+        return out
     clip, frame = np.asarray(clip), np.asarray(frame)
     box = np.asarray(box, np.float32).reshape(-1, 4)
     use = np.ones(len(score), bool) if keep is None else np.asarray(keep, bool)
     for c in np.unique(clip[use]):
+        window = int(n) if isinstance(n, int | np.integer) else int(n[int(c)])
+        if window <= 1:
+            continue
         idx = np.flatnonzero((clip == c) & use)
         ids = clip_track_ids(frame[idx], box[idx])
-        out[idx] = causal_track_mean(score[idx], frame[idx], ids, n)
+        out[idx] = causal_track_mean(score[idx], frame[idx], ids, window)
     return out

@@ -56,8 +56,8 @@ class Scoring:
         self.box_desc = self.scorer.box_desc
         self._checked = False
 
-    def engine(self) -> StreamScorer:
-        return self.scorer.engine()
+    def engine(self, fps: float) -> StreamScorer:
+        return self.scorer.engine(fps)
 
     def tracker(self, fps: float) -> EventTracker:
         return EventTracker(self.threshold, fps, *self.scorer.event_rule(fps))
@@ -244,8 +244,8 @@ class CameraWorker(threading.Thread):
     # -- one pass ---------------------------------------------------------------------------------
     def _segment(self, feed: Feed) -> int:
         assert self.scoring is not None
-        engine = self.scoring.engine()
         fps = feed.fps
+        engine = self.scoring.engine(fps)
         seg = _Segment(self, self.scoring.tracker(fps), fps)  # the event rule of `statevad score`
         governor = self.scoring.scorer.governor() if feed.threaded else None
         try:

@@ -356,14 +356,15 @@ class Scorer:
         stage = stream_boxes(stage, sc.detect_every, describe=bool(sc.w_appearance))
         return skip_border_boxes(stage, float(self.opts.border_min_px))
 
-    def engine(self) -> StreamScorer:
-        """A fresh streaming engine (one per stream: flows never pair frames of two streams)."""
+    def engine(self, fps: float) -> StreamScorer:
+        """A fresh streaming engine (one per stream: flows never pair frames of two streams) for footage at
+        ``fps`` frames/s (the track mean's window may be a duration, ``score.track_seconds``)."""
         sc, cube = self.preset.score, self.preset.cube
         return StreamScorer(length=cube.length, patch=cube.patch, box_fn=self.boxes(), flow_fn=self.flow,
                             net_fn=self.net, motion_thr=cube.motion_thr, batch_frames=self.opts.batch_frames,
                             max_objects=self.max_objects, overlap=sc.overlap, score_every=sc.score_every,
                             fuse_fn=getattr(self.net, "fuse", None), detect_ahead=sc.detect_ahead,
-                            track_frames=sc.track_frames)
+                            track_frames=sc.track_window(fps))
 
     def governor(self) -> CarryGovernor:
         """For a live stream: raises ``score_every`` up to ``score.max_score_every`` (0 = the cube's length)
@@ -441,7 +442,6 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
     for note in scorer.notes:
         _warn(note)
     ckpt, preset, sc, threshold = scorer.ckpt, scorer.preset, scorer.preset.score, scorer.threshold
-    engine = scorer.engine()
     cap = scorer.max_objects
 
     src = open_source(input_spec, strict=False)
@@ -452,6 +452,11 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         if valid_fps(getattr(src, "fps", None)) is None:
             _warn(f"{input_spec} carries no frame rate: times and events assume {fps:g} frames/s; give --fps "
                   "to set the real one")
+    try:
+        engine = scorer.engine(fps)
+    except BaseException:
+        _close_source(src)
+        raise
     total = _source_len(src)
     if opts.labels is not None and total:  # a file's length is known before scoring: check the labels now
         why = labels_match(np.asarray(opts.labels), opts.labels_pad, total)
@@ -506,8 +511,8 @@ def score(input_spec: str, model_path: str | os.PathLike[str], out: str | os.Pat
         summary["latency (frame arrival -> score written)"] = latency_summary(feed.latencies)
         if sc.detect_every > 1:
             summary["detector every k-th frame (boxes moved by the flow in between)"] = sc.detect_every
-        if sc.track_frames > 1:
-            summary["object score: mean over its track's last frames"] = sc.track_frames
+        if sc.track_window(fps) > 1:
+            summary["object score: mean over its track's last frames"] = sc.track_window(fps)
         if sc.flow_max_side:
             summary["flow computed on frames shrunk to at most (px, larger side)"] = sc.flow_max_side
         if sc.score_every > 1 or engine.n_carried:
