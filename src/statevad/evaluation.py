@@ -106,25 +106,32 @@ def write_object_csv(path: Path, split_data: SplitData, bounds: list[tuple[str, 
     _write_csv(path, ["clip", "frame", "x1", "y1", "x2", "y2", *names], rows())
 
 
-def border_mask(split_data: SplitData, manifest: dict[str, Any], min_px: float
-                ) -> tuple[np.ndarray, list[str]]:
+def clip_headers(split_data: SplitData, manifest: dict[str, Any]
+                 ) -> list[tuple[tuple[int, int] | None, float | None]]:
+    """(frame size (H, W), frame rate) of each clip, read once from its footage's header (as the model
+    card's); (None, None) for a clip whose footage is not on this machine."""
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    return [probe_source(str(c.get("source", "")), dataset.get("root")) for c in split_data.clips]
+
+
+def border_mask(split_data: SplitData, headers: list[tuple[tuple[int, int] | None, float | None]],
+                min_px: float) -> tuple[np.ndarray, list[str]]:
     """(mask of the cubes the border rule keeps, names of the clips whose frame size is unknown).
 
-    Each clip's frame size comes from its footage's header (as the model card's); a clip whose footage is
-    not on this machine keeps every cube (the rule needs the size), and is named in the second list.
+    Each clip's frame size comes from ``headers`` (:func:`clip_headers`); a clip whose footage is not on
+    this machine keeps every cube (the rule needs the size), and is named in the second list.
     """
     keep = np.ones(len(split_data.frame), bool)
     unknown: list[str] = []
     if min_px <= 0:
         return keep, unknown
-    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
     cube_clip = np.asarray(split_data.clip)
     box = np.asarray(split_data.box)
     for i, c in enumerate(split_data.clips):
         idx = np.flatnonzero(cube_clip == i)
         if not len(idx):
             continue
-        size_hw, _ = probe_source(str(c.get("source", "")), dataset.get("root"))
+        size_hw, _ = headers[i]
         if size_hw is None:
             unknown.append(str(c["name"]))
             continue
@@ -132,23 +139,22 @@ def border_mask(split_data: SplitData, manifest: dict[str, Any], min_px: float
     return keep, unknown
 
 
-def track_windows(split_data: SplitData, manifest: dict[str, Any], cfg: Any, card: dict[str, Any] | None
-                  ) -> tuple[list[int], list[str]]:
+def track_windows(split_data: SplitData, headers: list[tuple[tuple[int, int] | None, float | None]],
+                  cfg: Any, card: dict[str, Any] | None) -> tuple[list[int], list[str]]:
     """(the track mean's window of each clip, names of the clips whose frame rate is assumed).
 
-    With ``score.track_seconds`` the window is that many seconds at the clip's frame rate, read from its
-    footage's header; a clip whose footage is not here takes the training footage's rate (the model card's:
-    the same camera, most likely), else :data:`statevad.io.DEFAULT_FPS`, and is named in the second list.
+    With ``score.track_seconds`` the window is that many seconds at the clip's frame rate, from ``headers``
+    (:func:`clip_headers`); a clip whose footage is not here takes the training footage's rate (the model
+    card's: the same camera, most likely), else :data:`statevad.io.DEFAULT_FPS`, and is named in the second
+    list.
     """
     from statevad.io import DEFAULT_FPS
 
     if cfg.track_seconds <= 0:
         return [int(cfg.track_frames)] * len(split_data.clips), []
-    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
     trained = [float(f) for f in (card or {}).get("fps") or [] if f]
     windows, assumed = [], []
-    for c in split_data.clips:
-        _, fps = probe_source(str(c.get("source", "")), dataset.get("root"))
+    for c, (_, fps) in zip(split_data.clips, headers, strict=True):
         if fps is None:
             assumed.append(str(c["name"]))
             fps = trained[0] if trained else DEFAULT_FPS
@@ -240,14 +246,17 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
         z_app = appearance_term(ckpt.appearance, test.classes, 1.0, str(work))
     cube_score = combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, cfg.w_motion, z_app,
                          cfg.w_appearance)
-    keep, unsized = border_mask(test, full_test.manifest, border)
+    # each clip's footage header, read once for the border rule and the track mean's window in seconds
+    headers = (clip_headers(test, full_test.manifest) if border > 0 or cfg.track_seconds > 0
+               else [(None, None)] * len(test.clips))
+    keep, unsized = border_mask(test, headers, border)
     if unsized:
         print(f"statevad test: warning: the frame size of test clip(s) {', '.join(unsized[:6])}"
               f"{' ...' if len(unsized) > 6 else ''} is unknown (footage not found), so the border rule "
               "is off for them", file=sys.stderr, flush=True)
     # each object's score averaged along its track (score.track_frames / track_seconds), over the cubes a
     # stream would see
-    windows, rate_assumed = track_windows(test, full_test.manifest, cfg, ckpt.card)
+    windows, rate_assumed = track_windows(test, headers, cfg, ckpt.card)
     if rate_assumed:
         print(f"statevad test: warning: the frame rate of test clip(s) {', '.join(rate_assumed[:6])}"
               f"{' ...' if len(rate_assumed) > 6 else ''} is unknown (footage not found): the track mean's "
