@@ -1,14 +1,18 @@
 """Preprocessing benchmark on UCSD Ped2: wall time of `prepare`, per-stage cost, box recall vs reference.
 
     python benchmarks/preprocess.py [--root ../shared/data/ped2] [--work /tmp/w_det] [--jobs 2]
-                                    [--skip-prepare] [--skip-recall]
+                                    [--skip-prepare] [--skip-recall] [--split train|test] [--modes plain]
 
 1. Runs the whole preprocessing (detector+motion boxes, DIS flow, cubes; both splits) into ``--work`` from
    scratch and reports the wall time and, per stage, the ms per frame (summed over clips, i.e. per worker).
 2. Measures the recall of our boxes against ``boxes_reference_test.npz`` (the original pipeline's Cascade
    R-CNN + motion boxes): the fraction of reference boxes matched by one of ours at IoU >= 0.5 and >= 0.3,
    for detector, motion and detector+motion, with plain resize and letterbox input and several
-   detector score thresholds (the detector runs once per input mode; thresholds are applied afterwards).
+   detector score thresholds (the detector runs once per input mode; thresholds are applied afterwards),
+   and each with the covered-box rule (spec 3.2) at several ``cover_thr`` (1.0 = off). Also the precision
+   (the share of our boxes that match a reference box at IoU >= 0.5) and their F1. ``--split train``
+   measures on the training clips (``boxes_reference_train.npz``): what the box settings may be chosen on,
+   as no test clip is looked at (the reference boxes are the original pipeline's output, not labels).
 
 Writes ``benchmarks/results/preprocess-ped2.json``.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -32,6 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
+COVERS = (0.6, 0.75, 0.9, 1.0)  # remove_covered's cover_thr; 0.6 = the published value, 1.0 = rule off
 # Detector input variants: name -> (letterbox, column tiles).
 MODES = {"plain": (False, 1), "letterbox": (True, 1), "plain-2tiles": (False, 2)}
 MOTION_BINARY = (18, 12)
@@ -50,10 +56,15 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def recall(ref: list[np.ndarray], ours: list[np.ndarray]) -> dict[str, float]:
-    best = np.concatenate([iou_matrix(r, o).max(axis=1) if len(o) else np.zeros(len(r))
-                           for r, o in zip(ref, ours, strict=True)])
+    """Recall of the reference boxes at IoU 0.5 and 0.3, precision of ours at 0.5, their F1, boxes/frame."""
+    pairs = list(zip(ref, ours, strict=True))
+    best = np.concatenate([iou_matrix(r, o).max(axis=1) if len(o) else np.zeros(len(r)) for r, o in pairs])
+    ours_best = np.concatenate([iou_matrix(o, r).max(axis=1) if len(r) else np.zeros(len(o))
+                                for r, o in pairs])
     n_ours = sum(len(o) for o in ours)
-    return {"iou0.5": round(float((best >= 0.5).mean()), 4), "iou0.3": round(float((best >= 0.3).mean()), 4),
+    rec, prec = float((best >= 0.5).mean()), float((ours_best >= 0.5).mean()) if n_ours else 0.0
+    return {"iou0.5": round(rec, 4), "iou0.3": round(float((best >= 0.3).mean()), 4),
+            "precision0.5": round(prec, 4), "f1_0.5": round(2 * rec * prec / max(rec + prec, 1e-9), 4),
             "boxes_per_frame": round(n_ours / len(ours), 2)}
 
 
@@ -79,20 +90,21 @@ def _recall_worker(clip: Any, box_cfg: dict[str, Any], detector: str,
             out.setdefault(f"motion|bin{b}", []).append(motion_boxes(prev, cur, nxt, np.zeros((0, 4)), mcfg))
         for m, det in dets.items():
             raw = det(cur)
-            for thr in THRESHOLDS:
-                app = remove_covered(filter_detections(raw, thr, cfg.min_area), cfg.cover_thr)
-                out.setdefault(f"detector|{m}|score>{thr}", []).append(app)
+            for thr, cover in itertools.product(THRESHOLDS, COVERS):
+                app = remove_covered(filter_detections(raw, thr, cfg.min_area), cover)
+                out.setdefault(f"detector|{m}|score>{thr}|cover{cover}", []).append(app)
                 mot = motion_boxes(prev, cur, nxt, app, cfg)
-                out.setdefault(f"detector+motion|{m}|score>{thr}", []).append(np.concatenate([app, mot]))
+                out.setdefault(f"detector+motion|{m}|score>{thr}|cover{cover}", []).append(
+                    np.concatenate([app, mot]))
     return out
 
 
 def run_recall(ds: Any, jobs: int, box_cfg: dict[str, Any], detector: str,
-               modes: tuple[str, ...]) -> dict[str, Any]:
+               modes: tuple[str, ...], split: str = "test") -> dict[str, Any]:
     from statevad.boxes import load_reference_boxes
 
-    clips = ds.clips("test")
-    ref = load_reference_boxes(ds.reference_boxes["test"], sum(c.n_frames for c in clips))
+    clips = ds.clips(split)
+    ref = load_reference_boxes(ds.reference_boxes[split], sum(c.n_frames for c in clips))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         parts = list(pool.map(_recall_worker, clips, [box_cfg] * len(clips), [detector] * len(clips),
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-prepare", action="store_true")
     ap.add_argument("--skip-recall", action="store_true")
     ap.add_argument("--modes", default=",".join(MODES), help=f"detector input variants: {', '.join(MODES)}")
+    ap.add_argument("--split", choices=("train", "test"), default="test",
+                    help="the clips whose reference boxes the recall is measured on")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "preprocess-ped2.json"))
     args = ap.parse_args(argv)
 
@@ -150,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
     machine = {"python": platform.python_version(), "opencv": cv2.__version__,
                "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count()}
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ped2 import _git_commit
+
     result.update({"dataset": str(Path(args.root).resolve()), "machine": machine,
-                   "command": " ".join(["python", *sys.argv])})
+                   "command": " ".join(["python", *sys.argv]), "git_commit": _git_commit()})
     if not args.skip_prepare:
         result["prepare"] = run_prepare(ds, Path(args.work), args.jobs)
         print(json.dumps(result["prepare"], indent=1))
@@ -160,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         modes = tuple(m for m in args.modes.split(",") if m)
         if set(modes) - set(MODES):
             ap.error(f"unknown --modes {sorted(set(modes) - set(MODES))}")
-        result["recall_test"] = run_recall(ds, args.jobs, box_cfg, str(default_detector_path()), modes)
-        for k, v in sorted(result["recall_test"]["variants"].items()):
-            print(f"{k:42s} recall@0.5 {v['iou0.5']:.3f}  @0.3 {v['iou0.3']:.3f}  "
+        key = f"recall_{args.split}"
+        result[key] = run_recall(ds, args.jobs, box_cfg, str(default_detector_path()), modes, args.split)
+        result[key]["command"] = result["command"]
+        for k, v in sorted(result[key]["variants"].items()):
+            print(f"{k:52s} recall@0.5 {v['iou0.5']:.3f}  @0.3 {v['iou0.3']:.3f}  "
+                  f"precision@0.5 {v['precision0.5']:.3f}  F1 {v['f1_0.5']:.3f}  "
                   f"boxes/frame {v['boxes_per_frame']}")
     atomic_write_json(out_path, result)
     print(f"wrote {out_path}")
