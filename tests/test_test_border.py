@@ -115,7 +115,8 @@ def test_the_track_window_in_seconds_follows_each_clips_frame_rate(bordered, tmp
     work, model = bordered
     secs = run_test(work, model, out=tmp_path / "s", progress=False, border_min_px=0,
                     sets=["score.track_seconds=0.5"])
-    assert secs["track_mean"] == {"window_frames": [5], "seconds": 0.5, "clips_with_assumed_rate": []}
+    assert secs["track_mean"] == {"window_frames": [5], "seconds": 0.5, "fps_given": None,
+                                  "clips_with_assumed_rate": []}
     frames = run_test(work, model, out=tmp_path / "f", progress=False, border_min_px=0,
                       sets=["score.track_frames=5"])
     assert frames["track_mean"]["window_frames"] == [5] and frames["track_mean"]["seconds"] is None
@@ -133,3 +134,13 @@ def test_the_track_window_in_seconds_follows_each_clips_frame_rate(bordered, tmp
     assert res["track_mean"]["window_frames"] == [10]  # 0.4 s at the assumed 25 frames/s
     assert res["track_mean"]["clips_with_assumed_rate"] == [c["name"] for c in clips]
     assert "frame rate of test clip(s)" in capsys.readouterr().err
+    # the user gives the rate (`statevad test --fps`, as for a frame folder): 0.4 s at 20 frames/s, no warning
+    given = run_test(moved, model, out=tmp_path / "g", progress=False, border_min_px=0,
+                     sets=["score.track_seconds=0.4"], fps=20)
+    assert given["track_mean"]["window_frames"] == [8] and given["track_mean"]["fps_given"] == 20
+    assert given["track_mean"]["clips_with_assumed_rate"] == []
+    assert "frame rate of test clip(s)" not in capsys.readouterr().err
+    for bad in (0, -5, float("nan"), 1e6):
+        with pytest.raises(UserError, match="--fps must be a frame rate"):
+            run_test(moved, model, out=tmp_path / "bad", progress=False, fps=bad)
+    assert not (tmp_path / "bad").exists()

@@ -68,18 +68,20 @@ def evaluate(work: PathLike, model: PathLike | None = None, *, out: PathLike | N
              w_raw: float | None = None, w_flow: float | None = None, w_motion: float | None = None,
              smooth_sigma: float | None = None, batch_size: int | None = None, device: str | None = None,
              bf16: bool | None = None, stats: str | None = None, clips: list[str] | None = None,
-             progress: bool = True, border_min_px: float | None = None) -> dict[str, Any]:
+             progress: bool = True, border_min_px: float | None = None,
+             fps: float | None = None) -> dict[str, Any]:
     """Score ``work``'s test split with ``model`` (default ``work/model.pt``) and evaluate it: micro and
     macro AUROC, EER, per-clip AUROC (``statevad test``); also writes the result files. Returns
     ``metrics.json``'s content. ``border_min_px``: ``statevad score``'s border rule (None: its default, 16;
-    0 = off)."""
+    0 = off). ``fps``: the frame rate of test footage that carries none (frame folders), for a track window
+    in seconds (the generic preset's)."""
     from statevad.evaluation import run_test
 
     work = Path(work)
     flags = {"epsilon": epsilon, "w_raw": w_raw, "w_flow": w_flow, "w_motion": w_motion,
              "smooth_sigma": smooth_sigma, "batch_size": batch_size, "device": device, "bf16": bf16}
     return run_test(work, Path(model) if model is not None else work / "model.pt", out=out, overrides=flags,
-                    stats=stats, clips=clips, progress=progress, config=config, sets=sets,
+                    stats=stats, clips=clips, progress=progress, config=config, sets=sets, fps=fps,
                     **({} if border_min_px is None else {"border_min_px": border_min_px}))
 
 

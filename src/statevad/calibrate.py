@@ -33,7 +33,7 @@ from statevad.calibration import (
 )
 from statevad.checkpoint import load_checkpoint, save_with_calibration
 from statevad.errors import UserError
-from statevad.io import fps_or_default, open_source, valid_fps
+from statevad.io import checked_fps, fps_or_default, open_source
 from statevad.settings import resolve
 
 
@@ -55,14 +55,6 @@ def _warn(msg: str) -> None:
     print(f"statevad calibrate: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _checked_fps(fps: float | None) -> float | None:
-    if fps is None:
-        return None
-    if valid_fps(fps) is None:
-        raise UserError(f"--fps must be a frame rate between 0.5 and 1000 frames per second, got {fps!r}")
-    return float(fps)
-
-
 def calibrate(model_path: str | Path, footage: Sequence[str], opts: CalibrateOptions | None = None
               ) -> dict[str, Any]:
     """Calibrate ``model_path`` on ``footage`` (normal footage only); returns what was written."""
@@ -70,7 +62,7 @@ def calibrate(model_path: str | Path, footage: Sequence[str], opts: CalibrateOpt
 
     opts = opts or CalibrateOptions()
     rate = check_rate(DEFAULT_FALSE_ALARMS_PER_HOUR if opts.rate is None else opts.rate)
-    fps = _checked_fps(opts.fps)
+    fps = checked_fps(opts.fps)
     border = float(opts.border_min_px)
     if not (math.isfinite(border) and 0 <= border <= 1e4):
         raise UserError(f"--border-min-size must be a size in pixels >= 0, got {opts.border_min_px!r}")

@@ -246,6 +246,9 @@ def _add_test(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--border-min-size", type=float, default=None, metavar="PX",
                    help="border rule, as in score: objects touching the frame border with a short side under "
                    "PX pixels do not count in the frame scores (default 16; 0 = score every object)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate of test footage that carries none (frame folders): the track mean's "
+                   "window in seconds (generic preset) needs it (default: the training footage's, else 25)")
     p.add_argument("--out", help="results folder (default: WORK/results/<model name>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return _run_test
@@ -262,7 +265,7 @@ def _run_test(args: argparse.Namespace) -> int:
                        smooth_sigma=args.smooth_sigma, batch_size=args.batch_size, device=args.device,
                        bf16=args.bf16, stats=args.stats,
                        clips=[c for c in args.clips.split(",") if c] if args.clips else None,
-                       progress=not args.quiet, border_min_px=args.border_min_size)
+                       progress=not args.quiet, border_min_px=args.border_min_size, fps=args.fps)
     keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc")
     print(json.dumps({k: res[k] for k in keys}))
     return 0

@@ -35,6 +35,7 @@ from statevad.calibration import (
 from statevad.checkpoint import load_checkpoint
 from statevad.errors import UserError
 from statevad.files import atomic_path, atomic_write_json
+from statevad.io import checked_fps
 from statevad.metrics import clip_bounds, evaluate
 from statevad.scoring import (
     MOTION_KEYS,
@@ -140,13 +141,15 @@ def border_mask(split_data: SplitData, headers: list[tuple[tuple[int, int] | Non
 
 
 def track_windows(split_data: SplitData, headers: list[tuple[tuple[int, int] | None, float | None]],
-                  cfg: Any, card: dict[str, Any] | None) -> tuple[list[int], list[str]]:
+                  cfg: Any, card: dict[str, Any] | None, fps: float | None = None
+                  ) -> tuple[list[int], list[str]]:
     """(the track mean's window of each clip, names of the clips whose frame rate is assumed).
 
     With ``score.track_seconds`` the window is that many seconds at the clip's frame rate, from ``headers``
-    (:func:`clip_headers`); a clip whose footage is not here takes the training footage's rate (the model
-    card's: the same camera, most likely), else :data:`statevad.io.DEFAULT_FPS`, and is named in the second
-    list.
+    (:func:`clip_headers`); a clip whose footage carries no rate (a frame folder) or is not here takes
+    ``fps`` when given (``statevad test --fps``: the user knows it), else the training footage's rate (the
+    model card's: the same camera, most likely), else :data:`statevad.io.DEFAULT_FPS`, and is then named in
+    the second list.
     """
     from statevad.io import DEFAULT_FPS
 
@@ -154,11 +157,13 @@ def track_windows(split_data: SplitData, headers: list[tuple[tuple[int, int] | N
         return [int(cfg.track_frames)] * len(split_data.clips), []
     trained = [float(f) for f in (card or {}).get("fps") or [] if f]
     windows, assumed = [], []
-    for c, (_, fps) in zip(split_data.clips, headers, strict=True):
-        if fps is None:
+    for c, (_, rate) in zip(split_data.clips, headers, strict=True):
+        if rate is None:
+            rate = fps
+        if rate is None:
             assumed.append(str(c["name"]))
-            fps = trained[0] if trained else DEFAULT_FPS
-        windows.append(cfg.track_window(fps))
+            rate = trained[0] if trained else DEFAULT_FPS
+        windows.append(cfg.track_window(rate))
     return windows, assumed
 
 
@@ -195,7 +200,8 @@ def check_options(work: Path, manifest: dict[str, Any], model_manifest: dict[str
 def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None = None,
              overrides: dict[str, Any] | None = None, stats: str | None = None,
              clips: list[str] | None = None, progress: bool = True, config: str | Path | None = None,
-             sets: list[str] | None = None, border_min_px: float = BORDER_MIN_PX) -> dict[str, Any]:
+             sets: list[str] | None = None, border_min_px: float = BORDER_MIN_PX,
+             fps: float | None = None) -> dict[str, Any]:
     """Score ``work``'s test split with a trained model and evaluate it (spec 7); write the result files.
 
     Settings: the model's preset ← ``config`` (a TOML file) ← ``sets`` (``score.FIELD=VALUE``) ←
@@ -203,9 +209,11 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     ``stats``: None (use the checkpoint's), ``"train"`` (compute them on ``work``'s training cubes, for
     imported weights) or a JSON file. ``clips``: score and evaluate only these test clips (a quick check,
     not the published protocol). ``border_min_px``: ``statevad score``'s border rule (0 = off; see the module
-    docstring). Returns the content of ``metrics.json``.
+    docstring). ``fps``: the frame rate of test footage that carries none (frame folders), for a track
+    window given in seconds. Returns the content of ``metrics.json``.
     """
     border = check_border_min_px(border_min_px)
+    fps = checked_fps(fps)
     work, model_path = Path(work), Path(model_path)
     model, ckpt = load_checkpoint(model_path, device="cpu")
     cfg = resolve(ckpt.preset, "test", config=config, sets=sets, flags={"score": overrides or {}}).score
@@ -256,12 +264,12 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
               "is off for them", file=sys.stderr, flush=True)
     # each object's score averaged along its track (score.track_frames / track_seconds), over the cubes a
     # stream would see
-    windows, rate_assumed = track_windows(test, headers, cfg, ckpt.card)
+    windows, rate_assumed = track_windows(test, headers, cfg, ckpt.card, fps)
     if rate_assumed:
         print(f"statevad test: warning: the frame rate of test clip(s) {', '.join(rate_assumed[:6])}"
-              f"{' ...' if len(rate_assumed) > 6 else ''} is unknown (footage not found): the track mean's "
-              f"{cfg.track_seconds:g} s window assumes the training footage's rate",
-              file=sys.stderr, flush=True)
+              f"{' ...' if len(rate_assumed) > 6 else ''} is unknown (no rate in the footage, or footage not "
+              f"found): the track mean's {cfg.track_seconds:g} s window assumes the training footage's rate "
+              "(or 25 frames/s); pass --fps", file=sys.stderr, flush=True)
     tracked = split_track_mean(cube_score, test.clip, test.frame, test.box, windows, keep)
     frames = smooth(frame_scores(np.asarray(test.frame)[keep], tracked[keep], test.n_frames),
                     cfg.smooth_sigma, bounds)
@@ -290,7 +298,7 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
                                         "score)" if border else "off"),
                             "cubes_skipped": int((~keep).sum()), "clips_without_frame_size": unsized},
             "track_mean": {"window_frames": sorted(set(windows)), "seconds": cfg.track_seconds or None,
-                           "clips_with_assumed_rate": rate_assumed},
+                           "fps_given": fps, "clips_with_assumed_rate": rate_assumed},
             "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
             "scoring_seconds": round(seconds, 3),
             "cubes_per_second": round(len(e_raw) / seconds, 2) if seconds > 0 else None}

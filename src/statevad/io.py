@@ -45,6 +45,15 @@ def valid_fps(fps: object) -> float | None:
     return value if math.isfinite(value) and 0.5 <= value <= 1000 else None
 
 
+def checked_fps(fps: float | None) -> float | None:
+    """A user's ``--fps``: None stays None (not given); an implausible rate is one clear error."""
+    if fps is None:
+        return None
+    if valid_fps(fps) is None:
+        raise UserError(f"--fps must be a frame rate between 0.5 and 1000 frames per second, got {fps!r}")
+    return float(fps)
+
+
 def fps_or_default(fps: object) -> float:
     """:func:`valid_fps`, or :data:`DEFAULT_FPS` when the rate is unknown or implausible."""
     return valid_fps(fps) or DEFAULT_FPS
