@@ -72,28 +72,21 @@ def gap_track_ids(frame: np.ndarray, box: np.ndarray, gap: int, velocity: bool,
     return ids
 
 
-def tracked_speed(split, tracker: str, gap: int) -> np.ndarray:
-    """Each cube's box speed averaged over its track's last TRACK cubes, clip by clip."""
-    from statevad.tensors import cube_motion
-    from statevad.tracks import causal_track_mean, clip_track_ids
+def tracked_speed(split, speed: np.ndarray, tracker: str, gap: int) -> np.ndarray:
+    """Each cube's ``speed`` averaged over its track's last TRACK cubes, clip by clip: the package's own
+    track mean (:func:`statevad.tracks.split_track_mean`) for the IoU tracker, the same mean over
+    :func:`gap_track_ids` for the others."""
+    from statevad.tracks import causal_track_mean, split_track_mean
 
-    speed = cube_motion(split.flow)
     clip, frame, box = np.asarray(split.clip), np.asarray(split.frame), np.asarray(split.box)
+    if tracker == "iou":
+        return split_track_mean(speed, clip, frame, box, TRACK)
     out = speed.copy()
     for c in np.unique(clip):
         idx = np.flatnonzero(clip == c)
-        if tracker == "iou":
-            ids = clip_track_ids(frame[idx], box[idx])
-        else:
-            ids = gap_track_ids(frame[idx], box[idx], gap, velocity=tracker == "iou+gap+velocity")
+        ids = gap_track_ids(frame[idx], box[idx], gap, velocity=tracker == "iou+gap+velocity")
         out[idx] = causal_track_mean(speed[idx], frame[idx], ids, TRACK)
     return out
-
-
-def fastest(split, values: np.ndarray) -> np.ndarray:
-    top = np.zeros(split.n_frames)
-    np.maximum.at(top, np.asarray(split.frame, np.int64), values)
-    return top
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from statevad.metrics import evaluate
+    from statevad.scoring import frame_scores
+    from statevad.tensors import cube_motion
     from statevad.workdir import open_split
 
     t0 = time.perf_counter()
@@ -123,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     tops = {}
     for name, split in splits.items():
         res: dict[str, object] = {"test cubes": int(len(split.frame))}
+        speed = cube_motion(split.flow)  # once per split: every tracker averages the same speeds
         for tracker in ("iou", "iou+gap", "iou+gap+velocity"):
-            top = fastest(split, tracked_speed(split, tracker, args.gap))
+            top = frame_scores(split.frame, tracked_speed(split, speed, tracker, args.gap), split.n_frames)
             res[f"micro AUROC, box speed, track mean ({tracker}; test labels, information only)"] = round(
                 float(evaluate(top, labels, bounds)["micro_auroc"]), 4)
             if tracker == "iou":

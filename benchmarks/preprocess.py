@@ -43,20 +43,10 @@ MODES = {"plain": (False, 1), "letterbox": (True, 1), "plain-2tiles": (False, 2)
 MOTION_BINARY = (18, 12)
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Plain (continuous) IoU between every box of ``a`` and of ``b``."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def recall(ref: list[np.ndarray], ours: list[np.ndarray]) -> dict[str, float]:
     """Recall of the reference boxes at IoU 0.5 and 0.3, precision of ours at 0.5, their F1, boxes/frame."""
+    from statevad.boxes import iou_matrix
+
     pairs = list(zip(ref, ours, strict=True))
     best = np.concatenate([iou_matrix(r, o).max(axis=1) if len(o) else np.zeros(len(r)) for r, o in pairs])
     ours_best = np.concatenate([iou_matrix(o, r).max(axis=1) if len(r) else np.zeros(len(o))
