@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from statevad import __version__
+from statevad.config import FLOW_METHODS
 from statevad.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -92,7 +93,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
                    "else motion)")
     p.add_argument("--detector", default=None, metavar="PATH",
                    help="NanoDet-m ONNX (default: $STATEVAD_DETECTOR or ../shared/models/nanodet-m-416.onnx)")
-    p.add_argument("--flow", default=None, choices=["dis", "farneback", "deepflow", "rlof"],
+    p.add_argument("--flow", default=None, choices=list(FLOW_METHODS),
                    help="optical flow method (default: dis)")
     p.add_argument("--length", type=int, default=None, help="cube half-length l: 2l+1 frames (default 3)")
     p.add_argument("--jobs", type=int, default=1, help="clips processed in parallel (default 1)")

@@ -15,7 +15,7 @@ from typing import Any
 from statevad.errors import UserError
 
 BOX_SOURCES = ("reference", "detector", "motion", "detector+motion", "auto")  # BoxConfig.source
-FLOW_METHODS = ("dis", "farneback", "deepflow", "rlof")  # FlowConfig.method
+FLOW_METHODS = ("dis", "farneback", "deepflow", "tvl1", "rlof")  # FlowConfig.method
 DIS_PRESETS = ("ultrafast", "fast", "medium")  # FlowConfig.dis_preset
 MIN_FLOW_SIDE = 16  # ScoreConfig.flow_max_side: a smaller frame has too few pixels for a flow worth the name
 POSITIONS = ("learned", "sine")  # ModelConfig.pos
@@ -114,7 +114,7 @@ class BoxConfig:
 
 @dataclass
 class FlowConfig:
-    """Dense optical flow (spec 2). ``method``: dis | farneback | deepflow | rlof. Units: original pixels."""
+    """Dense optical flow (spec 2), in original-frame pixels. ``method``: one of FLOW_METHODS."""
 
     method: str = "dis"
     dis_preset: str = "medium"  # ultrafast | fast | medium

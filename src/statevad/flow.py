@@ -3,7 +3,8 @@
 The original ran FlowNet2 (PyTorch 0.3 + custom CUDA ops) at 512x384 and never rescaled the vectors.
 We compute flow at the frame's own resolution, on grayscale, so vectors are in pixels of the original
 frame (u = +x right, v = +y down). DIS (the default) is fast enough for CPU preprocessing; Farneback,
-DeepFlow and dense RLOF are alternatives. See docs/DEVIATIONS.md ("preprocessing").
+DeepFlow, dual TV-L1 and dense RLOF are alternatives (their accuracy and cost on a dataset's training clips:
+``benchmarks/flow_quality.py``). See docs/DEVIATIONS.md ("preprocessing").
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from statevad.config import MIN_FLOW_SIDE, FlowConfig
 from statevad.errors import UserError
 
-METHODS = ("dis", "farneback", "deepflow", "rlof")
+METHODS = ("dis", "farneback", "deepflow", "tvl1", "rlof")
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -70,6 +71,9 @@ class FlowEstimator:
         if method == "deepflow":
             deep = of.createOptFlow_DeepFlow()
             return lambda a, b: deep.calc(_gray(a), _gray(b), None)
+        if method == "tvl1":  # OpenCV's defaults (Zach et al. 2007 / Sanchez et al. 2013): 5 scales, 5 warps
+            tvl1 = of.DualTVL1OpticalFlow_create()
+            return lambda a, b: tvl1.calc(_gray(a), _gray(b), None)
         # Dense RLOF works on 3-channel 8-bit images only; grey input is replicated to 3 channels.
         return lambda a, b: of.calcOpticalFlowDenseRLOF(_bgr(a), _bgr(b), None)
 
