@@ -23,6 +23,7 @@ def test_synthetic_prepare_train_test(synthetic_root, tmp_path, capsys):
     # The default scoring settings come from the label-free selection made at training (statevad.selection,
     # the tail rule); the ped2 preset's old test-chosen constants are the second check below.
     assert line["micro_auroc"] >= 0.85, line
+    assert line["chosen_on_test_labels"] == {}, line  # the selection replaced every test-chosen constant
     assert main(["test", "--work", str(work), "--device", "cpu", "--quiet", "--epsilon", "0.002",
                  "--w-raw", "1", "--w-flow", "1", "--w-motion", "4"]) == 0
     fixed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

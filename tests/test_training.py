@@ -201,11 +201,13 @@ def test_cli_train_and_test(work, tmp_path, capsys):
                "--out", str(res_dir), "--quiet"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last) == {"micro_auroc", "macro_auroc", "eer", "per_clip_auroc"}
+    assert set(last) == {"micro_auroc", "macro_auroc", "eer", "per_clip_auroc", "chosen_on_test_labels"}
     for name in ("scores.csv", "objects.csv", "roc.png", "metrics.json"):
         assert (res_dir / name).stat().st_size > 0
     metrics = json.loads((res_dir / "metrics.json").read_text())
     assert metrics["score"]["epsilon"] == 0 and metrics["score"]["w_flow"] == 0
+    assert metrics["chosen_on_test_labels"] == last["chosen_on_test_labels"]
+    assert "score.epsilon" not in last["chosen_on_test_labels"]  # set by the user, not the preset's 0.002
     lines = (res_dir / "scores.csv").read_text().splitlines()
     assert lines[0] == "clip,frame,score,label" and len(lines) == 1 + 8
     assert (res_dir / "objects.csv").read_text().splitlines()[0].startswith("clip,frame,x1,y1,x2,y2,e_raw")

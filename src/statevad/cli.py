@@ -267,7 +267,7 @@ def _run_test(args: argparse.Namespace) -> int:
                        bf16=args.bf16, stats=args.stats,
                        clips=[c for c in args.clips.split(",") if c] if args.clips else None,
                        progress=not args.quiet, border_min_px=args.border_min_size, fps=args.fps)
-    keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc")
+    keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc", "chosen_on_test_labels")
     print(json.dumps({k: res[k] for k in keys}))
     return 0
 

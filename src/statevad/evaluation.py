@@ -33,6 +33,7 @@ from statevad.calibration import (
     probe_source,
 )
 from statevad.checkpoint import load_checkpoint
+from statevad.config import chosen_on_test_labels
 from statevad.errors import UserError
 from statevad.files import atomic_path, atomic_write_json
 from statevad.io import checked_fps
@@ -299,6 +300,9 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
                             "cubes_skipped": int((~keep).sum()), "clips_without_frame_size": unsized},
             "track_mean": {"window_frames": sorted(set(windows)), "seconds": cfg.track_seconds or None,
                            "fps_given": fps, "clips_with_assumed_rate": rate_assumed},
+            # the settings of this run whose value its preset took from test labels (none after a
+            # model's label-free selection; docs: config.TEST_LABEL_CHOICES)
+            "chosen_on_test_labels": chosen_on_test_labels(ckpt.preset.name, cfg, ckpt.selection),
             "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
             "scoring_seconds": round(seconds, 3),
             "cubes_per_second": round(len(e_raw) / seconds, 2) if seconds > 0 else None}
