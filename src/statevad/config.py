@@ -482,6 +482,8 @@ TEST_LABEL_CHOICES: dict[str, dict[str, str]] = {
     "shanghaitech": {"score.epsilon": f"0.005, the published README's ShanghaiTech value{_PUBLISHED}"},
     "generic": {},
 }
+
+
 def chosen_on_test_labels(preset_name: str, score: ScoreConfig,
                           selection: dict[str, Any] | None = None) -> dict[str, str]:
     """The settings of ``score`` that hold their preset's test-chosen value (:data:`TEST_LABEL_CHOICES`),
