@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from statevad.config import FlowConfig
+from statevad.config import FLOW_METHODS, FlowConfig
 from statevad.errors import UserError
 from statevad.flow import FlowEstimator, clip_flow, flow_pairs
 
@@ -24,7 +24,7 @@ def _shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_REFLECT)
 
 
-@pytest.mark.parametrize("method", ["dis", "farneback", "deepflow", "tvl1", "rlof"])
+@pytest.mark.parametrize("method", FLOW_METHODS)
 def test_known_translation_sign_and_units(method: str) -> None:
     f0 = _textured()
     f1 = _shift(f0, 3, -2)  # 3 px right, 2 px up

@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from statevad.config import MIN_FLOW_SIDE, FlowConfig
+from statevad.config import FLOW_METHODS, MIN_FLOW_SIDE, FlowConfig
 from statevad.errors import UserError
 
-METHODS = ("dis", "farneback", "deepflow", "tvl1", "rlof")
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -48,8 +47,9 @@ class FlowEstimator:
     def __init__(self, cfg: FlowConfig | None = None, max_side: int = 0) -> None:
         self.cfg = cfg or FlowConfig()
         method = self.cfg.method.lower()
-        if method not in METHODS:
-            raise UserError(f"unknown flow method {self.cfg.method!r}: choose one of {', '.join(METHODS)}")
+        if method not in FLOW_METHODS:
+            raise UserError(f"unknown flow method {self.cfg.method!r}: choose one of "
+                            f"{', '.join(FLOW_METHODS)}")
         if isinstance(max_side, bool) or not isinstance(max_side, int) or not (
                 max_side == 0 or max_side >= MIN_FLOW_SIDE):
             raise UserError(f"the flow's largest side must be 0 (the frame's own size) or >= {MIN_FLOW_SIDE} "
