@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
-    from statevad.metrics import evaluate
+    from statevad.metrics import clip_bounds, evaluate
     from statevad.scoring import frame_scores
     from statevad.tensors import cube_motion
     from statevad.workdir import open_split
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the two work directories hold different test frames")
     clips = splits["ours"].clips
     clip_of = np.repeat(np.arange(len(clips)), [int(c["n_frames"]) for c in clips])
-    bounds = [(str(c["name"]), int(c["start"]), int(c["start"]) + int(c["n_frames"])) for c in clips]
+    bounds = clip_bounds(clips)
     doc: dict[str, object] = {"track_frames": TRACK, "percentiles": list(PCT),
                               "slow_px_per_frame": args.slow, "gap_frames": args.gap,
                               "work": {"ours": args.ours, "reference": args.reference}}
