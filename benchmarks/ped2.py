@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                    "settings apply (its selection), except --track-frames")
     p.add_argument("--track-frames", type=int, default=None, metavar="N",
                    help="score.track_frames for the scoring (default: the model's)")
+    p.add_argument("--no-frame-flow", action="store_true",
+                   help="skip the whole-frame flow baseline: it recomputes the flow of every test frame "
+                   "(outside the budget; ~10 min with DeepFlow, over half an hour with TV-L1)")
     args = p.parse_args(argv)
 
     from statevad.allocator import keep_freed_memory
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bounds = clip_bounds(test.clips)
     base_scores = flow_baselines(test, motion, track_frames)
-    base_scores["frame_flow_p99.9"] = frame_flow_baseline(root, args.flow)
+    if not args.no_frame_flow:
+        base_scores["frame_flow_p99.9"] = frame_flow_baseline(root, args.flow)
     baselines = {name: _brief(evaluate(s, test.labels, bounds)) for name, s in base_scores.items()}
     head_scores = frame_arrays[f"model_eps={float(cfg['epsilon']):g}"]
     try:  # an analysis extra: never lose the run's results to it
