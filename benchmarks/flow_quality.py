@@ -32,14 +32,12 @@ from ped2 import write_study  # noqa: E402
 
 
 def box_mask(shape_hw: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
-    """Pixels inside any of ``boxes`` (x1, y1, x2, y2; inclusive pixel ranges, clipped to the frame)."""
-    h, w = shape_hw
-    mask = np.zeros((h, w), bool)
-    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
-        xa, ya = max(int(np.floor(x1)), 0), max(int(np.floor(y1)), 0)
-        xb, yb = min(int(np.ceil(x2)), w - 1), min(int(np.ceil(y2)), h - 1)
-        if xb >= xa and yb >= ya:
-            mask[ya:yb + 1, xa:xb + 1] = True
+    """Pixels inside any of ``boxes``: the pixels the cubes crop (:func:`statevad.cubes.box_slices`)."""
+    from statevad.cubes import box_slices
+
+    mask = np.zeros(shape_hw, bool)
+    for b in np.asarray(boxes, np.float64).reshape(-1, 4):
+        mask[box_slices(b, *shape_hw)] = True
     return mask
 
 

@@ -72,9 +72,12 @@ def _git_commit() -> str | None:
 
 
 def write_study(out: str | Path, doc: dict, script: str, argv: list[str] | None, t0: float) -> None:
-    """A Ped2 study's results JSON (``doc`` + seconds, commit, exact command, Python); its results printed."""
+    """A Ped2 study's results JSON (``doc`` + seconds, commit, exact command, Python); its results printed.
+    ``chosen_on_test_labels`` is [] unless ``doc`` says otherwise: a study that looks at test labels reports
+    what it sees and sets nothing."""
     command = f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    doc = {**doc, "seconds": round(time.perf_counter() - t0, 1), "git_commit": _git_commit(),
+    doc = {"chosen_on_test_labels": [], **doc, "seconds": round(time.perf_counter() - t0, 1),
+           "git_commit": _git_commit(),
            "command": command,
            "python": platform.python_version()}
     Path(out).write_text(json.dumps(doc, indent=1) + "\n")

@@ -14,7 +14,14 @@ ped2 preset scores it (10 frames), each frame's fastest object, and:
    difference;
 4. the same track mean of other per-cube speed statistics than the mean over the whole patch (the fastest
    quadrant, the fastest of 4x4 cells, the 75th / 90th percentile of the pixels' speeds): whether a statistic
-   that picks a small fast object out of a loose box gives what a tight box gives.
+   that picks a small fast object out of a loose box gives what a tight box gives;
+5. in the anomalous frames that the reference boxes lift over ``--slow`` and ours do not, how our boxes
+   cover the reference set's fastest box: matched (IoU >= 0.5), merged (one of ours at least twice its area
+   holds 70 % of it), a fragment (our best match under half its area), loose (the rest), or nothing;
+6. the same track mean when every box whose moving pixels form two or more separate blobs (Otsu's threshold
+   on the cube's time-averaged speed map, blobs of at least ``--blob-share`` of the box) also gives each
+   blob as an object of its own: whether splitting merged boxes by their motion recovers what the
+   reference boxes give. Needs the frames (``--root``) and recomputes the work directory's flow.
 
 The frame micro AUROCs use the test labels and are information only: nothing here sets a default.
 """
@@ -34,6 +41,7 @@ from ped2 import write_study  # noqa: E402
 TRACK = 10  # the ped2 preset's score.track_frames
 PCT = (1, 5, 10, 50, 90, 99)
 STATISTICS = ("mean", "fastest quadrant", "fastest 4x4 cell", "pixel p75", "pixel p90")
+COVER_KINDS = ("matched", "merged", "fragment", "loose", "none")
 
 
 def gap_track_ids(frame: np.ndarray, box: np.ndarray, gap: int, velocity: bool,
@@ -113,6 +121,134 @@ def speed_statistics(flow, chunk: int = 2048) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
+def cover_kind(ref_box: np.ndarray, ours: np.ndarray) -> str:
+    """How ``ours`` (n, 4) cover one reference box: one of :data:`COVER_KINDS` (question 5)."""
+    from statevad.boxes import iou_matrix
+
+    if len(ours) == 0:
+        return "none"
+    iou = iou_matrix(ref_box[None], ours)[0]
+    area = (ours[:, 2] - ours[:, 0]) * (ours[:, 3] - ours[:, 1])
+    ref_area = (ref_box[2] - ref_box[0]) * (ref_box[3] - ref_box[1])
+    iw = np.clip(np.minimum(ref_box[2], ours[:, 2]) - np.maximum(ref_box[0], ours[:, 0]), 0, None)
+    ih = np.clip(np.minimum(ref_box[3], ours[:, 3]) - np.maximum(ref_box[1], ours[:, 1]), 0, None)
+    held = iw * ih / max(ref_area, 1e-6)  # the share of the reference box inside each of ours
+    best = int(np.argmax(iou))
+    if iou[best] >= 0.5:
+        return "matched"
+    if iou[best] < 0.05 and held.max() < 0.3:
+        return "none"
+    holder = int(np.argmax(held))
+    if held[holder] >= 0.7 and area[holder] >= 2 * ref_area:
+        return "merged"
+    return "fragment" if area[best] < 0.5 * ref_area else "loose"
+
+
+def split_boxes(speed_map: np.ndarray, box: np.ndarray, min_share: float) -> list[np.ndarray]:
+    """The blobs of a box's time-averaged speed map (h, w) when there are two or more: Otsu's threshold,
+    a 3x3 opening, 8-connected blobs of at least ``min_share`` of the box; their boxes in frame pixels."""
+    import cv2
+
+    from statevad.cubes import box_slices
+
+    if speed_map.size < 64 or not speed_map.max() > 0:
+        return []
+    u8 = np.clip(speed_map / speed_map.max() * 255, 0, 255).astype(np.uint8)
+    _, fg = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    blobs = [j for j in range(1, n) if stats[j, cv2.CC_STAT_AREA] >= min_share * speed_map.size]
+    if len(blobs) < 2:
+        return []
+    rows, cols = box_slices(box, 1 << 20, 1 << 20)  # the offsets only: the box is inside the frame
+    return [np.array([cols.start + x, rows.start + y, cols.start + x + w, rows.start + y + h], np.float32)
+            for x, y, w, h in (stats[j, :4] for j in blobs)]
+
+
+def split_speeds(root: str, split, min_share: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Question 6: every cube's box speed recomputed from the frames' flow (the work directory's method)
+    over its window, and the objects the split adds (their clip, frame, box, speed). The first is the
+    check that the recomputation matches :func:`statevad.tensors.cube_motion` of the stored cubes."""
+    from statevad.config import FlowConfig
+    from statevad.cubes import box_slices, elastic_window
+    from statevad.datasets import load_dataset
+    from statevad.flow import FlowEstimator, clip_flow
+    options = split.manifest.get("options", {})
+    est = FlowEstimator(FlowConfig(**options.get("flow", {})))
+    length = int(options.get("cube", {}).get("length", 3))
+    clip, frame, box = np.asarray(split.clip), np.asarray(split.frame), np.asarray(split.box)
+    speed = np.zeros(len(frame))
+    added: dict[str, list] = {"clip": [], "frame": [], "box": [], "speed": [], "parent": []}
+    for ci, (entry, c) in enumerate(zip(split.clips, load_dataset(root).clips("test"), strict=True)):
+        mag = np.linalg.norm(clip_flow(c.read(), est), axis=-1)  # (n, H, W)
+        start = int(entry["start"])
+        for i in np.flatnonzero(clip == ci):
+            t = int(frame[i]) - start
+            rows, cols = box_slices(box[i], *mag.shape[1:])
+            speed_map = mag[elastic_window(t, len(mag), length)][:, rows, cols].mean(0)
+            speed[i] = speed_map.mean()
+            for sub in split_boxes(speed_map, box[i], min_share):
+                r, cc = box_slices(sub, *mag.shape[1:])
+                added["clip"].append(ci)
+                added["frame"].append(int(frame[i]))
+                added["box"].append(sub)
+                added["speed"].append(float(mag[elastic_window(t, len(mag), length)][:, r, cc].mean()))
+                added["parent"].append(int(i))
+    out = {k: np.asarray(v, np.float32 if k == "box" else np.float64 if k == "speed" else np.int64)
+           for k, v in added.items()}
+    out["box"] = out["box"].reshape(-1, 4)
+    return speed, out
+
+
+def cover_kinds(splits: dict, tops: dict[str, np.ndarray], labels: np.ndarray, slow: float) -> dict:
+    """Question 5: per :data:`COVER_KINDS`, the frames, and the mean of the reference's fastest object, of
+    ours, and of our best-matching box (px/frame, tracked)."""
+    from statevad.boxes import iou_matrix
+    from statevad.tensors import cube_motion
+
+    tracked = {k: tracked_speed(s, cube_motion(s.flow), "iou", 0) for k, s in splits.items()}
+    frames = {k: np.asarray(s.frame) for k, s in splits.items()}
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in COVER_KINDS}
+    for g in np.flatnonzero((labels == 1) & (tops["reference"] >= slow) & (tops["ours"] < slow)):
+        ir, io = np.flatnonzero(frames["reference"] == g), np.flatnonzero(frames["ours"] == g)
+        j = ir[np.argmax(tracked["reference"][ir])]
+        ref_box, ours = np.asarray(splits["reference"].box[j]), np.asarray(splits["ours"].box)[io]
+        kind = cover_kind(ref_box, ours)
+        best = float(tracked["ours"][io][np.argmax(iou_matrix(ref_box[None], ours)[0])]) if len(io) else 0.0
+        rows[kind].append((float(tracked["reference"][j]), float(tops["ours"][g]), best))
+    return {k: {"frames": len(v), **({"mean speed: reference fastest / ours fastest / our best match":
+                                       [round(float(x), 3) for x in np.mean(v, axis=0)]} if v else {})}
+            for k, v in rows.items()}
+
+
+def split_study(root: str, split, labels: np.ndarray, bounds, min_share: float) -> dict:
+    """Question 6 for one work directory: the tracked box speed's frame AUROC without and with the blobs."""
+    from statevad.metrics import evaluate
+    from statevad.scoring import frame_scores
+    from statevad.tensors import cube_motion
+    from statevad.tracks import split_track_mean
+
+    speed, added = split_speeds(root, split, min_share)
+    clip, frame, box = np.asarray(split.clip), np.asarray(split.frame), np.asarray(split.box)
+    both = {"clip": np.concatenate([clip, added["clip"]]).astype(np.int64),
+            "frame": np.concatenate([frame, added["frame"]]).astype(np.int64),
+            "box": np.concatenate([box, added["box"]]), "speed": np.concatenate([speed, added["speed"]])}
+    order = np.lexsort((np.arange(len(both["frame"])), both["frame"]))
+    both = {k: v[order] for k, v in both.items()}
+
+    def auroc(v: np.ndarray, c: np.ndarray, f: np.ndarray, b: np.ndarray) -> float:
+        top = frame_scores(f, split_track_mean(v, c, f, b, TRACK), split.n_frames)
+        return round(float(evaluate(top, labels, bounds)["micro_auroc"]), 4)
+
+    return {"recomputed speed vs the stored cubes' (max abs difference, px/frame)": round(
+                float(np.abs(speed - cube_motion(split.flow)).max()), 4),
+            "boxes split": int(len(np.unique(added["parent"]))), "objects added": int(len(added["parent"])),
+            "micro AUROC, box speed, track mean (test labels, information only)": auroc(
+                speed, clip, frame, box),
+            "the same with the blobs as objects": auroc(both["speed"], both["clip"], both["frame"],
+                                                        both["box"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ours", required=True, help="work directory prepared with our boxes")
@@ -120,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow", type=float, default=0.95, help="px/frame under which an anomalous frame's "
                    "fastest object counts as slow (question 2)")
     p.add_argument("--gap", type=int, default=3, help="frames a lost track stays matchable (question 3)")
+    p.add_argument("--root", default=None, help="the Ped2 folder, for question 6 (skipped without it)")
+    p.add_argument("--blob-share", type=float, default=0.1,
+                   help="the least share of a box a moving blob needs to count (question 6)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
@@ -164,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                          "reference": int(slow["reference"][clip_of == i].sum()),
                          "ours slow, reference not": int(only_ours[clip_of == i].sum())}
         for i, c in enumerate(clips) if (labels[clip_of == i] == 1).any()}
+    doc["how ours cover the reference's fastest box where only the reference lifts the frame"] = cover_kinds(
+        splits, tops, labels, args.slow)
+    if args.root:
+        doc["boxes split by their moving blobs (question 6)"] = {
+            name: split_study(args.root, split, labels, bounds, args.blob_share)
+            for name, split in splits.items()}
     write_study(args.out, doc, "ped2_box_gap.py", argv, t0)
     return 0
 
