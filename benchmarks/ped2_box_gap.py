@@ -21,7 +21,9 @@ ped2 preset scores it (10 frames), each frame's fastest object, and:
 6. the same track mean when every box whose moving pixels form two or more separate blobs (Otsu's threshold
    on the cube's time-averaged speed map, blobs of at least ``--blob-share`` of the box) also gives each
    blob as an object of its own: whether splitting merged boxes by their motion recovers what the
-   reference boxes give. Needs the frames (``--root``) and recomputes the work directory's flow.
+   reference boxes give. Needs the frames (``--root``) and recomputes the work directory's flow;
+7. which side of the gap the boxes make: the tracked box speed's frame AUROC with the reference boxes' frame
+   scores on the anomalous frames and ours on the normal ones, and the other way round.
 
 The frame micro AUROCs use the test labels and are information only: nothing here sets a default.
 """
@@ -303,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
                          "reference": int(slow["reference"][clip_of == i].sum()),
                          "ours slow, reference not": int(only_ours[clip_of == i].sum())}
         for i, c in enumerate(clips) if (labels[clip_of == i] == 1).any()}
+    doc["one side each (question 7; test labels, information only)"] = {
+        "micro AUROC, ours on the normal frames, the reference on the anomalous ones": round(float(evaluate(
+            np.where(labels == 1, tops["reference"], tops["ours"]), labels, bounds)["micro_auroc"]), 4),
+        "micro AUROC, the reference on the normal frames, ours on the anomalous ones": round(float(evaluate(
+            np.where(labels == 1, tops["ours"], tops["reference"]), labels, bounds)["micro_auroc"]), 4)}
     doc["how ours cover the reference's fastest box where only the reference lifts the frame"] = cover_kinds(
         splits, tops, labels, args.slow)
     if args.root:
