@@ -174,6 +174,10 @@ def test_training_fits_the_term_and_test_scores_with_it(trained: Path, capsys) -
     without = json.loads((work / "r0" / "metrics.json").read_text())
     assert without["score"]["w_appearance"] == 0
     assert with_term["micro_auroc"] >= without["micro_auroc"]
+    # metrics.json's parts: the fusion without the term is that run; the term alone is reported too
+    part = "without_appearance_term" if sc.w_motion else "state_only"
+    assert with_term["parts"][part]["micro_auroc"] == pytest.approx(without["micro_auroc"])
+    assert {"appearance_only", "box_speed_no_learning", "state_only"} <= set(with_term["parts"])
 
 
 def test_a_work_dir_without_classes_is_one_clear_line(trained: Path, tmp_path: Path, capsys) -> None:

@@ -268,7 +268,8 @@ def _run_test(args: argparse.Namespace) -> int:
                        clips=[c for c in args.clips.split(",") if c] if args.clips else None,
                        progress=not args.quiet, border_min_px=args.border_min_size, fps=args.fps)
     keys = ("micro_auroc", "macro_auroc", "eer", "per_clip_auroc", "chosen_on_test_labels")
-    print(json.dumps({k: res[k] for k in keys}))
+    print(json.dumps({**{k: res[k] for k in keys},
+                      "parts_micro_auroc": {k: v["micro_auroc"] for k, v in res["parts"].items()}}))
     return 0
 
 

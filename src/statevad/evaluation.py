@@ -9,6 +9,11 @@ whose box touches the frame border with a short side under ``border_min_px`` is 
 score (it stays in ``objects.csv``, ``scored`` 0), and a frame left without a counted cube scores
 :data:`statevad.scoring.EMPTY_FRAME_SCORE`, as ``score`` scores a frame without objects. So ``test`` and
 ``score`` give the same frame scores for the same cubes.
+
+``metrics.json`` also holds ``parts``: the same frame metrics for the fusion's parts, each scored exactly as
+the fused score (same errors, track mean, border rule and smoothing) — STATE alone (reconstruction only), the
+fusion without each added term, the appearance term alone, and the per-box flow speed with no learning at
+all. On a user's own labelled footage that says in one run whether the learned score beats the trivial one.
 """
 
 from __future__ import annotations
@@ -198,6 +203,29 @@ def check_options(work: Path, manifest: dict[str, Any], model_manifest: dict[str
                         "prepare the work directory with the model's settings or use a matching model")
 
 
+def part_scores(z_raw: np.ndarray, z_flow: np.ndarray, z_motion: np.ndarray | None,
+                z_app: np.ndarray | None, speed: np.ndarray, cfg: Any) -> dict[str, np.ndarray]:
+    """The cube scores of the fusion's parts (``metrics.json`` ``parts``), with the run's own weights: STATE
+    alone (raw + flow branch; the fused score itself when nothing else is weighed), the fusion without the
+    motion / appearance term when it has one, the appearance term alone when the model has it, and the
+    per-box mean flow speed (:func:`statevad.tensors.cube_motion`), which learns nothing."""
+    def fused(w_motion: float, w_appearance: float) -> np.ndarray:
+        return combine(z_raw, z_flow, z_motion, cfg.w_raw, cfg.w_flow, w_motion, z_app, w_appearance)
+
+    out = {"state_only": fused(0.0, 0.0)}
+    if cfg.w_motion and cfg.w_appearance:
+        out["without_motion_term"] = fused(0.0, cfg.w_appearance)
+        out["without_appearance_term"] = fused(cfg.w_motion, 0.0)
+    if z_app is not None:
+        out["appearance_only"] = np.asarray(z_app, np.float64)
+    out["box_speed_no_learning"] = np.asarray(speed, np.float64)
+    return out
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("micro_auroc", "macro_auroc", "eer")}
+
+
 def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None = None,
              overrides: dict[str, Any] | None = None, stats: str | None = None,
              clips: list[str] | None = None, progress: bool = True, config: str | Path | None = None,
@@ -271,9 +299,12 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
               f"{' ...' if len(rate_assumed) > 6 else ''} is unknown (no rate in the footage, or footage not "
               f"found): the track mean's {cfg.track_seconds:g} s window assumes the training footage's rate "
               "(or 25 frames/s); pass --fps", file=sys.stderr, flush=True)
-    tracked = split_track_mean(cube_score, test.clip, test.frame, test.box, windows, keep)
-    frames = smooth(frame_scores(np.asarray(test.frame)[keep], tracked[keep], test.n_frames),
-                    cfg.smooth_sigma, bounds)
+    def frames_of(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (tracked cube scores, frame scores)
+        tracked = split_track_mean(cube, test.clip, test.frame, test.box, windows, keep)
+        return tracked, smooth(frame_scores(np.asarray(test.frame)[keep], tracked[keep], test.n_frames),
+                               cfg.smooth_sigma, bounds)
+
+    tracked, frames = frames_of(cube_score)
 
     # scores first: they survive an evaluation error (e.g. a --clips subset with a single class)
     write_frame_csv(out_dir / "scores.csv", frames, test.labels, bounds)
@@ -288,6 +319,8 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
     cols["scored"] = keep.astype(np.int64)  # 0: skipped by the border rule (not in the frame score)
     write_object_csv(out_dir / "objects.csv", test, bounds, cols)
     result = evaluate(frames, test.labels, bounds)
+    parts = {name: _brief(evaluate(frames_of(cube)[1], test.labels, bounds))
+             for name, cube in part_scores(z_raw, z_flow, z_motion, z_app, motion, cfg).items()}
     save_roc(out_dir / "roc.png", test.labels, frames,
              title=f"{model_path.stem}: micro AUROC {result['micro_auroc']:.4f}")
     full = {**result, "clips": clips or "all", "model": str(model_path), "model_sha256": ckpt.sha256,
@@ -303,7 +336,7 @@ def run_test(work: str | Path, model_path: str | Path, *, out: str | Path | None
             # the settings of this run whose value its preset took from test labels (none after a
             # model's label-free selection; docs: config.TEST_LABEL_CHOICES)
             "chosen_on_test_labels": chosen_on_test_labels(ckpt.preset.name, cfg, ckpt.selection),
-            "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
+            "parts": parts, "stats": st, "device": str(device), "n_cubes": int(len(e_raw)),
             "scoring_seconds": round(seconds, 3),
             "cubes_per_second": round(len(e_raw) / seconds, 2) if seconds > 0 else None}
     atomic_write_json(out_dir / "metrics.json", full)
