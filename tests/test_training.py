@@ -201,7 +201,9 @@ def test_cli_train_and_test(work, tmp_path, capsys):
                "--out", str(res_dir), "--quiet"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last) == {"micro_auroc", "macro_auroc", "eer", "per_clip_auroc", "chosen_on_test_labels"}
+    assert set(last) == {"micro_auroc", "macro_auroc", "eer", "per_clip_auroc", "chosen_on_test_labels",
+                         "parts_micro_auroc"}
+    assert {"state_only", "box_speed_no_learning"} <= set(last["parts_micro_auroc"])
     for name in ("scores.csv", "objects.csv", "roc.png", "metrics.json"):
         assert (res_dir / name).stat().st_size > 0
     metrics = json.loads((res_dir / "metrics.json").read_text())
