@@ -66,16 +66,14 @@ def inner_detections(raw: np.ndarray, kept: np.ndarray, floor: float, score_thr:
     """Detections scoring in (``floor``, ``score_thr``] that lie inside a kept detection (more than
     ``cover_thr`` of their area) and are at most half its area: the objects a merged detection (a far cyclist
     boxed with the walker below it, docs/ANALYSIS.md 14) may hold, which the score threshold drops."""
-    from statevad.boxes import filter_detections, remove_covered
+    from statevad.boxes import cover_ratio, filter_detections, remove_covered
 
     low = filter_detections(raw[raw[:, 4] <= score_thr], floor, min_area)
     if len(low) == 0 or len(kept) == 0:
         return low[:0]
-    iw = np.minimum(low[:, None, 2], kept[None, :, 2]) - np.maximum(low[:, None, 0], kept[None, :, 0]) + 1
-    ih = np.minimum(low[:, None, 3], kept[None, :, 3]) - np.maximum(low[:, None, 1], kept[None, :, 1]) + 1
     area_low = (low[:, 2] - low[:, 0] + 1) * (low[:, 3] - low[:, 1] + 1)
     area_kept = (kept[:, 2] - kept[:, 0] + 1) * (kept[:, 3] - kept[:, 1] + 1)
-    inside = np.clip(iw, 0, None) * np.clip(ih, 0, None) / area_low[:, None] > cover_thr
+    inside = cover_ratio(low, kept) > cover_thr
     return remove_covered(low[(inside & (area_low[:, None] <= 0.5 * area_kept[None, :])).any(axis=1)],
                           cover_thr)
 

@@ -254,6 +254,17 @@ def filter_detections(dets: np.ndarray, score_thr: float, min_area: float) -> np
     return dets[keep, :4].astype(np.float32)
 
 
+def cover_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m): the share of each box of ``a`` that lies inside each box of ``b``, in spec 3.2's +1 pixel
+    convention (what :func:`remove_covered` compares with ``cover_thr``)."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
+    area = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    return np.clip(iw, 0, None) * np.clip(ih, 0, None) / area[:, None]
+
+
 def remove_covered(boxes: np.ndarray, cover_thr: float) -> np.ndarray:
     """Spec 3.2: drop a box when more than ``cover_thr`` of its own area lies inside a later (larger) box.
 
@@ -265,10 +276,7 @@ def remove_covered(boxes: np.ndarray, cover_thr: float) -> np.ndarray:
         return boxes.copy()
     area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     b = boxes[np.argsort(area)]
-    a = area[np.argsort(area)]
-    iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]) + 1
-    ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]) + 1
-    ratio = np.clip(iw, 0, None) * np.clip(ih, 0, None) / a[:, None]
+    ratio = cover_ratio(b, b)
     later = np.triu(np.ones((len(b), len(b)), bool), k=1)
     drop = ((ratio > cover_thr) & later).any(axis=1)
     return b[~drop]
