@@ -146,12 +146,11 @@ def cover_kind(ref_box: np.ndarray, ours: np.ndarray) -> str:
     return "fragment" if area[best] < 0.5 * ref_area else "loose"
 
 
-def split_boxes(speed_map: np.ndarray, box: np.ndarray, min_share: float) -> list[np.ndarray]:
-    """The blobs of a box's time-averaged speed map (h, w) when there are two or more: Otsu's threshold,
-    a 3x3 opening, 8-connected blobs of at least ``min_share`` of the box; their boxes in frame pixels."""
+def split_boxes(speed_map: np.ndarray, origin: tuple[int, int], min_share: float) -> list[np.ndarray]:
+    """The blobs of a box's time-averaged speed map (h, w), cropped at frame pixel ``origin`` (x, y), when
+    there are two or more: Otsu's threshold, a 3x3 opening, 8-connected blobs of at least ``min_share`` of
+    the box; their boxes in frame pixels."""
     import cv2
-
-    from statevad.cubes import box_slices
 
     if speed_map.size < 64 or not speed_map.max() > 0:
         return []
@@ -162,8 +161,8 @@ def split_boxes(speed_map: np.ndarray, box: np.ndarray, min_share: float) -> lis
     blobs = [j for j in range(1, n) if stats[j, cv2.CC_STAT_AREA] >= min_share * speed_map.size]
     if len(blobs) < 2:
         return []
-    rows, cols = box_slices(box, 1 << 20, 1 << 20)  # the offsets only: the box is inside the frame
-    return [np.array([cols.start + x, rows.start + y, cols.start + x + w, rows.start + y + h], np.float32)
+    x0, y0 = origin
+    return [np.array([x0 + x, y0 + y, x0 + x + w, y0 + y + h], np.float32)
             for x, y, w, h in (stats[j, :4] for j in blobs)]
 
 
@@ -185,16 +184,17 @@ def split_speeds(root: str, split, min_share: float) -> tuple[np.ndarray, dict[s
         mag = np.linalg.norm(clip_flow(c.read(), est), axis=-1)  # (n, H, W)
         start = int(entry["start"])
         for i in np.flatnonzero(clip == ci):
-            t = int(frame[i]) - start
+            win = elastic_window(int(frame[i]) - start, len(mag), length)
+            window = mag[win[0]:win[-1] + 1]  # a view: the window is contiguous
             rows, cols = box_slices(box[i], *mag.shape[1:])
-            speed_map = mag[elastic_window(t, len(mag), length)][:, rows, cols].mean(0)
+            speed_map = window[:, rows, cols].mean(0)
             speed[i] = speed_map.mean()
-            for sub in split_boxes(speed_map, box[i], min_share):
+            for sub in split_boxes(speed_map, (cols.start, rows.start), min_share):
                 r, cc = box_slices(sub, *mag.shape[1:])
                 added["clip"].append(ci)
                 added["frame"].append(int(frame[i]))
                 added["box"].append(sub)
-                added["speed"].append(float(mag[elastic_window(t, len(mag), length)][:, r, cc].mean()))
+                added["speed"].append(float(window[:, r, cc].mean()))
                 added["parent"].append(int(i))
     out = {k: np.asarray(v, np.float32 if k == "box" else np.float64 if k == "speed" else np.int64)
            for k, v in added.items()}
@@ -202,13 +202,12 @@ def split_speeds(root: str, split, min_share: float) -> tuple[np.ndarray, dict[s
     return speed, out
 
 
-def cover_kinds(splits: dict, tops: dict[str, np.ndarray], labels: np.ndarray, slow: float) -> dict:
+def cover_kinds(splits: dict, tracked: dict[str, np.ndarray], tops: dict[str, np.ndarray],
+                labels: np.ndarray, slow: float) -> dict:
     """Question 5: per :data:`COVER_KINDS`, the frames, and the mean of the reference's fastest object, of
-    ours, and of our best-matching box (px/frame, tracked)."""
+    ours, and of our best-matching box (px/frame; ``tracked``: each split's cube speeds, IoU track mean)."""
     from statevad.boxes import iou_matrix
-    from statevad.tensors import cube_motion
 
-    tracked = {k: tracked_speed(s, cube_motion(s.flow), "iou", 0) for k, s in splits.items()}
     frames = {k: np.asarray(s.frame) for k, s in splits.items()}
     rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in COVER_KINDS}
     for g in np.flatnonzero((labels == 1) & (tops["reference"] >= slow) & (tops["ours"] < slow)):
@@ -223,11 +222,13 @@ def cover_kinds(splits: dict, tops: dict[str, np.ndarray], labels: np.ndarray, s
             for k, v in rows.items()}
 
 
-def split_study(root: str, split, labels: np.ndarray, bounds, min_share: float) -> dict:
-    """Question 6 for one work directory: the tracked box speed's frame AUROC without and with the blobs."""
+def split_study(root: str, split, stored_speed: np.ndarray, labels: np.ndarray, bounds,
+                min_share: float) -> dict:
+    """Question 6 for one work directory: the tracked box speed's frame AUROC without and with the blobs
+    (``stored_speed``: :func:`statevad.tensors.cube_motion` of its cubes, which the recomputation is checked
+    against)."""
     from statevad.metrics import evaluate
     from statevad.scoring import frame_scores
-    from statevad.tensors import cube_motion
     from statevad.tracks import split_track_mean
 
     speed, added = split_speeds(root, split, min_share)
@@ -243,7 +244,7 @@ def split_study(root: str, split, labels: np.ndarray, bounds, min_share: float) 
         return round(float(evaluate(top, labels, bounds)["micro_auroc"]), 4)
 
     return {"recomputed speed vs the stored cubes' (max abs difference, px/frame)": round(
-                float(np.abs(speed - cube_motion(split.flow)).max()), 4),
+                float(np.abs(speed - stored_speed).max()), 4),
             "boxes split": int(len(np.unique(added["parent"]))), "objects added": int(len(added["parent"])),
             "micro AUROC, box speed, track mean (test labels, information only)": auroc(
                 speed, clip, frame, box),
@@ -280,16 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, object] = {"track_frames": TRACK, "percentiles": list(PCT),
                               "slow_px_per_frame": args.slow, "gap_frames": args.gap,
                               "work": {"ours": args.ours, "reference": args.reference}}
-    tops = {}
+    tops, speeds, tracked_iou = {}, {}, {}
     for name, split in splits.items():
         res: dict[str, object] = {"test cubes": int(len(split.frame))}
-        speed = cube_motion(split.flow)  # once per split: every tracker averages the same speeds
+        speed = speeds[name] = cube_motion(split.flow)  # once per split: every question reads these speeds
         for tracker in ("iou", "iou+gap", "iou+gap+velocity"):
-            top = frame_scores(split.frame, tracked_speed(split, speed, tracker, args.gap), split.n_frames)
+            tracked = tracked_speed(split, speed, tracker, args.gap)
+            top = frame_scores(split.frame, tracked, split.n_frames)
             res[f"micro AUROC, box speed, track mean ({tracker}; test labels, information only)"] = round(
                 float(evaluate(top, labels, bounds)["micro_auroc"]), 4)
             if tracker == "iou":
-                tops[name] = top
+                tops[name], tracked_iou[name] = top, tracked
                 for lab, tag in ((0, "normal"), (1, "anomalous")):
                     res[f"{tag} frames: fastest tracked object, percentiles"] = [
                         round(float(x), 3) for x in np.percentile(top[labels == lab], PCT)]
@@ -311,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         "micro AUROC, the reference on the normal frames, ours on the anomalous ones": round(float(evaluate(
             np.where(labels == 1, tops["ours"], tops["reference"]), labels, bounds)["micro_auroc"]), 4)}
     doc["how ours cover the reference's fastest box where only the reference lifts the frame"] = cover_kinds(
-        splits, tops, labels, args.slow)
+        splits, tracked_iou, tops, labels, args.slow)
     if args.root:
         doc["boxes split by their moving blobs (question 6)"] = {
-            name: split_study(args.root, split, labels, bounds, args.blob_share)
+            name: split_study(args.root, split, speeds[name], labels, bounds, args.blob_share)
             for name, split in splits.items()}
     write_study(args.out, doc, "ped2_box_gap.py", argv, t0)
     return 0
