@@ -48,6 +48,12 @@ def log_aspect(box: np.ndarray) -> np.ndarray:
     return np.log((box[:, 2] - box[:, 0] + 1) / (box[:, 3] - box[:, 1] + 1))
 
 
+def described(classes: np.ndarray, aspect: np.ndarray, scale: float) -> np.ndarray:
+    """Class descriptions (n, 80), with ``scale`` x the log aspect ratio appended when ``scale`` is set."""
+    classes = np.asarray(classes, np.float32)
+    return np.concatenate([classes, scale * aspect[:, None]], 1).astype(np.float32) if scale else classes
+
+
 def frame_median(values: np.ndarray, frame: np.ndarray, n_frames: int, min_objects: int) -> np.ndarray:
     """Each frame's median of ``values`` over its objects; the median over all frames that have
     ``min_objects`` where a frame has fewer."""
@@ -112,15 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         **{f"speed + {w:g} x log aspect (z)": micro(top(z_speed + w * z_aspect)) for w in SHAPE_WEIGHTS}}
     appearance: dict[str, float] = {}
     for scale in (0.0, *SHAPE_SCALES):
-        def described(split, a: np.ndarray, s: float = scale) -> np.ndarray:
-            classes = np.asarray(split.classes, np.float32)
-            return np.concatenate([classes, s * a[:, None]], 1).astype(np.float32) if s else classes
-
-        fitted, why = fit_appearance(described(train, aspect_tr), np.asarray(train.clip),
+        fitted, why = fit_appearance(described(train.classes, aspect_tr, scale), np.asarray(train.clip),
                                      np.asarray(train.frame), seed=SEED)
         if fitted is None:
             raise SystemExit(f"no appearance model: {why}")
-        z_app = fitted.zscore(described(test, aspect))
+        z_app = fitted.zscore(described(test.classes, aspect, scale))
         name = "class scores" if not scale else f"class scores + {scale:g} x log aspect"
         appearance[f"{name}: alone"] = micro(top(z_app))
         appearance[f"{name}: speed + appearance (z)"] = micro(top(z_speed + z_app))
