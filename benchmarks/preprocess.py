@@ -40,25 +40,46 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
 COVERS = (0.6, 0.75, 0.9, 1.0)  # remove_covered's cover_thr; 0.6 = the published value, 1.0 = rule off
-# Detector input variants: name -> (letterbox, column tiles).
-MODES = {"plain": (False, 1), "letterbox": (True, 1), "plain-2tiles": (False, 2)}
+# Detector input variants: name -> (letterbox, column tiles, grid); grid: the whole frame + grid x grid tiles.
+MODES = {"plain": (False, 1, 1), "letterbox": (True, 1, 1), "plain-2tiles": (False, 2, 1),
+         "plain-grid2": (False, 1, 2)}
+SMALL = 40  # px: reference boxes lower than this are the far objects (ANALYSIS 14: 25-35 px walkers)
 MOTION_BINARY = (18, 12)
 INNER = (0.3, 0.25, 0.2)  # lower score floors of :func:`inner_detections` (the preset's 0.4 / 0.6 boxes only)
 
 
+def _merged(r: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """Which reference boxes (n,) no box of ours matches at IoU 0.5 but one at least twice its area holds
+    (> 90 % of it inside): the object is in our boxes, merged with others (ANALYSIS 14)."""
+    from statevad.boxes import cover_ratio, iou_matrix
+
+    if not len(o):
+        return np.zeros(len(r), bool)
+    area = lambda b: (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)  # noqa: E731 - spec 3.2's +1
+    big = area(o)[None, :] >= 2 * area(r)[:, None]
+    return (iou_matrix(r, o).max(axis=1) < 0.5) & ((cover_ratio(r, o) > 0.9) & big).any(axis=1)
+
+
 def recall(ref: list[np.ndarray], ours: list[np.ndarray]) -> dict[str, float]:
-    """Recall of the reference boxes at IoU 0.5 and 0.3, precision of ours at 0.5, their F1, boxes/frame."""
+    """Recall of the reference boxes at IoU 0.5 and 0.3, precision of ours at 0.5, their F1, boxes/frame;
+    the recall of the small reference boxes (lower than :data:`SMALL` px) and the share of them merged
+    into a box of ours (:func:`_merged`)."""
     from statevad.boxes import iou_matrix
 
     pairs = list(zip(ref, ours, strict=True))
     best = np.concatenate([iou_matrix(r, o).max(axis=1) if len(o) else np.zeros(len(r)) for r, o in pairs])
+    small = np.concatenate([(r[:, 3] - r[:, 1]) < SMALL for r, _ in pairs])
+    merged = np.concatenate([_merged(r, o) for r, o in pairs])
     ours_best = np.concatenate([iou_matrix(o, r).max(axis=1) if len(r) else np.zeros(len(o))
                                 for r, o in pairs])
     n_ours = sum(len(o) for o in ours)
     rec, prec = float((best >= 0.5).mean()), float((ours_best >= 0.5).mean()) if n_ours else 0.0
     return {"iou0.5": round(rec, 4), "iou0.3": round(float((best >= 0.3).mean()), 4),
             "precision0.5": round(prec, 4), "f1_0.5": round(2 * rec * prec / max(rec + prec, 1e-9), 4),
-            "boxes_per_frame": round(n_ours / len(ours), 2)}
+            "boxes_per_frame": round(n_ours / len(ours), 2),
+            "small_iou0.5": round(float((best[small] >= 0.5).mean()), 4) if small.any() else None,
+            "small_merged": round(float(merged[small].mean()), 4) if small.any() else None,
+            "merged": round(float(merged.mean()), 4)}
 
 
 def inner_detections(raw: np.ndarray, kept: np.ndarray, floor: float, score_thr: float, min_area: float,
@@ -90,8 +111,8 @@ def _recall_worker(clip: Any, box_cfg: dict[str, Any], detector: str,
     cfg = BoxConfig(**box_cfg)
     frames = clip.read()
     n = len(frames)
-    dets = {m: Detector(detector, score_thr=min(THRESHOLDS), letterbox=lb, tiles=nt)
-            for m, (lb, nt) in MODES.items() if m in modes}
+    dets = {m: Detector(detector, score_thr=min(THRESHOLDS), letterbox=lb, tiles=nt, grid=g)
+            for m, (lb, nt, g) in MODES.items() if m in modes}
     out: dict[str, list[np.ndarray]] = {}
     for t in range(n):
         prev, cur, nxt = frames[max(t - 1, 0)], frames[t], frames[min(t + 1, n - 1)]
@@ -201,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in sorted(result[key]["variants"].items()):
             print(f"{k:52s} recall@0.5 {v['iou0.5']:.3f}  @0.3 {v['iou0.3']:.3f}  "
                   f"precision@0.5 {v['precision0.5']:.3f}  F1 {v['f1_0.5']:.3f}  "
-                  f"boxes/frame {v['boxes_per_frame']}")
+                  f"boxes/frame {v['boxes_per_frame']}  small@0.5 {v['small_iou0.5']}  "
+                  f"small merged {v['small_merged']}")
     atomic_write_json(out_path, result)
     print(f"wrote {out_path}")
     return 0

@@ -18,6 +18,8 @@ from statevad.boxes import (
     motion_boxes,
     remove_covered,
     resolve_source,
+    tile_ranges,
+    touches_inner_edge,
 )
 from statevad.config import BoxConfig
 from statevad.errors import UserError
@@ -207,6 +209,53 @@ def test_detector_finds_people_on_a_ped2_like_frame() -> None:
         same = np.abs(cell_boxes - det[:4]).max(axis=1) < 1e-3
         assert same.any()
         assert np.isclose(cell_scores[same].max(), det[4]) and cell_scores[same][0].argmax() == det[5]
+
+
+def test_tile_ranges_cover_with_overlap() -> None:
+    assert tile_ranges(360, 1) == [(0, 360)]
+    for length, n in ((360, 2), (240, 2), (240, 3), (101, 4)):
+        r = tile_ranges(length, n)
+        assert len(r) == n and r[0][0] == 0 and r[-1][1] == length
+        assert all(b0 < a1 for (_, a1), (b0, _) in zip(r, r[1:], strict=False))  # neighbours overlap
+
+
+def test_touches_inner_edge_only_at_edges_inside_the_frame() -> None:
+    tile = (100, 0, 200, 120)  # a tile on the frame's top edge, frame 360 x 240
+    boxes = np.array([[101, 10, 130, 40],    # at its left edge (x0 = 100 is inside the frame): cut
+                      [150, 0, 170, 30],     # at its top edge, which is the frame's: whole
+                      [150, 90, 170, 119],   # at its bottom edge: cut
+                      [120, 20, 180, 100]],  # inside: whole
+                     np.float32)
+    assert touches_inner_edge(boxes, tile, (360, 240)).tolist() == [True, False, True, False]
+    assert not touches_inner_edge(boxes, (0, 0, 360, 240), (360, 240)).any()  # the whole frame
+
+
+def test_detector_grid_options_are_checked() -> None:
+    with pytest.raises(UserError, match="grid"):
+        BoxConfig(detector_grid=2, detector_tiles=2).validate()
+    with pytest.raises(UserError, match="detector_grid"):
+        BoxConfig(detector_grid=0).validate()
+
+
+@needs_detector
+def test_detector_grid_keeps_whole_people_and_finds_at_least_as_many() -> None:
+    import cv2
+
+    cap = cv2.VideoCapture(str(Path(statevad.__file__).parent / "data" / "demo" / "test" / "02.mp4"))
+    ok, frame = cap.read()
+    assert ok
+    h, w = frame.shape[:2]
+    plain = Detector(NANODET)(frame)
+    grid = Detector(NANODET, grid=2)(frame)
+    assert (grid[:, :4] >= 0).all() and (grid[:, 2] <= w).all() and (grid[:, 3] <= h).all()
+    people = lambda d: d[(d[:, 4] > 0.4) & (d[:, 5] == 0)]  # noqa: E731
+    assert len(people(grid)) >= len(people(plain))
+    # every whole-frame person is still there, or a better-scoring box of it that NMS preferred (IoU > 0.6)
+    from statevad.boxes import iou_matrix
+
+    assert (iou_matrix(people(plain)[:, :4], grid[grid[:, 5] == 0, :4]).max(axis=1) >= 0.6).all()
+    with pytest.raises(UserError, match="grid"):
+        Detector(NANODET, grid=2, tiles=2)
 
 
 @needs_detector

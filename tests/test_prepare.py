@@ -126,6 +126,17 @@ def test_options_identity_names_the_detector_by_content() -> None:
     assert prep.options_identity(no_detector) == no_detector
 
 
+def test_options_added_later_keep_older_caches_valid() -> None:
+    # a manifest written before box.detector_grid existed names the same cubes as one with its default
+    old = {"box": {"score_thr": 0.4}, "detector_sha256": "s1"}
+    new = {"box": {"score_thr": 0.4, "detector_grid": 1}, "detector_sha256": "s1"}
+    grid = {"box": {"score_thr": 0.4, "detector_grid": 2}, "detector_sha256": "s1"}
+    assert prep.options_identity(old) == prep.options_identity(new)
+    assert "detector_grid" not in prep.options_identity(new)["box"]
+    assert prep.options_identity(grid) != prep.options_identity(old)
+    assert new["box"]["detector_grid"] == 1  # the manifest itself keeps the option
+
+
 def test_caches_survive_a_moved_detector_file(fake: FakeDataset, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Another clone or install of the project reads the same detector from another path: its caches stay

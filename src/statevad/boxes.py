@@ -75,17 +75,26 @@ class Detector:
     ``letterbox=True`` keeps the aspect ratio (pads with the mean colour); plain resize distorts the frame
     as most NanoDet exports are trained to tolerate. Boxes are mapped back to frame pixels and clipped.
     Class-wise NMS at ``nms_iou``; ``score_thr`` is applied here only as a floor (callers filter further).
+
+    Small objects: ``tiles`` runs it on that many overlapping column tiles instead of the frame; ``grid`` on
+    the whole frame *and* a grid x grid of overlapping tiles, each tile's boxes that touch one of its inner
+    edges dropped (an object cut there is whole in the neighbouring tile when small, and in the whole frame
+    when large), so magnification finds small objects without splitting the large ones.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, score_thr: float = 0.05,
-                 nms_iou: float = 0.6, letterbox: bool = False, tiles: int = 1) -> None:
+                 nms_iou: float = 0.6, letterbox: bool = False, tiles: int = 1, grid: int = 1) -> None:
         self.path = Path(path) if path is not None else default_detector_path()
         self.score_thr = float(score_thr)
         self.nms_iou = float(nms_iou)
         self.letterbox = bool(letterbox)
         if tiles < 1:
             raise UserError(f"detector tiles must be >= 1, got {tiles}")
+        if grid < 1 or (grid > 1 and tiles > 1):
+            raise UserError(f"detector grid must be >= 1 and not combined with column tiles, got grid "
+                            f"{grid}, tiles {tiles}")
         self.tiles = int(tiles)
+        self.grid = int(grid)
         self._session = _open_nanodet(self.path)
         self._input = self._session.get_inputs()[0].name
         outs = [o.name for o in self._session.get_outputs()]
@@ -98,9 +107,7 @@ class Detector:
     def detect_with_cells(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Detections (n, 6) as ``__call__`` gives them, and the dense cells they came from: boxes (m, 4)
         and 80 class scores (m, 80) (:meth:`cells` over every tile), for :func:`describe_boxes`."""
-        parts = [self.cells(frame[:, x0:x1], x0) for x0, x1 in _tile_columns(frame.shape[1], self.tiles)]
-        b = np.concatenate([p[0] for p in parts])
-        cls = np.concatenate([p[1] for p in parts])
+        b, cls = self._all_cells(frame)
         if len(b) == 0:
             return np.zeros((0, 6), np.float32), b, cls
         s, k = cls.max(axis=1), cls.argmax(axis=1)
@@ -108,7 +115,21 @@ class Detector:
         out = np.concatenate([b[keep], s[keep, None], k[keep, None].astype(np.float32)], axis=1)
         return out[np.argsort(-out[:, 4], kind="stable")].astype(np.float32), b, cls
 
-    def cells(self, image: np.ndarray, x_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def _all_cells(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`cells` of every region the detector looks at (the frame, its column tiles or its grid)."""
+        h, w = frame.shape[:2]
+        if self.grid == 1:
+            parts = [self.cells(frame[:, x0:x1], x0) for x0, x1 in tile_ranges(w, self.tiles)]
+        else:
+            parts = [self.cells(frame)]
+            for y0, y1 in tile_ranges(h, self.grid):
+                for x0, x1 in tile_ranges(w, self.grid):
+                    b, cls = self.cells(frame[y0:y1, x0:x1], x0, y0)
+                    keep = ~touches_inner_edge(b, (x0, y0, x1, y1), (w, h))
+                    parts.append((b[keep], cls[keep]))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def cells(self, image: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Every decoded cell of one image region before NMS: boxes (n, 4) in frame pixels and the full
         COCO class scores (n, 80). Cells whose best score is under ``score_thr`` (and the prefilter) are
         skipped. The class scores let a caller describe *what* a box holds, not only where it is."""
@@ -129,7 +150,7 @@ class Detector:
         b = (b - np.array([pad[0], pad[1], pad[0], pad[1]], np.float32)) / np.array(
             [scale[0], scale[1], scale[0], scale[1]], np.float32)
         h, w = image.shape[:2]
-        b = np.clip(b, 0, [w, h, w, h]).astype(np.float32) + np.array([x_offset, 0, x_offset, 0], np.float32)
+        b = np.clip(b, 0, [w, h, w, h]).astype(np.float32) + np.array([x_offset, y_offset] * 2, np.float32)
         return b, np.concatenate(scores).astype(np.float32)
 
 
@@ -164,17 +185,37 @@ def describe_boxes(boxes: np.ndarray, cell_boxes: np.ndarray, cell_scores: np.nd
     return out
 
 
-def _tile_columns(width: int, tiles: int, overlap: float = 0.2) -> list[tuple[int, int]]:
-    """``tiles`` column ranges covering the width, neighbours overlapping by ``overlap`` of a tile.
+def tile_ranges(length: int, tiles: int, overlap: float = 0.2) -> list[tuple[int, int]]:
+    """``tiles`` ranges covering ``length`` pixels (columns or rows), neighbours overlapping by ``overlap`` of
+    a tile.
 
     Tiling enlarges small objects for the fixed 416x416 input: Ped2 walkers far from the camera are a few
     pixels wide and NanoDet-m misses them on the whole frame.
     """
     if tiles == 1:
-        return [(0, width)]
-    tw = width / (tiles - (tiles - 1) * overlap)
+        return [(0, length)]
+    tw = length / (tiles - (tiles - 1) * overlap)
     step = tw * (1 - overlap)
-    return [(round(i * step), min(width, round(i * step + tw))) for i in range(tiles)]
+    return [(round(i * step), min(length, round(i * step + tw))) for i in range(tiles)]
+
+
+def touches_inner_edge(boxes: np.ndarray, tile: tuple[int, int, int, int], frame_size: tuple[int, int],
+                       margin: float = 2.0) -> np.ndarray:
+    """Which boxes (n, 4) of a tile (x0, y0, x1, y1) reach within ``margin`` px of one of its edges that is
+    not the frame's: the object may be cut there. (n,) bool."""
+    x0, y0, x1, y1 = tile
+    w, h = frame_size
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    cut = np.zeros(len(b), bool)
+    if x0 > 0:
+        cut |= b[:, 0] <= x0 + margin
+    if y0 > 0:
+        cut |= b[:, 1] <= y0 + margin
+    if x1 < w:
+        cut |= b[:, 2] >= x1 - margin
+    if y1 < h:
+        cut |= b[:, 3] >= y1 - margin
+    return cut
 
 
 def _open_nanodet(path: Path):  # -> onnxruntime.InferenceSession
@@ -425,7 +466,7 @@ class BoxExtractor:
         if "detector" in self.source:
             self.detector = Detector(cfg.detector_path, score_thr=min(cfg.score_thr, 0.05),
                                      nms_iou=cfg.nms_iou, letterbox=cfg.detector_letterbox,
-                                     tiles=cfg.detector_tiles)
+                                     tiles=cfg.detector_tiles, grid=cfg.detector_grid)
 
     @property
     def describes(self) -> bool:

@@ -95,6 +95,7 @@ class BoxConfig:
     motion_wrap: bool = False  # True reproduces the original's uint8 wrap-around of the difference sum
     detector_letterbox: bool = False  # NanoDet input: letterbox (keep aspect) instead of plain resize
     detector_tiles: int = 1  # run the detector on this many overlapping column tiles (small objects)
+    detector_grid: int = 1  # > 1: the whole frame and a grid x grid of tiles, cut boxes dropped (Detector)
 
     def validate(self) -> None:
         c = _Check(self)
@@ -110,6 +111,10 @@ class BoxConfig:
         c.flag("motion_wrap")
         c.flag("detector_letterbox")
         c.integer("detector_tiles", 1, 64)
+        c.integer("detector_grid", 1, 8)
+        if self.detector_grid > 1 and self.detector_tiles > 1:
+            raise UserError("box.detector_grid and box.detector_tiles cannot both be > 1 (the grid already "
+                            "tiles the frame); set one of them to 1")
 
 
 @dataclass

@@ -74,15 +74,26 @@ class PrepareOptions:
         return d
 
 
+# Options added after caches and models were written with them absent: at these values they change nothing,
+# so they are left out of the identity and the older work directories and models stay valid.
+LATER_DEFAULTS: dict[str, dict[str, Any]] = {"box": {"detector_grid": 1}}
+
+
 def options_identity(options: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the cubes depend on, from ``PrepareOptions.to_dict()``: the detector by its content (sha256),
     not by the path it was read from, so that a moved or re-installed copy of the same model keeps every
-    cache valid."""
+    cache valid; options of :data:`LATER_DEFAULTS` at their default are left out."""
     if not options:
         return options
     d = copy.deepcopy(options)
     if d.get("detector_sha256") and isinstance(d.get("box"), dict):
         d["box"]["detector_path"] = None
+    for section, defaults in LATER_DEFAULTS.items():
+        part = d.get(section)
+        if isinstance(part, dict):
+            for name, value in defaults.items():
+                if part.get(name, value) == value:
+                    part.pop(name, None)
     return d
 
 
