@@ -48,16 +48,16 @@ MOTION_BINARY = (18, 12)
 INNER = (0.3, 0.25, 0.2)  # lower score floors of :func:`inner_detections` (the preset's 0.4 / 0.6 boxes only)
 
 
-def _merged(r: np.ndarray, o: np.ndarray) -> np.ndarray:
-    """Which reference boxes (n,) no box of ours matches at IoU 0.5 but one at least twice its area holds
-    (> 90 % of it inside): the object is in our boxes, merged with others (ANALYSIS 14)."""
-    from statevad.boxes import cover_ratio, iou_matrix
+def _merged(r: np.ndarray, o: np.ndarray, best_iou: np.ndarray) -> np.ndarray:
+    """Which reference boxes (n,) no box of ours matches at IoU 0.5 (``best_iou``: each one's best) but one
+    at least twice its area holds (> 90 % of it inside): the object is in our boxes, merged with others
+    (ANALYSIS 14)."""
+    from statevad.boxes import box_area, cover_ratio
 
     if not len(o):
         return np.zeros(len(r), bool)
-    area = lambda b: (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)  # noqa: E731 - spec 3.2's +1
-    big = area(o)[None, :] >= 2 * area(r)[:, None]
-    return (iou_matrix(r, o).max(axis=1) < 0.5) & ((cover_ratio(r, o) > 0.9) & big).any(axis=1)
+    big = box_area(o)[None, :] >= 2 * box_area(r)[:, None]
+    return (best_iou < 0.5) & ((cover_ratio(r, o) > 0.9) & big).any(axis=1)
 
 
 def recall(ref: list[np.ndarray], ours: list[np.ndarray]) -> dict[str, float]:
@@ -67,11 +67,12 @@ def recall(ref: list[np.ndarray], ours: list[np.ndarray]) -> dict[str, float]:
     from statevad.boxes import iou_matrix
 
     pairs = list(zip(ref, ours, strict=True))
-    best = np.concatenate([iou_matrix(r, o).max(axis=1) if len(o) else np.zeros(len(r)) for r, o in pairs])
+    ious = [iou_matrix(r, o) for r, o in pairs]  # (reference, ours) a frame, once for every column
+    per_ref = [m.max(axis=1) if m.shape[1] else np.zeros(m.shape[0]) for m in ious]
+    best = np.concatenate(per_ref)
     small = np.concatenate([(r[:, 3] - r[:, 1]) < SMALL for r, _ in pairs])
-    merged = np.concatenate([_merged(r, o) for r, o in pairs])
-    ours_best = np.concatenate([iou_matrix(o, r).max(axis=1) if len(r) else np.zeros(len(o))
-                                for r, o in pairs])
+    merged = np.concatenate([_merged(r, o, b) for (r, o), b in zip(pairs, per_ref, strict=True)])
+    ours_best = np.concatenate([m.max(axis=0) if m.shape[0] else np.zeros(m.shape[1]) for m in ious])
     n_ours = sum(len(o) for o in ours)
     rec, prec = float((best >= 0.5).mean()), float((ours_best >= 0.5).mean()) if n_ours else 0.0
     return {"iou0.5": round(rec, 4), "iou0.3": round(float((best >= 0.3).mean()), 4),
@@ -87,13 +88,12 @@ def inner_detections(raw: np.ndarray, kept: np.ndarray, floor: float, score_thr:
     """Detections scoring in (``floor``, ``score_thr``] that lie inside a kept detection (more than
     ``cover_thr`` of their area) and are at most half its area: the objects a merged detection (a far cyclist
     boxed with the walker below it, docs/ANALYSIS.md 14) may hold, which the score threshold drops."""
-    from statevad.boxes import cover_ratio, filter_detections, remove_covered
+    from statevad.boxes import box_area, cover_ratio, filter_detections, remove_covered
 
     low = filter_detections(raw[raw[:, 4] <= score_thr], floor, min_area)
     if len(low) == 0 or len(kept) == 0:
         return low[:0]
-    area_low = (low[:, 2] - low[:, 0] + 1) * (low[:, 3] - low[:, 1] + 1)
-    area_kept = (kept[:, 2] - kept[:, 0] + 1) * (kept[:, 3] - kept[:, 1] + 1)
+    area_low, area_kept = box_area(low), box_area(kept)
     inside = cover_ratio(low, kept) > cover_thr
     return remove_covered(low[(inside & (area_low[:, None] <= 0.5 * area_kept[None, :])).any(axis=1)],
                           cover_thr)

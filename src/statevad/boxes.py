@@ -286,12 +286,16 @@ def _nms_per_class(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, s
 
 
 # --------------------------------------------------------------------------------- appearance filtering
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """(n,): (w+1)*(h+1) of each box x1 y1 x2 y2 (spec 3.1-3.2's +1 pixel convention), in ``boxes``' dtype."""
+    return (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+
+
 def filter_detections(dets: np.ndarray, score_thr: float, min_area: float) -> np.ndarray:
     """Spec 3.1: all classes count; keep score > score_thr and (w+1)*(h+1) >= min_area (the +1 convention)."""
     if len(dets) == 0:
         return _EMPTY
-    area = (dets[:, 2] - dets[:, 0] + 1) * (dets[:, 3] - dets[:, 1] + 1)
-    keep = (dets[:, 4] > score_thr) & (area >= min_area)
+    keep = (dets[:, 4] > score_thr) & (box_area(dets) >= min_area)
     return dets[keep, :4].astype(np.float32)
 
 
@@ -302,8 +306,7 @@ def cover_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, np.float32).reshape(-1, 4)
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
     ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
-    area = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    return np.clip(iw, 0, None) * np.clip(ih, 0, None) / area[:, None]
+    return np.clip(iw, 0, None) * np.clip(ih, 0, None) / box_area(a)[:, None]
 
 
 def remove_covered(boxes: np.ndarray, cover_thr: float) -> np.ndarray:
@@ -315,8 +318,7 @@ def remove_covered(boxes: np.ndarray, cover_thr: float) -> np.ndarray:
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if len(boxes) <= 1:
         return boxes.copy()
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    b = boxes[np.argsort(area)]
+    b = boxes[np.argsort(box_area(boxes))]
     ratio = cover_ratio(b, b)
     later = np.triu(np.ones((len(b), len(b)), bool), k=1)
     drop = ((ratio > cover_thr) & later).any(axis=1)
