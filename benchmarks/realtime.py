@@ -61,6 +61,7 @@ from statevad.metrics import frame_auroc
 
 HERE = Path(__file__).resolve().parent
 PED2 = HERE.parent.parent / "shared" / "data" / "ped2"
+VS = "@vs"  # the suffix of the --vs-model rows
 PIN_TODAY = ["score.overlap=false", "score.score_every=1", "score.detect_every=1"]
 FAST_BEFORE = ["score.score_every=4", "score.detect_every=2", "score.epsilon=0.0", "score.overlap=true"]
 # Speed candidates with the perturbation on (the model's epsilon): overlapped, each tracked object's cube
@@ -164,30 +165,38 @@ def run(video: str, model: str, sets: list[str], frames: int, out: Path, labels:
 
 def speed(args: argparse.Namespace, video: str, tmp: Path) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
+    # with --vs-model each configuration also runs with the second model file, in the same round
+    models = [("", args.model)] + ([(VS, args.vs_model)] if args.vs_model else [])
+    names = [name + suffix for name in args.configs for suffix, _ in models]
     for r in range(args.rounds):
         row = {}
         for name in args.configs:
-            t0 = time.perf_counter()
-            res = run(video, args.model, CONFIGS[name], args.frames, tmp / f"out_{name}")
-            for key in ("scores", "threshold", "threshold_rule"):
-                res.pop(key)
-            row[name] = res
-            print(f"round {r + 1} {name}: {res['frames_per_s']:.2f} frames/s "
-                  f"({res['frames_per_s_stream']:.2f} without the summary files) "
-                  f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+            for suffix, model in models:
+                t0 = time.perf_counter()
+                res = run(video, model, CONFIGS[name], args.frames, tmp / f"out_{name}{suffix}")
+                for key in ("scores", "threshold", "threshold_rule"):
+                    res.pop(key)
+                row[name + suffix] = res
+                print(f"round {r + 1} {name}{suffix}: {res['frames_per_s']:.2f} frames/s "
+                      f"({res['frames_per_s_stream']:.2f} without the summary files) "
+                      f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", file=sys.stderr)
         rounds.append(row)
     summary: dict[str, Any] = {}
-    for name in args.configs:
+    for name in names:
         fps = [row[name]["frames_per_s"] for row in rounds]
         stream_fps = [row[name]["frames_per_s_stream"] for row in rounds]
         summary[name] = {"frames_per_s_median": round(statistics.median(fps), 3), "frames_per_s": fps,
                          "frames_per_s_stream_median": round(statistics.median(stream_fps), 3),
                          "frames_per_s_stream": stream_fps}
-        ref = args.reference
-        if ref in args.configs and name != ref:
+        ref = args.reference + (VS if name.endswith(VS) else "")  # each model's ratio to its own reference
+        if args.reference in args.configs and name != ref:
             ratio = [row[name]["frames_per_s"] / row[ref]["frames_per_s"] for row in rounds]
             summary[name][f"ratio_to_{ref}_median"] = round(statistics.median(ratio), 3)
             summary[name][f"ratio_to_{ref}"] = [round(x, 3) for x in ratio]
+        if args.vs_model and not name.endswith(VS):
+            ratio = [row[name]["frames_per_s"] / row[name + VS]["frames_per_s"] for row in rounds]
+            summary[name]["ratio_to_vs_model_median"] = round(statistics.median(ratio), 3)
+            summary[name]["ratio_to_vs_model"] = [round(x, 3) for x in ratio]
     return {"rounds": rounds, "summary": summary}
 
 
@@ -393,11 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-clip", action="store_true", help="with --auroc --work: `statevad test` as "
                     "one run per clip (spread over the --jobs workers), frame scores combined")
     ap.add_argument("--reference", default="today", help="speed: the configuration the ratios are taken to")
+    ap.add_argument("--vs-model", help="speed: a second model file, each configuration run with both in "
+                    "every round (its rows named CONFIG@vs; ratio_to_vs_model = --model's rate / its "
+                    "rate), e.g. models prepared with other boxes")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     doc: dict[str, Any] = {
         "command": "python benchmarks/realtime.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": _git_commit(), "model": args.model, "configs": {k: CONFIGS[k] for k in args.configs},
+        "git_commit": _git_commit(), "model": args.model, "vs_model": args.vs_model,
+        "configs": {k: CONFIGS[k] for k in args.configs},
         # the measurement picks nothing: the streaming defaults (score_every 4, detect_every 2) were fixed by
         # the speed rounds before this AUROC was run
         "chosen_on_test_labels": [],

@@ -41,3 +41,28 @@ def test_demo_synthetic_end_to_end(tmp_path, capsys):
         assert any(e["start"] <= b and e["end"] >= a for e in found), (a, b, found)
     summary = json.loads((tmp_path / "d" / "demo.json").read_text())
     assert summary["sample"] == "synthetic scene" and np.isfinite(summary["minutes"])
+
+
+def test_real_demo_prepares_whole_frame_boxes(tmp_path, monkeypatch):
+    """The bundled Ped2 sample takes the ped2 preset with the whole-frame boxes (the generic preset's), not
+    the detector grid: five detector calls a frame would make the README's first command 1.6x as long."""
+    import statevad.api as api
+    from statevad.config import get_preset
+    from statevad.settings import resolve
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_prepare(root, work, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(api, "prepare", fake_prepare)
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path / "d", demo.DemoOptions(progress=False))
+    assert seen["preset"] == "ped2"
+    box = resolve(get_preset("ped2"), "prepare", sets=seen["sets"]).box
+    assert box == get_preset("generic").box and box.detector_grid == 1
+    assert get_preset("ped2").box.detector_grid == 2  # the benchmark preset keeps its grid
