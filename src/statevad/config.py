@@ -467,7 +467,8 @@ def fast_score_sets() -> list[str]:
 
 
 # The whole-frame boxes: the ped2 preset's before its detector grid, the generic preset's and the demo's. One
-# detector call a frame instead of five (docs/ANALYSIS.md 17: the demo takes 1.6x as long with the grid).
+# detector call a frame instead of five (benchmarks/results/demo-boxes.json: the demo takes 1.6x as long
+# with the grid).
 WHOLE_FRAME_BOX: dict[str, Any] = {"detector_grid": 1, "score_thr": 0.4, "cover_thr": 0.6}
 
 

@@ -138,8 +138,8 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     detector = None if box_source == "motion" else str(bundled_detector())
     _log(opts.progress, "step 1/3: boxes, optical flow and cubes of the training clips")
     # The real sample takes the ped2 preset with the whole-frame boxes, not its detector grid: five detector
-    # calls a frame made the demo 1.6x as long and its streaming 2.8x slower, for the same AUROC on this clip
-    # (docs/ANALYSIS.md 17). The model records them, so `statevad score` builds its boxes the same way.
+    # calls a frame made the demo 1.6x as long and its streaming 2.3x slower, for the same AUROC on this clip
+    # (benchmarks/results/demo-boxes.json). The model records them, so `statevad score` builds the same boxes.
     prepare(root, work, split="train", preset="ped2" if real else "generic", boxes=box_source,
             detector=detector, sets=whole_frame_box_sets() if real else None, progress=opts.progress)
 
