@@ -48,7 +48,8 @@ CONFIGS: dict[str, dict[str, object]] = {
     # pseudo-anomalies (statevad.selection, the ped2/generic presets' default); None = the model's selection.
     "cpu-lf": {"model_size": "tiny", "epochs": 6, "batch_size": 128, "max_cubes": None, "bf16": False,
                "lr": 1e-3, "lr_schedule": "constant", "epsilon": None, "w_motion": None, "select": True,
-               "flow_term": "excess"},  # the ped2 preset's; --set flow_term='"sse"' for seeds 0-4's runs
+               "flow_term": "excess",  # the ped2 preset's; --set flow_term='"sse"' for seeds 0-4's runs
+               "ema_epochs": None},  # None = the ped2 preset's; --set ema_epochs=0 trains without the average
     # A smoke run of the whole driver in a few minutes (not a result).
     "smoke": {"model_size": "tiny", "epochs": 1, "batch_size": 128, "max_cubes": 1024, "bf16": False,
               "lr": 1e-3, "lr_schedule": "constant", "epsilon": 0.01, "w_motion": 1.0, "select": False},
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                             lr_schedule=cfg["lr_schedule"], seed=args.seed,
                             device=args.device, select=bool(cfg.get("select", False)),
                             flow_term=str(cfg.get("flow_term", "sse")))
+    if cfg.get("ema_epochs") is not None:
+        preset.train = override(preset.train, ema_epochs=float(cfg["ema_epochs"]))
     fixed = {k: cfg[k] for k in ("epsilon", "w_motion") if cfg.get(k) is not None}
     preset.score = override(preset.score, **fixed, bf16=cfg["bf16"], device=args.device)
     model_path = work / f"model-{args.config}{tag}.pt"
@@ -405,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "micro_auroc": headline["micro_auroc"], "macro_auroc": headline["macro_auroc"],
         "eer": headline["eer"],
         "w_motion": float(cfg["w_motion"]), "w_appearance": float(ckpt.preset.score.w_appearance),
+        "ema_epochs": float(ckpt.preset.train.ema_epochs),  # the model's moving average of its weights
         "selection": ckpt.selection,
         "micro_auroc_without_motion_term": no_motion["micro_auroc"],
         "micro_auroc_without_appearance_term": head_pass.get("no_appearance", headline)["micro_auroc"],

@@ -223,3 +223,53 @@ def test_cli_train_and_test(work, tmp_path, capsys):
     # default model path missing -> one clear error, exit 2
     assert main(["test", "--work", str(tmp_path / "nowork"), "--quiet"]) == 2
     assert main(["train", "--work", str(tmp_path / "nowork"), "--quiet"]) == 2
+
+
+def test_weight_average_is_the_moving_average_of_the_steps_and_resumes(work, tmp_path, monkeypatch):
+    # the horizon is set in epochs: 1 / (1 - decay) steps
+    assert training.ema_decay(1.0, 200) == pytest.approx(0.995)
+    assert training.ema_decay(0.5, 200) == pytest.approx(0.99)
+    assert training.ema_decay(0.1, 2) == 0.0  # under one step: the last step's weights
+    with pytest.raises(UserError, match="ema_epochs"):
+        tiny_preset(ema_epochs=-1.0).train.validate()
+    # what the model file holds = the moving average, by hand, of the weights after every step (2 steps an
+    # epoch, a horizon of 1 epoch: decay 0.5), BatchNorm's running statistics included
+    after: list[dict[str, torch.Tensor]] = []
+    real_step = training.train_step
+
+    def record(model, *args, **kw):
+        loss = real_step(model, *args, **kw)
+        after.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(training, "train_step", record)
+    full = train(work, tiny_preset(ema_epochs=1.0), out=tmp_path / "full.pt", progress=False)
+    assert len(after) == 4
+    expected = dict(after[0])
+    for state in after[1:]:
+        expected = {k: (0.5 * v + 0.5 * state[k]) if v.is_floating_point() else v
+                    for k, v in expected.items()}
+    stored = torch.load(full, weights_only=True)["state_dict"]
+    floats = [k for k, v in expected.items() if v.is_floating_point()]
+    assert any("running_var" in k for k in floats)
+    for k in floats:
+        torch.testing.assert_close(stored[k], expected[k], rtol=1e-6, atol=1e-7, msg=k)
+    assert not torch.equal(stored[floats[0]], after[-1][floats[0]])  # not the last step's weights
+    assert load_checkpoint(full)[1].preset.train.ema_epochs == 1.0
+
+    # killed in epoch 2, resumed: the average continues from the state it had, so the file is the same
+    def crash_in_second_epoch(model, *args, **kw):
+        if len(after) == 6:
+            raise KeyboardInterrupt
+        return record(model, *args, **kw)
+
+    monkeypatch.setattr(training, "train_step", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(work, tiny_preset(ema_epochs=1.0), out=tmp_path / "resumed.pt", progress=False)
+    monkeypatch.setattr(training, "train_step", real_step)
+    with pytest.raises(UserError, match="other training settings"):  # another horizon is another run
+        train(work, tiny_preset(ema_epochs=2.0), out=tmp_path / "resumed.pt", resume=True, progress=False)
+    train(work, tiny_preset(ema_epochs=1.0), out=tmp_path / "resumed.pt", resume=True, progress=False)
+    a, b = torch.load(full, weights_only=True), torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert a["sha256"] == b["sha256"]
+    assert a["stats"] == b["stats"]

@@ -359,9 +359,12 @@ def resume_path(out: Path) -> Path:
 
 
 def save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                preset: Preset, indices_sha: str, history: list[float]) -> None:
+                preset: Preset, indices_sha: str, history: list[float], *,
+                average: nn.Module | None = None) -> None:
+    """The per-epoch state of a training run; ``average`` is the moving average of the weights
+    (``train.ema_epochs``), kept so that a resumed run averages the same steps."""
     sd = cpu_state_dict(model)
-    payload = {
+    payload: dict[str, Any] = {
         "format": RESUME_FORMAT,
         "epoch": epoch,  # number of finished epochs
         "state_dict": sd,
@@ -372,6 +375,9 @@ def save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         "cubes_sha256": indices_sha,
         "history": [float(v) for v in history],
     }
+    if average is not None:
+        avg = cpu_state_dict(average)
+        payload["average"] = {"state_dict": avg, "sha256": state_dict_sha256(avg)}
     atomic_torch_save(_sealed(payload), path)
 
 
@@ -384,8 +390,9 @@ def _resume_signature(preset: Preset) -> dict[str, Any]:
 
 
 def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, preset: Preset,
-                indices_sha: str) -> tuple[int, list[float]]:
-    """Restore model, optimizer and RNG; returns (finished epochs, loss history)."""
+                indices_sha: str, *, average: nn.Module | None = None) -> tuple[int, list[float]]:
+    """Restore model, optimizer, RNG and the weights' moving average (when the run keeps one); returns
+    (finished epochs, loss history)."""
     fix = "delete it or run without --resume"
     data = read_torch_file(path, "resume state", "a statevad resume state", fix)
     if (not isinstance(data, dict) or data.get("format") != RESUME_FORMAT
@@ -407,6 +414,14 @@ def load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                         "use the same flags, or drop --resume to start over")
     try:
         model.load_state_dict(data["state_dict"])
+        if average is not None:
+            avg = data.get("average")
+            if not isinstance(avg, dict) or not isinstance(avg.get("state_dict"), dict):
+                raise UserError(f"resume state {path} has no moving average of the weights, which this "
+                                f"run keeps (train.ema_epochs); {fix}")
+            if avg.get("sha256") != state_dict_sha256(avg["state_dict"]):
+                raise UserError(f"resume state {path} fails its checksum (corrupted or modified); {fix}")
+            average.load_state_dict(avg["state_dict"])
         optimizer.load_state_dict(data["optimizer"])
         torch.set_rng_state(data["torch_rng"])
         history = [float(v) for v in data.get("history", [])]

@@ -224,6 +224,11 @@ class TrainConfig:
     # it. "sse" = published; "excess" = how much faster the object moves than the branch predicts from its
     # look.
     flow_term: str = "sse"
+    # The model keeps an exponential moving average of its weights (and BatchNorm statistics) over about this
+    # many epochs instead of the last step's (0 = the last step's, as published). With the published constant
+    # rate the eval-mode errors jump by up to half from one epoch to the next (docs/ANALYSIS.md 3), so the
+    # scale of every z-score depended on where the last step landed. Ours.
+    ema_epochs: float = 0.0
 
     def validate(self) -> None:
         c = _Check(self)
@@ -244,6 +249,7 @@ class TrainConfig:
         c.choice("weight_rule", WEIGHT_RULES)
         c.flag("appearance")
         c.choice("flow_term", FLOW_TERMS)
+        c.number("ema_epochs", 0.0)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from statevad.checkpoint import load_resume, resume_path, save_checkpoint, save_resume
@@ -101,6 +102,23 @@ def scheduled_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
     if cfg.lr_schedule == "cosine" and total_steps > 1:
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
     return cfg.lr
+
+
+def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
+    """The per-step decay of a moving average of the weights whose horizon, 1 / (1 - decay) steps, is
+    ``ema_epochs`` epochs: set in epochs, so the same setting averages the same share of a run on any
+    amount of footage."""
+    return 1.0 - 1.0 / max(1.0, ema_epochs * steps_per_epoch)
+
+
+def make_weight_average(net: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> AveragedModel | None:
+    """The moving average of ``net``'s weights that ``cfg.ema_epochs`` asks for (None when 0). BatchNorm's
+    running statistics are averaged with the weights (``use_buffers``): re-estimating them with another pass
+    over the cubes would cost a third of an epoch, and over a horizon of an epoch the weights drift little."""
+    if cfg.ema_epochs <= 0:
+        return None
+    decay = ema_decay(cfg.ema_epochs, steps_per_epoch)
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def training_loss(x: torch.Tensor, y: torch.Tensor, raw_out: torch.Tensor, flow_out: torch.Tensor,
@@ -280,6 +298,8 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
     if ctx.active:
         convert_sync_batchnorm(net)  # global-batch BatchNorm statistics: N ranks == 1 process
     optimizer = make_optimizer(net, cfg)
+    steps = -(-len(indices) // cfg.batch_size)
+    average = make_weight_average(net, cfg, steps)
     start, history = 0, []
     rpath = resume_path(out)
     if ctx.is_main:
@@ -288,12 +308,11 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
         if not rpath.exists():
             raise UserError(f"rank {ctx.rank} cannot see the resume state {rpath}: put --out on storage "
                             "that every node shares")
-        start, history = load_resume(rpath, net, optimizer, preset, indices_sha)
+        start, history = load_resume(rpath, net, optimizer, preset, indices_sha, average=average)
         if ctx.is_main:
             print(f"statevad train: resuming after epoch {start} from {rpath}", file=sys.stderr)
     model = _wrap_ddp(net, device, ctx)
 
-    steps = -(-len(indices) // cfg.batch_size)
     bar = tqdm(total=steps * cfg.epochs, initial=steps * start, desc="training", unit="step",
                disable=not progress, dynamic_ncols=True)
     with bar:
@@ -310,12 +329,16 @@ def _train(work: Path, data: SplitData, preset: Preset, device: torch.device, ou
                     loss = train_step(model, optimizer, x, y, cfg, ctx=ctx, n_global=n_global)
                 else:
                     loss = train_step(model, optimizer, x, y, cfg)
+                if average is not None:
+                    average.update_parameters(net)
                 total, count = total + loss * n_global, count + n_global
                 bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{total / count:.5f}")
                 bar.update(1)
             history.append(total / count)
             if ctx.is_main:
-                save_resume(rpath, net, optimizer, epoch + 1, preset, indices_sha, history)
+                save_resume(rpath, net, optimizer, epoch + 1, preset, indices_sha, history, average=average)
+    if average is not None:  # from here on (statistics, selection, model file) the model is the average
+        net.load_state_dict(average.module.state_dict())
 
     stats = training_stats(net, raw, flow, indices, batch_size=max(1, cfg.batch_size), bf16=cfg.bf16,
                            progress=progress, ctx=ctx, flow_term=preset.score.flow_term)
