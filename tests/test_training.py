@@ -9,7 +9,7 @@ from helpers import T, make_work, tiny_preset
 from statevad import training
 from statevad.checkpoint import MODEL_FORMAT, load_checkpoint, resume_path, save_model_only
 from statevad.cli import main
-from statevad.config import override
+from statevad.config import BoxConfig, override
 from statevad.errors import UserError
 from statevad.evaluation import run_test
 from statevad.settings import preset_for_work
@@ -273,3 +273,15 @@ def test_weight_average_is_the_moving_average_of_the_steps_and_resumes(work, tmp
     a, b = torch.load(full, weights_only=True), torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert a["sha256"] == b["sha256"]
     assert a["stats"] == b["stats"]
+
+
+def test_model_records_the_stages_its_cubes_were_prepared_with(work, trained):
+    # the caller's preset says ped2's boxes; the work directory was prepared with others (its manifest's):
+    # the model file says what the cubes were made with, as `statevad score` will build them
+    manifest = json.loads((work / "manifest.json").read_text())
+    _, ckpt = load_checkpoint(trained)
+    assert tiny_preset().box != ckpt.preset.box == BoxConfig()  # the fake manifest records {}: the defaults
+    for stage in ("box", "flow", "cube"):
+        recorded = manifest["options"][stage]
+        stored = getattr(ckpt.preset, stage)
+        assert all(getattr(stored, k) == v for k, v in recorded.items()), stage

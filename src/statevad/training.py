@@ -32,6 +32,7 @@ from statevad.distributed import SINGLE, DistContext, convert_sync_batchnorm, re
 from statevad.errors import UserError
 from statevad.files import remove_stale_temps
 from statevad.model import build_model, inference_copy
+from statevad.settings import recorded_stages
 from statevad.tensors import (
     autocast_context,
     cube_motion,
@@ -270,6 +271,11 @@ def train(work: str | Path, preset: Preset, *, out: str | Path | None = None, re
     if len(raw) < 2:
         raise UserError(f"{work} has {len(raw)} training cube(s): training needs at least 2; "
                         "prepare more training footage")
+    # the box / flow / cube settings the cubes were prepared with, whatever preset the caller started from
+    # (`--preset ped2` on a work directory prepared with `--set box.detector_grid=2`): the model file's
+    # preset then says what `statevad score` will build, as the work manifest it carries does
+    recorded = recorded_stages(getattr(data, "manifest", None), f"{work}/manifest.json")
+    preset = dataclasses.replace(preset, **recorded)
     preset = fit_preset_to_cubes(preset, int(raw.shape[1]))
     # the flow branch's score is chosen at training (its statistics and the selection depend on it) and
     # recorded in the scoring settings the model file carries
