@@ -225,9 +225,9 @@ class TrainConfig:
     # look.
     flow_term: str = "sse"
     # The model keeps an exponential moving average of its weights (and BatchNorm statistics) over about this
-    # many epochs instead of the last step's (0 = the last step's, as published). With the published constant
-    # rate the eval-mode errors jump by up to half from one epoch to the next (docs/ANALYSIS.md 3), so the
-    # scale of every z-score depended on where the last step landed. Ours.
+    # many epochs instead of the last step's (0 = the last step's, as published). Ours, opt-in: it takes the
+    # last step's noise out of the error scale (docs/ANALYSIS.md 3), but a run that has not converged --
+    # Ped2's six epochs -- averages into an earlier, worse model (docs/ANALYSIS.md 18: held-out error +50 %).
     ema_epochs: float = 0.0
 
     def validate(self) -> None:

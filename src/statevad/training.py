@@ -114,8 +114,8 @@ def ema_decay(ema_epochs: float, steps_per_epoch: int) -> float:
 
 def make_weight_average(net: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> AveragedModel | None:
     """The moving average of ``net``'s weights that ``cfg.ema_epochs`` asks for (None when 0). BatchNorm's
-    running statistics are averaged with the weights (``use_buffers``): re-estimating them with another pass
-    over the cubes would cost a third of an epoch, and over a horizon of an epoch the weights drift little."""
+    running statistics are averaged with the weights (``use_buffers``), not re-estimated for the averaged
+    weights by another pass over the cubes, which would cost a third of an epoch."""
     if cfg.ema_epochs <= 0:
         return None
     decay = ema_decay(cfg.ema_epochs, steps_per_epoch)
