@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ped2 import write_study  # noqa: E402
 
 # test figures (Ped2 test labels; information, and the veto)
 TEST = {
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", nargs="+", required=True, help="ped2.py results files with it, same seeds")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    t0 = time.perf_counter()
     base = sorted((json.loads(Path(f).read_text()) for f in args.base), key=lambda r: r["seed"])
     new = sorted((json.loads(Path(f).read_text()) for f in args.new), key=lambda r: r["seed"])
     if [r["seed"] for r in base] != [r["seed"] for r in new]:
@@ -96,23 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         "c_no_veto": n["mean"]["test"]["default"] >= b["mean"]["test"]["default"],
     }
     rule["taken"] = all(rule.values())
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    result = {
-        "benchmark": "ped2_pairs",
-        "command": "python benchmarks/ped2_pairs.py "
-        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "git_commit": commit,
-        "chosen_on_test_labels": [],
-        "base": b,
-        "new": n,
-        "rule": rule,
-        "note": "label_free = the training-time selection's figures on held-out normal training clips; "
-        "test = "
-        "the Ped2 test labels (information, and the veto only)",
-    }
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    note = ("label_free = the training-time selection's figures on held-out normal training clips; "
+            "test = the Ped2 test labels (information, and the veto only)")
+    write_study(args.out, {"benchmark": "ped2_pairs", "results": {"base": b, "new": n, "rule": rule},
+                           "note": note}, "ped2_pairs.py", argv, t0)
     for name, s in (("base", b), ("new", n)):
         for row in s["runs"]:
             t, lf = row["test"], row["label_free"]
