@@ -1,6 +1,6 @@
 """How many lost frame pairs lie next to the annotation's onsets and offsets (issue 18; ANALYSIS.md 19).
 
-    python benchmarks/ped2_onsets.py --root ../shared/data/ped2 --frames RUN-frames.npz [--frames ...] \\
+    python benchmarks/ped2_onsets.py --root ../shared/data/ped2 --frames RUN-frames.npz [...] \\
         --work W [--work ...] --out OUT.json [--figure PNG]
 
 Sections 13 and 17 split the frame AUROC's lost pairs by clip and read the largest share, clip 02's normal
@@ -19,7 +19,12 @@ in view while the annotation says normal.
    the annotation marks a few frames later (or marked a few frames before) — its box touches a connected
    region of the nearest anomalous frame's pixel mask, grown by ``--reach`` pixels per frame of distance —
    and how long that object's track had been followed. Reported with the lost pairs those frames hold.
-3. ``--figure``: for each onset or offset whose near frames lose pairs with the first work directory's box
+3. ``--model`` (each trained on the first ``--work``): the model's default frame score as ``statevad test``
+   makes it (its own epsilon and weights, the track mean), split the same way, as published (every box
+   scored) and with two rules that would score fewer objects at the frame border, where entering objects
+   are cut: the package's border rule (boxes touching the border with a side under 16 px left out, the
+   default of ``statevad score``) and every box touching the border left out.
+4. ``--figure``: for each onset or offset whose near frames lose pairs with the first work directory's box
    speed, crops of those frames around the fastest object's box (red) and of the nearest annotated frame
    with its pixel mask's outline (green).
 
@@ -37,9 +42,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
+from ped2_frame_rule import model_terms  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
 WINDOW = 5  # frames: half a second at Ped2's 10 frames/s
+PED2_SIZE_HW = (240, 360)  # every Ped2 clip's frame size (its README), for the border rules of section 3
 REACH = 3.0  # px per frame of distance: faster than any Ped2 object's per-frame displacement at the border
 
 
@@ -69,19 +76,36 @@ def lost_pairs(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (lo + 0.5 * (hi - lo)) / (len(pos) * len(neg))
 
 
-def split_losses(frames: np.ndarray, labels: np.ndarray, kind: np.ndarray) -> dict[str, float]:
+def split_losses(frames: np.ndarray, labels: np.ndarray, kind: np.ndarray,
+                 clip_names: np.ndarray | None = None) -> dict[str, object]:
+    """The lost pairs split by where their normal frame lies; with ``clip_names`` (one per frame) also the
+    near frames' share clip by clip."""
     from sklearn.metrics import roc_auc_score
 
     lost = lost_pairs(frames, labels)
     k = kind[labels == 0]
     keep = kind == 0
-    return {"micro": round(float(roc_auc_score(labels, frames)), 4),
-            "lost": round(float(lost.sum()), 4),
-            "lost, normal frames before an onset": round(float(lost[k == 1].sum()), 4),
-            "lost, normal frames after an offset": round(float(lost[k == 2].sum()), 4),
-            "lost, other normal frames": round(float(lost[k == 0].sum()), 4),
-            "micro without the near frames (information only)":
-                round(float(roc_auc_score(labels[keep], frames[keep])), 4)}
+    out: dict[str, object] = {
+        "micro": round(float(roc_auc_score(labels, frames)), 4),
+        "lost": round(float(lost.sum()), 4),
+        "lost, normal frames before an onset": round(float(lost[k == 1].sum()), 4),
+        "lost, normal frames after an offset": round(float(lost[k == 2].sum()), 4),
+        "lost, other normal frames": round(float(lost[k == 0].sum()), 4),
+        "micro without the near frames (information only)":
+            round(float(roc_auc_score(labels[keep], frames[keep])), 4)}
+    if clip_names is not None:
+        names = np.asarray(clip_names)[labels == 0]
+        out["lost, near frames by clip"] = {str(c): round(float(lost[(k > 0) & (names == c)].sum()), 4)
+                                            for c in np.unique(names[k > 0])}
+        # the other side of the "elsewhere" pairs: which anomalous frames the far normal frames outscore
+        far = np.sort(frames[(labels == 0) & keep])
+        pos, pos_names = frames[labels == 1], np.asarray(clip_names)[labels == 1]
+        lo, hi = np.searchsorted(far, pos, "left"), np.searchsorted(far, pos, "right")
+        above = (len(far) - hi + 0.5 * (hi - lo)) / ((labels == 1).sum() * (labels == 0).sum())
+        out["lost, other normal frames, by the anomalous frame's clip"] = {
+            str(c): round(float(above[pos_names == c].sum()), 4) for c in np.unique(pos_names)
+            if above[pos_names == c].sum() > 0}
+    return out
 
 
 def mask_regions(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -163,6 +187,33 @@ def attribute(work: str, labels: np.ndarray, kind: np.ndarray, starts: list[int]
     return out, {**t, "lost": lost}
 
 
+def model_rows(model: str, work: str, labels: np.ndarray, kind: np.ndarray, clip_names: np.ndarray
+               ) -> dict[str, object]:
+    """Section 3 of the docstring for one model."""
+    from statevad.calibration import BORDER_MIN_PX, border_keep
+    from statevad.scoring import frame_scores
+    from statevad.selection import holdout_mask
+    from statevad.tracks import split_track_mean
+    from statevad.workdir import open_split
+
+    test, train = open_split(work, "test"), open_split(work, "train")
+    held = np.flatnonzero(holdout_mask(np.asarray(train.clip), np.asarray(train.frame)))
+    (z, _), _, info = model_terms(Path(model), test, held, train)
+    frame, clip, box = np.asarray(test.frame), np.asarray(test.clip), np.asarray(test.box)
+    rules = {"every box scored (as published)": np.ones(len(frame), bool),
+             f"border rule ({BORDER_MIN_PX:g} px, statevad score's default)":
+                 border_keep(box, PED2_SIZE_HW, BORDER_MIN_PX),
+             "every box touching the border left out": border_keep(box, PED2_SIZE_HW, np.inf)}
+    out: dict[str, object] = {"settings": info["settings"]}
+    for name, keep in rules.items():
+        fused = sum(float(info["weights"][k] or 0.0) * split_track_mean(v, clip, frame, box, TRACK, keep=keep)
+                    for k, v in z.items())
+        out[name] = {"cubes left out": int((~keep).sum()),
+                     **split_losses(frame_scores(frame[keep], fused[keep], test.n_frames), labels, kind,
+                                     clip_names)}
+    return out
+
+
 def figure(path: str, clips, kind: np.ndarray, labels: np.ndarray, starts: list[int],
            tops: dict[str, np.ndarray], masks: list[np.ndarray], size: int = 96) -> int:
     """Crops of the near frames that lose pairs (red: the fastest object's box) and of the nearest
@@ -212,11 +263,14 @@ def figure(path: str, clips, kind: np.ndarray, labels: np.ndarray, starts: list[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="the Ped2 dataset (labels, pixel masks, videos)")
-    p.add_argument("--frames", action="append", default=[], help="a run's per-frame scores (repeatable)")
+    p.add_argument("--frames", action="extend", nargs="+", default=[],
+                   help="runs' per-frame scores (one or more; repeatable)")
     p.add_argument("--work", action="append", default=[], help="a prepared work directory (repeatable)")
+    p.add_argument("--model", action="append", default=[],
+                   help="a model trained on the first --work (repeatable; section 3)")
     p.add_argument("--window", type=int, default=WINDOW, help="frames before an onset / after an offset")
     p.add_argument("--reach", type=float, default=REACH, help="px a frame an object may move (section 2)")
-    p.add_argument("--figure", help="PNG of the onsets and offsets that lose pairs (section 3)")
+    p.add_argument("--figure", help="image of the onsets and offsets that lose pairs (section 4)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
@@ -228,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     starts = [c.start for c in ds.test]
     lengths = [c.n_frames for c in ds.test]
     kind = near_boundaries(labels, starts, lengths, args.window)
+    clip_names = np.repeat([c.name for c in ds.test], lengths)
 
     results: dict[str, object] = {
         "near normal frames": {"before an onset": int((kind == 1).sum()),
@@ -237,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         with np.load(path, allow_pickle=False) as d:
             if not np.array_equal(d["labels"].astype(int), labels):
                 raise SystemExit(f"{path}: its labels are not {args.root}'s test labels")
-            results[Path(path).name] = {k: split_losses(d[k].astype(np.float64), labels, kind)
+            results[Path(path).name] = {k: split_losses(d[k].astype(np.float64), labels, kind, clip_names)
                                         for k in d.files if k != "labels"}
     masks = [c.pixel_masks() for c in ds.test] if args.work else []
     first = None
     for w in args.work:
         results[w], tops = attribute(w, labels, kind, starts, lengths, masks, args.reach)
         first = first or tops
+    for m in args.model:
+        if not args.work:
+            raise SystemExit("--model needs --work: the work directory the model was trained on")
+        results[m] = model_rows(m, args.work[0], labels, kind, clip_names)
     if args.figure and first is not None:
         results["figure rows"] = figure(args.figure, ds.test, kind, labels, starts, first, masks)
     doc = {"benchmark": "ped2_onsets", "window": args.window, "reach_px_per_frame": args.reach,

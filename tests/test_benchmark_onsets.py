@@ -36,8 +36,13 @@ def test_near_boundaries_marks_the_normal_frames_before_onsets_and_after_offsets
     kind = study.near_boundaries(labels, [0, 12], [12, 6], window=2)
     assert kind[:12].tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 0, 2, 2, 0]
     assert kind[12:].tolist() == [0, 0, 0, 2, 2, 0]  # no onset at a clip's first frame; nothing crosses clips
-    split = study.split_losses(np.arange(18, dtype=float), labels, kind)
+    split = study.split_losses(np.arange(18, dtype=float), labels, kind, np.repeat(["A", "B"], [12, 6]))
     parts = ("lost, normal frames before an onset", "lost, normal frames after an offset",
              "lost, other normal frames")
     assert split["lost"] > 0
     assert np.isclose(sum(split[p] for p in parts), split["lost"], atol=2e-4)  # each rounded to 4 digits
+    by_clip = split["lost, near frames by clip"]
+    assert set(by_clip) == {"A", "B"}
+    assert np.isclose(sum(by_clip.values()), split["lost"] - split["lost, other normal frames"], atol=2e-4)
+    other_side = split["lost, other normal frames, by the anomalous frame's clip"]
+    assert np.isclose(sum(other_side.values()), split["lost, other normal frames"], atol=2e-4)
