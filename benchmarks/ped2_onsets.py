@@ -12,19 +12,15 @@ in view while the annotation says normal.
 1. For each ``--frames`` file (the per-frame scores that ``benchmarks/ped2.py`` writes beside its results
    JSON) and each score in it: the micro AUROC, its lost pairs (1 - AUROC, the share of (anomalous, normal)
    frame pairs ranked the wrong way, ties half) split into those whose normal frame lies before an onset,
-   after an offset, or elsewhere; and the AUROC with those near frames left out — *information only*: it is
-   not a protocol and not a headline.
+   after an offset, or elsewhere, the near frames' share clip by clip, and the clips of the anomalous frames
+   that the other normal frames outscore; and the AUROC with the near frames left out — *information only*:
+   it is not a protocol and not a headline.
 2. For each ``--work`` directory (no model; the box speed of every cube averaged along its IoU track, as the
    ped2 preset scores it): in every near normal frame, whether the frame's fastest object is the object that
    the annotation marks a few frames later (or marked a few frames before) — its box touches a connected
    region of the nearest anomalous frame's pixel mask, grown by ``--reach`` pixels per frame of distance —
    and how long that object's track had been followed. Reported with the lost pairs those frames hold.
-3. ``--model`` (each trained on the first ``--work``): the model's default frame score as ``statevad test``
-   makes it (its own epsilon and weights, the track mean), split the same way, as published (every box
-   scored) and with two rules that would score fewer objects at the frame border, where entering objects
-   are cut: the package's border rule (boxes touching the border with a side under 16 px left out, the
-   default of ``statevad score``) and every box touching the border left out.
-4. ``--figure``: for each onset or offset whose near frames lose pairs with the first work directory's box
+3. ``--figure``: for each onset or offset whose near frames lose pairs with the first work directory's box
    speed, crops of those frames around the fastest object's box (red) and of the nearest annotated frame
    with its pixel mask's outline (green).
 
@@ -42,11 +38,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
-from ped2_frame_rule import model_terms  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
 WINDOW = 5  # frames: half a second at Ped2's 10 frames/s
-PED2_SIZE_HW = (240, 360)  # every Ped2 clip's frame size (its README), for the border rules of section 3
 REACH = 3.0  # px per frame of distance: faster than any Ped2 object's per-frame displacement at the border
 
 
@@ -187,33 +181,6 @@ def attribute(work: str, labels: np.ndarray, kind: np.ndarray, starts: list[int]
     return out, {**t, "lost": lost}
 
 
-def model_rows(model: str, work: str, labels: np.ndarray, kind: np.ndarray, clip_names: np.ndarray
-               ) -> dict[str, object]:
-    """Section 3 of the docstring for one model."""
-    from statevad.calibration import BORDER_MIN_PX, border_keep
-    from statevad.scoring import frame_scores
-    from statevad.selection import holdout_mask
-    from statevad.tracks import split_track_mean
-    from statevad.workdir import open_split
-
-    test, train = open_split(work, "test"), open_split(work, "train")
-    held = np.flatnonzero(holdout_mask(np.asarray(train.clip), np.asarray(train.frame)))
-    (z, _), _, info = model_terms(Path(model), test, held, train)
-    frame, clip, box = np.asarray(test.frame), np.asarray(test.clip), np.asarray(test.box)
-    rules = {"every box scored (as published)": np.ones(len(frame), bool),
-             f"border rule ({BORDER_MIN_PX:g} px, statevad score's default)":
-                 border_keep(box, PED2_SIZE_HW, BORDER_MIN_PX),
-             "every box touching the border left out": border_keep(box, PED2_SIZE_HW, np.inf)}
-    out: dict[str, object] = {"settings": info["settings"]}
-    for name, keep in rules.items():
-        fused = sum(float(info["weights"][k] or 0.0) * split_track_mean(v, clip, frame, box, TRACK, keep=keep)
-                    for k, v in z.items())
-        out[name] = {"cubes left out": int((~keep).sum()),
-                     **split_losses(frame_scores(frame[keep], fused[keep], test.n_frames), labels, kind,
-                                     clip_names)}
-    return out
-
-
 def figure(path: str, clips, kind: np.ndarray, labels: np.ndarray, starts: list[int],
            tops: dict[str, np.ndarray], masks: list[np.ndarray], size: int = 96) -> int:
     """Crops of the near frames that lose pairs (red: the fastest object's box) and of the nearest
@@ -266,11 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", action="extend", nargs="+", default=[],
                    help="runs' per-frame scores (one or more; repeatable)")
     p.add_argument("--work", action="append", default=[], help="a prepared work directory (repeatable)")
-    p.add_argument("--model", action="append", default=[],
-                   help="a model trained on the first --work (repeatable; section 3)")
     p.add_argument("--window", type=int, default=WINDOW, help="frames before an onset / after an offset")
     p.add_argument("--reach", type=float, default=REACH, help="px a frame an object may move (section 2)")
-    p.add_argument("--figure", help="image of the onsets and offsets that lose pairs (section 4)")
+    p.add_argument("--figure", help="image of the onsets and offsets that lose pairs (section 3)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
@@ -299,10 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     for w in args.work:
         results[w], tops = attribute(w, labels, kind, starts, lengths, masks, args.reach)
         first = first or tops
-    for m in args.model:
-        if not args.work:
-            raise SystemExit("--model needs --work: the work directory the model was trained on")
-        results[m] = model_rows(m, args.work[0], labels, kind, clip_names)
     if args.figure and first is not None:
         results["figure rows"] = figure(args.figure, ds.test, kind, labels, starts, first, masks)
     doc = {"benchmark": "ped2_onsets", "window": args.window, "reach_px_per_frame": args.reach,
