@@ -41,7 +41,7 @@ from ped2 import write_study  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
 WINDOW = 5  # frames: half a second at Ped2's 10 frames/s
-REACH = 3.0  # px per frame of distance: faster than any Ped2 object's per-frame displacement at the border
+REACH = 3.0  # px per frame of distance: about the fastest Ped2 objects' speed (the cyclists' box speed, ~3)
 
 
 def near_boundaries(labels: np.ndarray, starts: list[int], lengths: list[int], window: int) -> np.ndarray:
@@ -73,7 +73,7 @@ def lost_pairs(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def split_losses(frames: np.ndarray, labels: np.ndarray, kind: np.ndarray,
                  clip_names: np.ndarray | None = None) -> dict[str, object]:
     """The lost pairs split by where their normal frame lies; with ``clip_names`` (one per frame) also the
-    near frames' share clip by clip."""
+    near frames' share clip by clip, and the "elsewhere" share split by the clip of the anomalous frame."""
     from sklearn.metrics import roc_auc_score
 
     lost = lost_pairs(frames, labels)
