@@ -127,25 +127,26 @@ def top_objects(work: str) -> dict[str, np.ndarray]:
     scores, and the age of that object's track in frames (how long it had been followed)."""
     from statevad.scoring import frame_scores
     from statevad.tensors import cube_motion
-    from statevad.tracks import clip_track_ids, split_track_mean
+    from statevad.tracks import causal_track_mean, clip_track_ids
     from statevad.workdir import open_split
 
     test = open_split(work, "test")
     frame, clip, box = np.asarray(test.frame), np.asarray(test.clip), np.asarray(test.box, np.float32)
-    speed = split_track_mean(cube_motion(test.flow), clip, frame, box, TRACK)
+    raw_speed = cube_motion(test.flow)
+    # the package's split_track_mean, with each clip's track ids kept for the tracks' ages
+    speed, age = np.empty(len(frame)), np.empty(len(frame), np.int64)
+    for c in np.unique(clip):
+        idx = np.flatnonzero(clip == c)
+        ids = clip_track_ids(frame[idx], box[idx])
+        speed[idx] = causal_track_mean(raw_speed[idx], frame[idx], ids, TRACK)
+        tracks, of = np.unique(ids, return_inverse=True)
+        first = np.full(len(tracks), np.iinfo(np.int64).max)
+        np.minimum.at(first, of, frame[idx])
+        age[idx] = frame[idx] - first[of] + 1
     top = np.full(test.n_frames, -1, np.int64)
     order = np.lexsort((speed, frame))  # by frame, fastest last
     last = np.r_[np.flatnonzero(np.diff(frame[order])), len(order) - 1]
     top[frame[order[last]]] = order[last]
-    age = np.zeros(len(frame), np.int64)
-    for c in np.unique(clip):
-        idx = np.flatnonzero(clip == c)
-        ids = clip_track_ids(frame[idx], box[idx])
-        first: dict[int, int] = {}
-        for j in idx[np.argsort(frame[idx], kind="stable")]:
-            t = int(ids[np.searchsorted(idx, j)])
-            first.setdefault(t, int(frame[j]))
-            age[j] = int(frame[j]) - first[t] + 1
     return {"top": top, "frames": frame_scores(frame, speed, test.n_frames), "box": box, "age": age}
 
 
@@ -181,13 +182,14 @@ def attribute(work: str, labels: np.ndarray, kind: np.ndarray, starts: list[int]
     return out, {**t, "lost": lost}
 
 
-def figure(path: str, clips, kind: np.ndarray, labels: np.ndarray, starts: list[int],
-           tops: dict[str, np.ndarray], masks: list[np.ndarray], size: int = 96) -> int:
+def figure(path: str, clips, kind: np.ndarray, labels: np.ndarray, tops: dict[str, np.ndarray],
+           masks: list[np.ndarray], size: int = 96) -> int:
     """Crops of the near frames that lose pairs (red: the fastest object's box) and of the nearest
     annotated frame (green: its pixel mask's outline), one row per onset or offset."""
     import cv2
 
-    clip_of = np.repeat(np.arange(len(starts)), [c.n_frames for c in clips])
+    starts = [c.start for c in clips]
+    clip_of = np.repeat(np.arange(len(clips)), [c.n_frames for c in clips])
     groups: dict[tuple[int, int], list[int]] = {}
     for f in np.flatnonzero((kind > 0) & (tops["lost"] > 1e-4)):
         c = int(clip_of[f])
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         results[w], tops = attribute(w, labels, kind, starts, lengths, masks, args.reach)
         first = first or tops
     if args.figure and first is not None:
-        results["figure rows"] = figure(args.figure, ds.test, kind, labels, starts, first, masks)
+        results["figure rows"] = figure(args.figure, ds.test, kind, labels, first, masks)
     doc = {"benchmark": "ped2_onsets", "window": args.window, "reach_px_per_frame": args.reach,
            "track_frames": TRACK, "results": results}
     write_study(args.out, doc, "ped2_onsets.py", argv, t0)
