@@ -42,19 +42,23 @@ W_MOTION_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
 SIGMAS = (1.0, 2.0, 3.0)  # frame-level Gaussian smoothing, in frames
 
 
+def ranked_wrong(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each anomalous score in ``pos``: the normal scores above it; for each normal score in ``neg``: the
+    anomalous scores below it; ties count half. Each array sums to the misordered pairs."""
+    neg_sorted, pos_sorted = np.sort(neg), np.sort(pos)
+    lo, hi = np.searchsorted(neg_sorted, pos, "left"), np.searchsorted(neg_sorted, pos, "right")
+    above = len(neg) - hi + 0.5 * (hi - lo)
+    lo, hi = np.searchsorted(pos_sorted, neg, "left"), np.searchsorted(pos_sorted, neg, "right")
+    return above, lo + 0.5 * (hi - lo)
+
+
 def misordered_by_clip(frames: np.ndarray, labels: np.ndarray, clip_of: np.ndarray, names: list[str]
                        ) -> dict[str, dict[str, float]]:
     """Share of all (anomalous, normal) frame pairs that are ranked the wrong way (ties count half), split
     by the anomalous frame's clip and by the normal frame's clip; each split sums to 1 - AUROC."""
     pos, neg = frames[labels == 1], frames[labels == 0]
     total = len(pos) * len(neg)
-    neg_sorted = np.sort(neg)
-    pos_sorted = np.sort(pos)
-    # for an anomalous frame: normal frames above it (+ half the ties); for a normal one: anomalous below it
-    above = (len(neg) - np.searchsorted(neg_sorted, pos, "right")
-             + 0.5 * (np.searchsorted(neg_sorted, pos, "right") - np.searchsorted(neg_sorted, pos, "left")))
-    below = (np.searchsorted(pos_sorted, neg, "left")
-             + 0.5 * (np.searchsorted(pos_sorted, neg, "right") - np.searchsorted(pos_sorted, neg, "left")))
+    above, below = ranked_wrong(pos, neg)
     cp, cn = clip_of[labels == 1], clip_of[labels == 0]
     return {"by_anomalous_frame_clip": {n: round(float(above[cp == i].sum() / total), 5)
                                         for i, n in enumerate(names) if (cp == i).any()},

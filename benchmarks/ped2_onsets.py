@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
+from ped2_ceiling import ranked_wrong  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
 WINDOW = 5  # frames: half a second at Ped2's 10 frames/s
@@ -64,10 +65,8 @@ def near_boundaries(labels: np.ndarray, starts: list[int], lengths: list[int], w
 def lost_pairs(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """For each normal frame: the anomalous frames scored below it (ties half), divided by all pairs; the
     sum over normal frames is 1 - AUROC."""
-    pos = np.sort(frames[labels == 1])
-    neg = frames[labels == 0]
-    lo, hi = np.searchsorted(pos, neg, "left"), np.searchsorted(pos, neg, "right")
-    return (lo + 0.5 * (hi - lo)) / (len(pos) * len(neg))
+    pos, neg = frames[labels == 1], frames[labels == 0]
+    return ranked_wrong(pos, neg)[1] / (len(pos) * len(neg))
 
 
 def split_losses(frames: np.ndarray, labels: np.ndarray, kind: np.ndarray,
@@ -92,10 +91,8 @@ def split_losses(frames: np.ndarray, labels: np.ndarray, kind: np.ndarray,
         out["lost, near frames by clip"] = {str(c): round(float(lost[(k > 0) & (names == c)].sum()), 4)
                                             for c in np.unique(names[k > 0])}
         # the other side of the "elsewhere" pairs: which anomalous frames the far normal frames outscore
-        far = np.sort(frames[(labels == 0) & keep])
         pos, pos_names = frames[labels == 1], np.asarray(clip_names)[labels == 1]
-        lo, hi = np.searchsorted(far, pos, "left"), np.searchsorted(far, pos, "right")
-        above = (len(far) - hi + 0.5 * (hi - lo)) / ((labels == 1).sum() * (labels == 0).sum())
+        above = ranked_wrong(pos, frames[(labels == 0) & keep])[0] / (len(pos) * (labels == 0).sum())
         out["lost, other normal frames, by the anomalous frame's clip"] = {
             str(c): round(float(above[pos_names == c].sum()), 4) for c in np.unique(pos_names)
             if above[pos_names == c].sum() > 0}
