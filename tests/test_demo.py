@@ -66,3 +66,27 @@ def test_real_demo_prepares_whole_frame_boxes(tmp_path, monkeypatch):
     box = resolve(get_preset("ped2"), "prepare", sets=seen["sets"]).box
     assert box == get_preset("generic").box and box.detector_grid == 1
     assert get_preset("ped2").box.detector_grid == 2  # the benchmark preset keeps its grid
+
+
+def test_real_demo_trains_without_the_moving_average(tmp_path, monkeypatch):
+    """The ped2 preset averages the weights over the last epoch of a converged run (docs/ANALYSIS.md 19); the
+    demo's two short epochs are not one, so it trains the last step's weights (docs/ANALYSIS.md 18)."""
+    import statevad.api as api
+    from statevad.config import get_preset
+    from statevad.settings import resolve
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_train(work, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(api, "prepare", lambda root, work, **kw: None)
+    monkeypatch.setattr(api, "train", fake_train)
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path / "d", demo.DemoOptions(progress=False))
+    assert get_preset("ped2").train.ema_epochs == 1.0
+    assert resolve(get_preset("ped2"), "train", sets=seen["sets"]).train.ema_epochs == 0.0

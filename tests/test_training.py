@@ -225,6 +225,16 @@ def test_cli_train_and_test(work, tmp_path, capsys):
     assert main(["train", "--work", str(tmp_path / "nowork"), "--quiet"]) == 2
 
 
+def test_moving_average_belongs_to_the_ped2_preset_only():
+    """One epoch's average in the ped2 preset (docs/ANALYSIS.md 19's rule); the generic preset, whose runs'
+    convergence depends on the user's footage, and the reproduction presets train the last step's weights."""
+    from statevad.config import get_preset
+
+    assert get_preset("ped2").train.ema_epochs == 1.0
+    for name in ("generic", "avenue", "shanghaitech"):
+        assert get_preset(name).train.ema_epochs == 0.0, name
+
+
 def test_weight_average_is_the_moving_average_of_the_steps_and_resumes(work, tmp_path, monkeypatch):
     # the horizon is set in epochs: 1 / (1 - decay) steps
     assert training.ema_decay(1.0, 200) == pytest.approx(0.995)

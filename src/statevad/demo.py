@@ -146,9 +146,11 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None) -> DemoResult:
     # 2. a small network
     _log(opts.progress, f"step 2/3: training a {settings.model_size} STATE network "
                         f"({settings.epochs} epochs, up to {settings.max_cubes or 'all'} cubes)")
+    # No moving average of the weights: the ped2 preset's averages the last epoch of a converged run, and two
+    # epochs of a few hundred cubes are far from one (docs/ANALYSIS.md 18)
     model = train(work, out=work / "model.pt", model_size=settings.model_size, epochs=settings.epochs,
                   max_cubes=settings.max_cubes, batch_size=settings.batch_size, lr=settings.lr,
-                  device=opts.device or "auto", progress=opts.progress)
+                  sets=["train.ema_epochs=0"], device=opts.device or "auto", progress=opts.progress)
 
     # 3. score the held-out clip with `statevad score`'s code path
     spec, labels, name = test_clip(root)
