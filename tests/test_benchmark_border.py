@@ -1,0 +1,45 @@
+"""The border study (benchmarks/ped2_border.py, docs/ANALYSIS.md 20): which boxes touch the frame's edge, and
+that each group's held-out cubes come out with mean 0 and std 1 after its own standardisation."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ped2_border.py"
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("ped2_border", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_touches_border_within_the_margin_on_every_side():
+    study = _study()
+    boxes = np.array([[0, 50, 20, 80],      # left edge
+                      [100, 1, 120, 30],    # 1 px from the top: within the margin
+                      [100, 2, 120, 30],    # 2 px: inside
+                      [340, 50, 359.5, 80],  # right edge (width 360)
+                      [100, 200, 120, 239],  # 1 px from the bottom (height 240)
+                      [100, 100, 120, 130]])
+    assert study.touches_border(boxes, 360, 240).tolist() == [True, True, False, True, True, False]
+
+
+def test_each_group_is_standardised_by_its_own_held_out_cubes():
+    study = _study()
+    rng = np.random.default_rng(0)
+    border = rng.random(500) < 0.1
+    z = np.where(border, rng.normal(2.0, 3.0, 500), rng.normal(-0.1, 0.8, 500))
+    before = z.copy()
+    stats = study.group_stats(z, border)
+    out = study.restandardise(z, border, stats)
+    assert np.array_equal(z, before)  # the input is left alone
+    for sel in (border, ~border):
+        assert np.isclose(out[sel].mean(), 0.0) and np.isclose(out[sel].std(), 1.0)
+    # a group without spread (or without cubes) is left as it is
+    flat = study.group_stats(np.ones(10), np.zeros(10, bool))
+    assert flat["border"] == (0.0, 1.0) and flat["interior"] == (0.0, 1.0)
