@@ -135,3 +135,15 @@ def score_synthetic(video_root: Path, model: Path, out: Path, *flags: str) -> di
     assert main(["score", clip, "--model", str(model), "--boxes", "motion", "--no-video", "--quiet",
                  "--out", str(out), *flags]) == 0
     return json.loads((out / "events.json").read_text())
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (e.g. "ped2_onsets") as a module, to test its pure functions; the scripts
+    import each other by name, which their own ``sys.path`` line makes work."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,19 +3,12 @@ that each group's held-out cubes come out with mean 0 and std 1 after its own st
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ped2_border.py"
+from helpers import load_benchmark
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("ped2_border", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ped2_border")
 
 
 def test_touches_border_within_the_margin_on_every_side():

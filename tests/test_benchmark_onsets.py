@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
+from helpers import load_benchmark
 from sklearn.metrics import roc_auc_score
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ped2_onsets.py"
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("ped2_onsets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ped2_onsets")
 
 
 def test_lost_pairs_sum_to_one_minus_auroc_with_ties():
