@@ -10,7 +10,8 @@ z-scores unlike the other cubes' (section 20). For each model (its terms as ``st
 1. *No label*: each term's mean, population std and 95th percentile on the held-out normal border and interior
    cubes.
 2. The rule of section 20, written down before it was scored: every term's z re-standardised by its own
-   group's held-out mean and std (border: the box within ``--margin`` px of the edge), the fusion weights by
+   group's held-out mean and std (border: :func:`statevad.calibration.touches_border`, the box within
+   ``--margin`` px of the edge, 1 as the border rule's), the fusion weights by
    the tail rule on the re-standardised held-out z, each object's score averaged along its track (10 frames),
    the frame max. Beside the model's own score; for the default (all terms) and STATE alone (raw + flow).
    Each frame score's lost pairs are split as in ``ped2_onsets.py`` (normal frames before an onset, after an
@@ -35,15 +36,7 @@ from ped2_frame_rule import model_terms  # noqa: E402
 from ped2_onsets import WINDOW, near_boundaries, split_losses  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
-MARGIN = 1.0  # px: a box this close to the frame's edge touches it (section 20's rule)
 STATE_TERMS = ("raw", "flow")
-
-
-def touches_border(box: np.ndarray, width: int, height: int, margin: float = MARGIN) -> np.ndarray:
-    """Per box (x1, y1, x2, y2): whether it lies within ``margin`` px of the frame's edge."""
-    b = np.asarray(box, np.float64)
-    return ((b[:, 0] <= margin) | (b[:, 1] <= margin)
-            | (b[:, 2] >= width - margin) | (b[:, 3] >= height - margin))
 
 
 def group_stats(held: np.ndarray, held_border: np.ndarray) -> dict[str, tuple[float, float]]:
@@ -77,28 +70,17 @@ def describe(held: dict[str, np.ndarray], held_border: np.ndarray) -> dict[str, 
     return out
 
 
-def frame_size(source: str) -> tuple[int, int]:
-    import cv2
-
-    cap = cv2.VideoCapture(source)
-    try:
-        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    finally:
-        cap.release()
-    if w <= 0 or h <= 0:
-        raise SystemExit(f"{source}: cannot read its frame size")
-    return w, h
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="the Ped2 dataset (its test labels)")
     p.add_argument("--work", required=True, help="prepared Ped2 work directory")
     p.add_argument("--model", action="append", required=True, help="a model trained on --work (repeatable)")
-    p.add_argument("--margin", type=float, default=MARGIN, help="px from the edge that count as the border")
+    p.add_argument("--margin", type=float, default=None,
+                   help="px from the edge that count as the border (default: the border rule's, 1)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
+    from statevad.calibration import BORDER_MARGIN_PX, probe_source, touches_border
     from statevad.datasets import load_dataset
     from statevad.scoring import frame_scores
     from statevad.selection import holdout_mask, tail_weights
@@ -115,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     starts, lengths = [c.start for c in ds.test], [c.n_frames for c in ds.test]
     kind = near_boundaries(labels, starts, lengths, WINDOW)
     clip_names = np.repeat([c.name for c in ds.test], lengths)
-    width, height = frame_size(str(test.clips[0]["source"]))
+    margin = BORDER_MARGIN_PX if args.margin is None else args.margin
+    size_hw, _ = probe_source(str(test.clips[0]["source"]), None)
+    if size_hw is None:
+        raise SystemExit(f"{test.clips[0]['source']}: cannot read its frame size")
+    height, width = size_hw
 
     held = np.flatnonzero(holdout_mask(np.asarray(train.clip), np.asarray(train.frame)))
     frame, clip, box = np.asarray(test.frame), np.asarray(test.clip), np.asarray(test.box)
-    t_border = touches_border(box, width, height, args.margin)
-    h_border = touches_border(np.asarray(train.box)[held], width, height, args.margin)
+    t_border = touches_border(box, size_hw, margin)
+    h_border = touches_border(np.asarray(train.box)[held], size_hw, margin)
 
     def frames_of(cube_score: np.ndarray) -> np.ndarray:
         return frame_scores(frame, split_track_mean(cube_score, clip, frame, box, TRACK), test.n_frames)
@@ -156,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         "STATE alone, border-aware": w_state_rule},
             "scores": {name: split_losses(frames_of(s), labels, kind, clip_names)
                        for name, s in scores.items()}}
-    doc = {"benchmark": "ped2_border", "margin_px": args.margin, "track_frames": TRACK, "window": WINDOW,
+    doc = {"benchmark": "ped2_border", "margin_px": margin, "track_frames": TRACK, "window": WINDOW,
            "results": results}
     write_study(args.out, doc, "ped2_border.py", argv, t0)
     return 0

@@ -100,6 +100,16 @@ def test_a_distribution_needs_scored_frames() -> None:
 
 
 # ----------------------------------------------------------------------------------------- border
+def test_touches_border_within_the_margin_on_every_side() -> None:
+    boxes = np.array([[0, 50, 20, 80],       # left edge
+                      [100, 1, 120, 30],     # 1 px from the top: within the margin
+                      [100, 2, 120, 30],     # 2 px: inside
+                      [340, 50, 359.5, 80],  # right edge (width 360)
+                      [100, 200, 120, 239],  # 1 px from the bottom (height 240)
+                      [100, 100, 120, 130]])
+    assert cal.touches_border(boxes, (240, 360)).tolist() == [True, True, False, True, True, False]
+
+
 def test_border_rule_skips_small_boxes_cut_by_the_border_only() -> None:
     boxes = np.array([[0, 100, 7, 140],      # 7-px sliver at the left border: skipped
                       [0, 100, 30, 160],     # big enough at the border: kept

@@ -256,6 +256,14 @@ def check_input(card: dict[str, Any] | None, frame: np.ndarray, fps: float, spec
 
 
 # --------------------------------------------------------------------------------------- border rule
+def touches_border(boxes: np.ndarray, size_hw: tuple[int, int],
+                   margin: float = BORDER_MARGIN_PX) -> np.ndarray:
+    """Mask of the boxes (x1, y1, x2, y2) that lie within ``margin`` pixels of the frame's edge."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    h, w = size_hw
+    return (b[:, 0] <= margin) | (b[:, 1] <= margin) | (b[:, 2] >= w - margin) | (b[:, 3] >= h - margin)
+
+
 def border_keep(boxes: np.ndarray, size_hw: tuple[int, int], min_px: float,
                 margin: float = BORDER_MARGIN_PX) -> np.ndarray:
     """Mask of the boxes (x1, y1, x2, y2) to score: all but those touching the border (within ``margin``
@@ -263,10 +271,8 @@ def border_keep(boxes: np.ndarray, size_hw: tuple[int, int], min_px: float,
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     if min_px <= 0 or not len(b):
         return np.ones(len(b), bool)
-    h, w = size_hw
-    touch = ((b[:, 0] <= margin) | (b[:, 1] <= margin) | (b[:, 2] >= w - margin) | (b[:, 3] >= h - margin))
     small = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) < min_px
-    return ~(touch & small)
+    return ~(touches_border(b, size_hw, margin) & small)
 
 
 def check_border_min_px(value: object) -> float:
