@@ -1,0 +1,36 @@
+"""benchmarks/ped2_generic.py runs the user's three commands with the generic preset and nothing else, and its
+JSON keeps what `statevad test` reported (the commands themselves are not run here: they take an hour)."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import load_benchmark
+
+
+def test_the_three_commands_and_the_json(tmp_path, monkeypatch):
+    study = load_benchmark("ped2_generic")
+    work = tmp_path / "work"
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str]) -> float:
+        ran.append(cmd)
+        if cmd[1] == "test":  # what `statevad test` leaves behind
+            (work / "results").mkdir(parents=True)
+            (work / "results" / "metrics.json").write_text(json.dumps(
+                {"micro_auroc": 0.97, "macro_auroc": 0.96, "eer": 0.08, "chosen_on_test_labels": [],
+                 "parts": {"STATE alone": {"micro_auroc": 0.95}}, "n_cubes": 10}))
+        return 1.5
+
+    monkeypatch.setattr(study, "run", fake_run)
+    out = tmp_path / "generic.json"
+    assert study.main(["--root", "ROOT", "--work", str(work), "--out", str(out)]) == 0
+    assert [c[1] for c in ran] == ["prepare", "train", "test"]
+    assert ran[0][ran[0].index("--preset") + 1] == "generic"
+    assert not any("--set" in c or "--epochs" in c for c in ran)  # the preset's defaults, nothing by hand
+    doc = json.loads(out.read_text())
+    assert doc["chosen_on_test_labels"] == []
+    assert doc["minutes"] == {"prepare": 1.5, "train": 1.5, "test": 1.5, "total": 4.5}
+    assert doc["results"]["micro_auroc"] == 0.97
+    assert doc["results"]["parts"]["STATE alone"]["micro_auroc"] == 0.95
+    assert doc["command"].startswith("python benchmarks/ped2_generic.py --root ROOT")
