@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
 from ped2_frame_rule import model_terms  # noqa: E402
-from ped2_onsets import WINDOW, near_boundaries, split_losses  # noqa: E402
+from ped2_onsets import WINDOW, labelled_frames, split_losses  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
 STATE_TERMS = ("raw", "flow")
@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from statevad.calibration import BORDER_MARGIN_PX, probe_source, touches_border
-    from statevad.datasets import load_dataset
     from statevad.scoring import frame_scores
     from statevad.selection import holdout_mask, tail_weights
     from statevad.tracks import split_track_mean
@@ -90,13 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     work = Path(args.work)
     test, train = open_split(work, "test"), open_split(work, "train")
-    labels = np.asarray(test.labels).astype(int)
-    ds = load_dataset(args.root)
-    if not np.array_equal(np.asarray(ds.labels("test")).astype(int), labels):
-        raise SystemExit(f"{work}: its test labels are not {args.root}'s")
-    starts, lengths = [c.start for c in ds.test], [c.n_frames for c in ds.test]
-    kind = near_boundaries(labels, starts, lengths, WINDOW)
-    clip_names = np.repeat([c.name for c in ds.test], lengths)
+    labels, kind, clip_names = labelled_frames(args.root, WINDOW, test.labels)
     margin = BORDER_MARGIN_PX if args.margin is None else args.margin
     size_hw, _ = probe_source(str(test.clips[0]["source"]), None)
     if size_hw is None:

@@ -69,6 +69,21 @@ def lost_pairs(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ranked_wrong(pos, neg)[1] / (len(pos) * len(neg))
 
 
+def labelled_frames(root: str | Path, window: int = WINDOW,
+                    work_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ped2's test frame labels, each frame's place (:func:`near_boundaries`) and each frame's clip name; with
+    ``work_labels`` (a work directory's copy) stops unless they are the dataset's."""
+    from statevad.datasets import load_dataset
+
+    ds = load_dataset(root)
+    labels = np.asarray(ds.labels("test")).astype(int)
+    if work_labels is not None and not np.array_equal(np.asarray(work_labels).astype(int), labels):
+        raise SystemExit(f"the work directory's test labels are not {root}'s")
+    lengths = [c.n_frames for c in ds.test]
+    kind = near_boundaries(labels, [c.start for c in ds.test], lengths, window)
+    return labels, kind, np.repeat([c.name for c in ds.test], lengths)
+
+
 def split_losses(frames: np.ndarray, labels: np.ndarray, kind: np.ndarray,
                  clip_names: np.ndarray | None = None) -> dict[str, object]:
     """The lost pairs split by where their normal frame lies; with ``clip_names`` (one per frame) also the
@@ -242,11 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     ds = load_dataset(args.root)
-    labels = np.asarray(ds.labels("test")).astype(int)
-    starts = [c.start for c in ds.test]
-    lengths = [c.n_frames for c in ds.test]
-    kind = near_boundaries(labels, starts, lengths, args.window)
-    clip_names = np.repeat([c.name for c in ds.test], lengths)
+    labels, kind, clip_names = labelled_frames(args.root, args.window)
+    starts, lengths = [c.start for c in ds.test], [c.n_frames for c in ds.test]
 
     results: dict[str, object] = {
         "near normal frames": {"before an onset": int((kind == 1).sum()),

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ped2 import write_study  # noqa: E402
 from ped2_frame_rule import model_terms  # noqa: E402
-from ped2_onsets import WINDOW, near_boundaries, split_losses  # noqa: E402
+from ped2_onsets import WINDOW, labelled_frames, split_losses  # noqa: E402
 
 TRACK = 10  # the ped2 preset's score.track_frames
 TERMS = ("raw", "flow", "motion", "appearance")
@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import spearmanr
 
     from statevad.checkpoint import load_checkpoint
-    from statevad.datasets import load_dataset
     from statevad.scoring import frame_scores, motion_zscore, score_cubes, zscores
     from statevad.selection import auroc, draw_cubes, holdout_mask, pseudo_anomalies, tail_weights
     from statevad.tensors import cube_motion
@@ -84,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     work = Path(args.work)
     test, train = open_split(work, "test"), open_split(work, "train")
-    labels = np.asarray(test.labels).astype(int)
-    ds = load_dataset(args.root)
-    if not np.array_equal(np.asarray(ds.labels("test")).astype(int), labels):
-        raise SystemExit(f"{work}: its test labels are not {args.root}'s")
-    starts, lengths = [c.start for c in ds.test], [c.n_frames for c in ds.test]
-    kind = near_boundaries(labels, starts, lengths, WINDOW)
-    clip_names = np.repeat([c.name for c in ds.test], lengths)
+    labels, kind, clip_names = labelled_frames(args.root, WINDOW, test.labels)
 
     held = np.flatnonzero(holdout_mask(np.asarray(train.clip), np.asarray(train.frame)))
     frame, clip, box = np.asarray(test.frame), np.asarray(test.clip), np.asarray(test.box)
