@@ -171,8 +171,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="hyper-parameters (default: the preset prepare recorded, else the dataset's)")
     p.add_argument("--model-size", choices=list(MODEL_SIZES),
-                   help="network size: paper (published, 2.57M parameters), fast, tiny (tests/demo)")
-    p.add_argument("--epochs", type=int, help="default 20 (spec 6.3)")
+                   help="network size: paper (published, 2.57M parameters), fast, tiny (default: the "
+                   "preset's: paper; generic: tiny)")
+    p.add_argument("--epochs", type=int, help="default: the preset's (20, spec 6.3; generic: 9)")
     p.add_argument("--batch-size", type=int, help="cubes per step, default 128")
     p.add_argument("--lr", type=float, help="Adam learning rate, default 1e-3")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
