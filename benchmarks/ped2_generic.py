@@ -1,6 +1,6 @@
 """Ped2 as a user's own footage: the `generic` preset's defaults, through the command line (issue 18).
 
-    python benchmarks/ped2_generic.py --root ../shared/data/ped2 --work W [--jobs 2] \\
+    python benchmarks/ped2_generic.py --root ../shared/data/ped2 --work W [--jobs 2] [--seed N] \\
         --out benchmarks/results/ped2-generic.json
 
 The held-out check of issue 18 runs the package as a user would on a scene it was never tuned on: a folder of
@@ -49,20 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, help="the Ped2 dataset")
     p.add_argument("--work", required=True, help="work directory (a new one times the whole procedure)")
     p.add_argument("--jobs", type=int, default=2, help="statevad prepare --jobs (default 2: both cores)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="statevad train --seed N, the model and results beside the default run's in --work "
+                   "(default: no flag, the user's seed 0)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    work, results = Path(args.work), Path(args.work) / "results"
+    work = Path(args.work)
+    model = str(work / f"model-seed{args.seed}.pt")
+    seeded = [] if args.seed is None else ["--seed", str(args.seed), "--out", model]
+    tested = [] if args.seed is None else ["--model", model]
+    results = work / ("results" if args.seed is None else f"results-seed{args.seed}")
     commands = {
         "prepare": ["statevad", "prepare", "--root", args.root, "--work", str(work), "--preset", "generic",
                     "--jobs", str(args.jobs)],
-        "train": ["statevad", "train", "--work", str(work)],
-        "test": ["statevad", "test", "--work", str(work), "--out", str(results)],
+        "train": ["statevad", "train", "--work", str(work), *seeded],
+        "test": ["statevad", "test", "--work", str(work), *tested, "--out", str(results)],
     }
     minutes = {name: run(cmd) for name, cmd in commands.items()}
     metrics = json.loads((results / "metrics.json").read_text())
-    doc = {"benchmark": "ped2_generic", "preset": "generic",
+    doc = {"benchmark": "ped2_generic", "preset": "generic", "seed": 0 if args.seed is None else args.seed,
            "commands": {k: shlex.join(v) for k, v in commands.items()},
            "minutes": minutes | {"total": round(sum(minutes.values()), 2)},
            "results": {k: metrics[k] for k in ("micro_auroc", "macro_auroc", "eer", "parts", "border_rule",

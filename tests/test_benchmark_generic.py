@@ -34,3 +34,26 @@ def test_the_three_commands_and_the_json(tmp_path, monkeypatch):
     assert doc["results"]["micro_auroc"] == 0.97
     assert doc["results"]["parts"]["STATE alone"]["micro_auroc"] == 0.95
     assert doc["command"].startswith("python benchmarks/ped2_generic.py --root ROOT")
+
+
+def test_a_seed_trains_and_tests_a_model_of_its_own(tmp_path, monkeypatch):
+    study = load_benchmark("ped2_generic")
+    work = tmp_path / "work"
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str]) -> float:
+        ran.append(cmd)
+        if cmd[1] == "test":
+            out = work / "results-seed3"
+            assert cmd[cmd.index("--out") + 1] == str(out)
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({"micro_auroc": 0.9, "chosen_on_test_labels": []}))
+        return 1.0
+
+    monkeypatch.setattr(study, "run", fake_run)
+    out = tmp_path / "generic.json"
+    assert study.main(["--root", "R", "--work", str(work), "--seed", "3", "--out", str(out)]) == 0
+    model = str(work / "model-seed3.pt")
+    assert ran[1][ran[1].index("--seed") + 1] == "3" and ran[1][ran[1].index("--out") + 1] == model
+    assert ran[2][ran[2].index("--model") + 1] == model
+    assert json.loads(out.read_text())["seed"] == 3
