@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from statevad.calibration import BORDER_MARGIN_PX, probe_source, touches_border
     from statevad.scoring import frame_scores
-    from statevad.selection import holdout_mask, tail_weights
+    from statevad.selection import fused_terms, holdout_mask, tail_weights
     from statevad.tracks import split_track_mean
     from statevad.workdir import open_split
 
@@ -104,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     def frames_of(cube_score: np.ndarray) -> np.ndarray:
         return frame_scores(frame, split_track_mean(cube_score, clip, frame, box, TRACK), test.n_frames)
 
-    def fused(z: dict[str, np.ndarray], w: dict[str, float]) -> np.ndarray:
-        return sum((w[t] * z[t] for t in w), np.zeros(len(frame)))
 
     results: dict[str, object] = {
         "frame size": [width, height],
@@ -123,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         w_rule, _ = tail_weights(zh2, terms)
         w_state_rule, _ = tail_weights(zh2, STATE_TERMS)
         scores = {
-            "the default (the model's weights)": fused(zt, w_model),
-            "the default, border-aware": fused(zt2, w_rule),
-            "STATE alone (tail weights of raw and flow)": fused(zt, w_state_model),
-            "STATE alone, border-aware": fused(zt2, w_state_rule)}
+            "the default (the model's weights)": fused_terms(zt, w_model),
+            "the default, border-aware": fused_terms(zt2, w_rule),
+            "STATE alone (tail weights of raw and flow)": fused_terms(zt, w_state_model),
+            "STATE alone, border-aware": fused_terms(zt2, w_state_rule)}
         results[m] = {
             "held-out z by group (no label)": describe(zh, h_border),
             "group statistics (mean, std)": {t: {g: [round(v, 4) for v in s] for g, s in st.items()}

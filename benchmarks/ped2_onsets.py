@@ -69,13 +69,14 @@ def lost_pairs(frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ranked_wrong(pos, neg)[1] / (len(pos) * len(neg))
 
 
-def labelled_frames(root: str | Path, window: int = WINDOW,
-                    work_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def labelled_frames(root: str | Path, window: int = WINDOW, work_labels: np.ndarray | None = None,
+                    ds=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ped2's test frame labels, each frame's place (:func:`near_boundaries`) and each frame's clip name; with
-    ``work_labels`` (a work directory's copy) stops unless they are the dataset's."""
+    ``work_labels`` (a work directory's copy) stops unless they are the dataset's. ``ds``: ``root`` already
+    loaded (:func:`statevad.datasets.load_dataset`), for a caller that needs it too."""
     from statevad.datasets import load_dataset
 
-    ds = load_dataset(root)
+    ds = ds or load_dataset(root)
     labels = np.asarray(ds.labels("test")).astype(int)
     if work_labels is not None and not np.array_equal(np.asarray(work_labels).astype(int), labels):
         raise SystemExit(f"the work directory's test labels are not {root}'s")
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     ds = load_dataset(args.root)
-    labels, kind, clip_names = labelled_frames(args.root, args.window)
+    labels, kind, clip_names = labelled_frames(args.root, args.window, ds=ds)
     starts, lengths = [c.start for c in ds.test], [c.n_frames for c in ds.test]
 
     results: dict[str, object] = {

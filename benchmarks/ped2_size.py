@@ -75,7 +75,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from statevad.checkpoint import load_checkpoint
     from statevad.scoring import frame_scores, motion_zscore, score_cubes, zscores
-    from statevad.selection import auroc, draw_cubes, holdout_mask, pseudo_anomalies, tail_weights
+    from statevad.selection import (
+        auroc,
+        draw_cubes,
+        fused_terms,
+        holdout_mask,
+        pseudo_anomalies,
+        tail_weights,
+    )
     from statevad.tensors import cube_motion
     from statevad.tracks import split_track_mean
     from statevad.workdir import open_split
@@ -92,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     def frames_of(cube_score: np.ndarray) -> np.ndarray:
         return frame_scores(frame, split_track_mean(cube_score, clip, frame, box, TRACK), test.n_frames)
 
-    def fused(z: dict[str, np.ndarray], w: dict[str, float]) -> np.ndarray:
-        return sum((w[t] * z[t] for t in w), np.zeros(len(next(iter(z.values())))))
 
     results: dict[str, object] = {"box heights (no label)": {
         f"share under {SMALL_PX} px, test cubes": round(float((t_height < SMALL_PX).mean()), 3)}}
@@ -144,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             use = tuple(t for t in use if t in terms)
             for variant, (hz, pz, tz) in (("", (zs, zp, zt)), (", size-aware", (zs2, zp2, zt2))):
                 w, _ = tail_weights(hz, use)
-                neg = fused(hz, w)
-                per_kind = {k: round(auroc(neg, fused(v, w)), 4) for k, v in pz.items()}
+                neg = fused_terms(hz, w)
+                per_kind = {k: round(auroc(neg, fused_terms(v, w)), 4) for k, v in pz.items()}
                 no_label[f"objective, {label}{variant}"] = {
                     "mean": round(float(np.mean(list(per_kind.values()))), 4), **per_kind}
                 weights[f"{label}{variant}"] = w
-                scores[f"{label}{variant}"] = split_losses(frames_of(fused(tz, w)), labels, kind, clip_names)
+                frames = frames_of(fused_terms(tz, w))
+                scores[f"{label}{variant}"] = split_losses(frames, labels, kind, clip_names)
         no_label[f"share under {SMALL_PX} px, the selection's held-out cubes"] = round(
             float((h_height < SMALL_PX).mean()), 3)
         results[m] = {"no label": no_label, "weights": weights, "scores": scores,

@@ -190,7 +190,8 @@ def tail_weights(held: dict[str, np.ndarray],
     return weights, {t: (round(sc, 6) if sc else None) for t, sc in scales.items()}
 
 
-def _fused(z: dict[str, np.ndarray], w: dict[str, float]) -> np.ndarray:
+def fused_terms(z: dict[str, np.ndarray], w: dict[str, float]) -> np.ndarray:
+    """Sum of w[t] * z[t] over the terms ``w`` weighs (each z a per-cube array): the tail rule's fusion."""
     return sum((w[t] * z[t] for t in w), np.zeros(len(z["raw"])))
 
 
@@ -218,8 +219,8 @@ def select_tail(held_out: dict[float, Errors], pseudo: dict[float, dict[str, Err
         hz = _terms(held_out[eps], st)
         terms = tuple(t for t in TERMS if t in hz)
         w, scales = tail_weights(hz, terms)
-        neg = _fused(hz, w)
-        per_kind = {k: auroc(neg, _fused(_terms(v, st), w)) for k, v in pseudo[eps].items()}
+        neg = fused_terms(hz, w)
+        per_kind = {k: auroc(neg, fused_terms(_terms(v, st), w)) for k, v in pseudo[eps].items()}
         score = float(np.mean(list(per_kind.values())))
         if best is None or score > best[0]:
             best = (score, eps, w, {"per_kind": per_kind, "scales": scales, "z": hz}, st)
@@ -228,8 +229,8 @@ def select_tail(held_out: dict[float, Errors], pseudo: dict[float, dict[str, Err
     score, eps, w, rec, st = best
     hz = rec["z"]
     w_state, _ = tail_weights(hz, ("raw", "flow"))
-    neg = _fused(hz, w_state)
-    s_kind = {k: auroc(neg, _fused(_terms(v, st), w_state)) for k, v in pseudo[eps].items()}
+    neg = fused_terms(hz, w_state)
+    s_kind = {k: auroc(neg, fused_terms(_terms(v, st), w_state)) for k, v in pseudo[eps].items()}
     return Selection(
         epsilon=float(eps), w_raw=w["raw"], w_flow=w["flow"], w_motion=w["motion"], stats_source="held_out",
         stats={k: float(v) for k, v in st.items()}, objective=score, per_kind=rec["per_kind"],
